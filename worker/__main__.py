@@ -1,0 +1,133 @@
+"""``python -m worker --factory MOD:ATTR --config-json JSON --connect-host H --connect-port P``.
+
+A bad ``--factory`` or ``--config-json`` exits with status 2 before
+connecting, with one line on stderr naming the problem (and the traceback
+below it when importing or calling the factory failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import StartupError
+from .framing import DEFAULT_MAX_FRAME_BYTES
+
+MAX_FRAME_ENV = "BURN_P2P_WORKER_MAX_FRAME_BYTES"
+
+
+def parse_factory_spec(spec: str) -> tuple[str, str]:
+    """Split ``module:attr``; raises :class:`StartupError` unless both parts are non-empty."""
+    module_name, colon, attr = spec.partition(":")
+    if not colon or not module_name.strip() or not attr.strip():
+        raise StartupError(
+            f"--factory must be MODULE:ATTR with both parts non-empty (e.g. my_pkg.train:make_workload), got {spec!r}"
+        )
+    return module_name.strip(), attr.strip()
+
+
+def load_factory(spec: str) -> Any:
+    """Import the factory named by ``spec``; raises :class:`StartupError` (with the cause chained)."""
+    module_name, attr = parse_factory_spec(spec)
+    try:
+        module = importlib.import_module(module_name)
+    except BaseException as exc:
+        raise StartupError(
+            f"--factory {spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc} "
+            "(is its directory on PYTHONPATH?)"
+        ) from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise StartupError(
+                f"--factory {spec!r}: module {module_name!r} has no attribute {attr!r}"
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise StartupError(
+            f"--factory {spec!r}: {attr!r} is not callable (it is a {type(obj).__name__})"
+        )
+    return obj
+
+
+def parse_config(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StartupError(f"--config-json is not valid JSON: {exc} (pass e.g. '{{}}')") from None
+
+
+def build_workload(factory_spec: str, config_text: str) -> Any:
+    """Parse the config, import the factory and call it; raises :class:`StartupError`."""
+    config = parse_config(config_text)
+    factory = load_factory(factory_spec)
+    try:
+        return factory(config)
+    except BaseException as exc:
+        raise StartupError(
+            f"--factory {factory_spec!r}: the factory raised {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _frame_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer number of bytes, got {text!r}"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer number of bytes, got {text!r}"
+        )
+    return value
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker", description="burn_p2p Python worker (protocol v2)"
+    )
+    parser.add_argument("--factory", required=True, help="MODULE:ATTR of the workload factory")
+    parser.add_argument("--config-json", required=True, help="JSON passed to the factory")
+    parser.add_argument(
+        "--connect-host", required=True, help="coordinator host (normally 127.0.0.1)"
+    )
+    parser.add_argument("--connect-port", required=True, type=int, help="coordinator port")
+    parser.add_argument(
+        "--max-frame-bytes", type=_frame_limit, default=None,
+        help=f"refuse larger request frames (default {DEFAULT_MAX_FRAME_BYTES}, or ${MAX_FRAME_ENV})",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
+    limit = args.max_frame_bytes
+    if limit is None:
+        env = os.environ.get(MAX_FRAME_ENV)
+        try:
+            limit = _frame_limit(env) if env else DEFAULT_MAX_FRAME_BYTES
+        except argparse.ArgumentTypeError as exc:
+            print(f"burn-p2p worker: ${MAX_FRAME_ENV}: {exc}", file=sys.stderr)
+            return 2
+    try:
+        workload = build_workload(args.factory, args.config_json)
+    except StartupError as exc:
+        print(f"burn-p2p worker: {exc}", file=sys.stderr)
+        if exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
+        return 2
+    from .server import install_signal_handlers, run
+
+    install_signal_handlers()
+    return run(workload, args.connect_host, args.connect_port, limit)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

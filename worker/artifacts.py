@@ -1,0 +1,191 @@
+"""Generic model artifacts: a safetensors file of the whole model state.
+
+Used when the workload has no artifact hooks.  Written and read with the
+standard library and torch only (the format is an 8-byte little-endian
+header length, a JSON header, then raw little-endian tensor bytes), so the
+worker needs no ``safetensors`` package; files are interchangeable with
+``safetensors.torch.save_file``/``load_file``.  Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import PackError, describe
+from .layout import state_modules
+from .tensor_io import LITTLE_ENDIAN, memory_view, read_exact_into, write_all
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
+
+
+def _dtype_codes() -> dict:
+    import torch
+
+    return {getattr(torch, name): code for code, name in _DTYPES.items()}
+
+
+def state_tensors(state: Any) -> dict[str, Any]:
+    """Every tensor of the state's ``state_dict()``s, by full layout name."""
+    import torch
+
+    out = {}
+    for module_name, module in state_modules(state):
+        prefix = f"{module_name}." if module_name else ""
+        for key, value in module.state_dict().items():
+            if isinstance(value, torch.Tensor):
+                out[prefix + key] = value.detach()
+    return out
+
+
+def save_state(state: Any, path: str | os.PathLike) -> None:
+    """Write the state as a safetensors file, atomically (temp file + rename).
+
+    Raises :class:`~worker.errors.LayoutError` or :class:`PackError`.
+    """
+    codes = _dtype_codes()
+    tensors = state_tensors(state)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", "writer": "burn-p2p-python-worker"}}
+    offset = 0
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if tensor.dtype not in codes:
+            raise PackError(
+                f"materialize_model_artifact: tensor {name!r} has unsupported dtype {tensor.dtype}"
+            )
+        nbytes = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": codes[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+        try:
+            with open(fd, "wb", buffering=0) as raw:
+                write_all(raw, memoryview(struct.pack("<Q", len(encoded)) + encoded))
+                for name in sorted(tensors):
+                    tensor = tensors[name]
+                    if tensor.numel() == 0:
+                        continue
+                    cpu = tensor.to("cpu").contiguous()
+                    if not LITTLE_ENDIAN and cpu.element_size() > 1:
+                        raise PackError("artifacts on big-endian hosts are not supported")
+                    write_all(raw, memory_view(cpu))
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise PackError(
+            f"materialize_model_artifact: cannot write {str(target)!r}: {exc.strerror or exc}"
+        ) from exc
+
+
+def read_header(raw: Any, size: int, where: str) -> tuple[dict, int]:
+    """Parse and validate a safetensors header; returns (entries, data start)."""
+    if size < 8:
+        raise PackError(f"{where}: {size} bytes is too short for a safetensors file")
+    prefix = bytearray(8)
+    read_exact_into(raw, memoryview(prefix))
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+        raise PackError(
+            f"{where}: header length {header_len} is larger than the file or the {MAX_HEADER_BYTES}-byte limit"
+        )
+    data = bytearray(header_len)
+    read_exact_into(raw, memoryview(data))
+    try:
+        header = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PackError(f"{where}: header is not UTF-8 JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise PackError(f"{where}: header must be a JSON object")
+    header.pop("__metadata__", None)
+    start = 8 + header_len
+    data_len = size - start
+    import torch
+
+    for name, entry in header.items():
+        ok = (
+            isinstance(entry, dict)
+            and entry.get("dtype") in _DTYPES
+            and isinstance(entry.get("shape"), list)
+            and all(type(d) is int and d >= 0 for d in entry["shape"])
+            and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2
+            and all(type(o) is int for o in entry["data_offsets"])
+        )
+        if not ok:
+            raise PackError(f"{where}: header entry {name!r} is malformed: {describe(entry)}")
+        begin, end = entry["data_offsets"]
+        itemsize = getattr(torch, _DTYPES[entry["dtype"]]).itemsize
+        if not 0 <= begin <= end <= data_len or end - begin != math.prod(entry["shape"]) * itemsize:
+            raise PackError(
+                f"{where}: tensor {name!r} has offsets {entry['data_offsets']} that do not fit its shape or the file"
+            )
+    return header, start
+
+
+def load_state(state: Any, path: str | os.PathLike) -> None:
+    """Load a safetensors file into ``state``'s tensors in place.
+
+    The file must hold exactly the state's tensors with the same shapes and
+    dtypes; all of that is checked before any tensor is written.  Raises
+    :class:`PackError`.
+    """
+    import torch
+
+    where = f"load_model_artifact: {os.fspath(path)!r}"
+    tensors = state_tensors(state)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb", buffering=0) as raw:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise PackError(f"{where}: not a regular file (mode {stat.filemode(info.st_mode)})")
+            os.set_blocking(fd, True)
+            header, start = read_header(raw, info.st_size, where)
+            missing = sorted(set(tensors) - set(header))
+            extra = sorted(set(header) - set(tensors))
+            if missing or extra:
+                raise PackError(
+                    f"{where}: keys do not match the model (missing {missing[:5]}, unexpected {extra[:5]})"
+                )
+            for name, tensor in tensors.items():
+                entry = header[name]
+                if entry["shape"] != list(tensor.shape) or _DTYPES[entry["dtype"]] != str(
+                    tensor.dtype
+                ).removeprefix("torch."):
+                    raise PackError(
+                        f"{where}: tensor {name!r} is {entry['dtype']}{entry['shape']} in the file but "
+                        f"{tensor.dtype}{list(tensor.shape)} in the model"
+                    )
+            for name, tensor in tensors.items():
+                begin, end = header[name]["data_offsets"]
+                if begin == end:
+                    continue
+                raw.seek(start + begin)
+                staged = torch.empty(tensor.shape, dtype=tensor.dtype)
+                read_exact_into(raw, memory_view(staged))
+                with torch.no_grad():
+                    tensor.copy_(staged)
+    except OSError as exc:
+        raise PackError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    except EOFError:
+        raise PackError(f"{where}: file ended early") from None

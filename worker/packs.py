@@ -1,0 +1,380 @@
+"""Parameter packs on disk (PROTOCOL.md §3): atomic export, validated import.
+
+Export writes ``values.f32le`` straight from tensor memory and makes the pack
+appear atomically: into a fresh sibling directory that is renamed into place,
+or, when the target directory already exists, by removing its manifest
+first and renaming the new values and then the new manifest in.  At every
+instant a ``manifest.json`` in the target describes complete values.
+
+Import validates everything before it touches a tensor: the manifest (size,
+JSON, format, fields), that ``values_f32_le`` is a relative path to a regular
+file inside the pack (every component opened with ``O_NOFOLLOW``, so links are
+refused, and ``O_NONBLOCK``, so a FIFO cannot hang the worker), its exact
+byte length, the parameter count and the layout hash.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import PackError, describe
+from .layout import Layout, compute_layout, state_modules
+from .protocol import NO_FILTER, StateFilter
+from .tensor_io import read_f32_into_tensor, write_tensor_as_f32
+
+PACK_FORMAT = "burn-p2p-python-flattened-parameter-pack-v1"
+MANIFEST_NAME = "manifest.json"
+VALUES_NAME = "values.f32le"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_PARAMETER_COUNT = 1 << 40  # 4 TiB of float32: far beyond any model, far below overflow
+_PARTIAL = ".partial-"
+
+
+# ---------------------------------------------------------------------------
+# Export
+
+
+def manifest_bytes(
+    layout: Layout, model_schema_hash: str, state_filter: StateFilter = NO_FILTER
+) -> bytes:
+    """The manifest as the reference worker writes it (same keys, order, indent)."""
+    manifest: dict[str, Any] = {
+        "format": PACK_FORMAT,
+        "model_schema_hash": str(model_schema_hash),
+        "layout_hash": layout.hash,
+        "parameter_count": layout.parameter_count,
+        "values_f32_le": VALUES_NAME,
+    }
+    if not state_filter.is_trivial:
+        manifest["state_dict_filter"] = state_filter.to_json()
+    return json.dumps(manifest, indent=2).encode("utf-8")
+
+
+def export_pack(
+    state: Any,
+    path: str | os.PathLike,
+    model_schema_hash: str,
+    state_filter: StateFilter = NO_FILTER,
+) -> Layout:
+    """Export ``state``'s generic layout as a pack at ``path``.
+
+    Raises :class:`~worker.errors.LayoutError` for unsupported states and
+    :class:`PackError` when the pack cannot be written; in both cases no new
+    manifest appears at ``path``.
+    """
+    layout = compute_layout(state, state_filter)
+    write_pack(Path(path), layout, manifest_bytes(layout, model_schema_hash, state_filter))
+    return layout
+
+
+def write_pack(target: Path, layout: Layout, manifest: bytes) -> None:
+    """Write ``layout``'s values and ``manifest`` as a pack at ``target``, atomically."""
+    try:
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise PackError(f"pack path {str(target)!r} exists and is not a directory")
+        if target.exists():
+            _write_in_place(target, layout, manifest)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_fresh(target, layout, manifest)
+    except PackError:
+        raise
+    except OSError as exc:
+        raise PackError(
+            f"cannot write parameter pack at {str(target)!r}: {_os_reason(exc)}"
+        ) from exc
+
+
+def _write_fresh(target: Path, layout: Layout, manifest: bytes) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{_PARTIAL}", dir=target.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())
+        _write_values(staging / VALUES_NAME, layout)
+        _write_file(staging / MANIFEST_NAME, manifest)
+        try:
+            os.rename(staging, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # Someone created the target meanwhile: fall back to the in-place protocol.
+            _write_in_place(target, layout, manifest)
+    finally:
+        _remove_tree(staging)
+
+
+def _write_in_place(target: Path, layout: Layout, manifest: bytes) -> None:
+    values_tmp = _temp_path(target, VALUES_NAME)
+    manifest_tmp = _temp_path(target, MANIFEST_NAME)
+    try:
+        _write_values(values_tmp, layout)
+        _write_file(manifest_tmp, manifest)
+        # Retire the old manifest first: from here until the final rename the
+        # directory is not a pack, rather than a pack with mismatched values.
+        try:
+            os.unlink(target / MANIFEST_NAME)
+        except FileNotFoundError:
+            pass
+        os.replace(values_tmp, target / VALUES_NAME)
+        os.replace(manifest_tmp, target / MANIFEST_NAME)
+    finally:
+        for leftover in (values_tmp, manifest_tmp):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+
+
+def _write_values(path: Path, layout: Layout) -> None:
+    with open(path, "xb", buffering=0) as raw:
+        for tensor in layout.tensors:
+            write_tensor_as_f32(raw, tensor)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "xb") as f:
+        f.write(data)
+
+
+def _temp_path(directory: Path, name: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}{_PARTIAL}", dir=directory)
+    os.close(fd)
+    os.unlink(tmp)  # reopened with O_EXCL by the writer
+    return Path(tmp)
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+_UMASK: int | None = None
+
+
+def _umask() -> int:
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device (free some disk space or choose another directory)"
+    return exc.strerror or str(exc)
+
+
+# ---------------------------------------------------------------------------
+# Import
+
+
+@dataclass
+class PackManifest:
+    model_schema_hash: str
+    layout_hash: str
+    parameter_count: int
+    values_f32_le: str
+    raw: dict
+
+
+def parse_manifest(data: bytes, where: str = "manifest.json") -> PackManifest:
+    """Validate manifest bytes; raises :class:`PackError` naming the bad field."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PackError(f"{where}: not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise PackError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    if raw.get("format") != PACK_FORMAT:
+        raise PackError(
+            f"{where}: unsupported format {describe(raw.get('format'))}; expected {PACK_FORMAT!r}"
+        )
+    for key in ("model_schema_hash", "layout_hash", "values_f32_le"):
+        if not isinstance(raw.get(key), str):
+            raise PackError(
+                f"{where}: field {key!r} must be a string, got {describe(raw.get(key))}"
+            )
+    count = raw.get("parameter_count")
+    if type(count) is not int or not 0 <= count <= MAX_PARAMETER_COUNT:
+        raise PackError(
+            f"{where}: parameter_count must be an integer in 0..={MAX_PARAMETER_COUNT}, got {describe(count)}"
+        )
+    return PackManifest(
+        raw["model_schema_hash"], raw["layout_hash"], count, raw["values_f32_le"], raw
+    )
+
+
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _open_regular(dir_fd: int, relative: str, what: str) -> tuple[int, os.stat_result]:
+    """Open ``relative`` under ``dir_fd`` refusing links, FIFOs, devices and escapes."""
+    if not relative or relative.startswith("/") or "\x00" in relative:
+        raise PackError(f"{what}: {relative!r} must be a relative path inside the pack directory")
+    parts = relative.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise PackError(f"{what}: {relative!r} must not contain '..', '.' or empty components")
+    fds = []
+    try:
+        current = dir_fd
+        for part in parts[:-1]:
+            current = os.open(
+                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current
+            )
+            fds.append(current)
+        try:
+            fd = os.open(parts[-1], _OPEN_FLAGS, dir_fd=current)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PackError(
+                    f"{what}: {relative!r} is a symbolic link; packs must hold plain files"
+                ) from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise PackError(
+                f"{what}: {relative!r} is not a regular file (mode {stat.filemode(info.st_mode)})"
+            )
+        os.set_blocking(fd, True)
+        return fd, info
+    except PackError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PackError(
+                f"{what}: {relative!r} goes through a link or a non-directory"
+            ) from None
+        raise PackError(f"{what}: cannot open {relative!r}: {exc.strerror or exc}") from None
+    finally:
+        for extra in fds:
+            os.close(extra)
+
+
+class OpenPack:
+    """A validated pack: its manifest and an open values file of the right length.
+
+    Use as a context manager; raises :class:`PackError` on any invalid input.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PackError(
+                f"parameter pack {str(self.path)!r}: cannot open directory: {exc.strerror or exc}"
+            ) from None
+        try:
+            fd, info = _open_regular(dir_fd, MANIFEST_NAME, f"parameter pack {str(self.path)!r}")
+            with open(fd, "rb") as f:
+                if info.st_size > MAX_MANIFEST_BYTES:
+                    raise PackError(
+                        f"{MANIFEST_NAME}: {info.st_size} bytes exceeds the limit of {MAX_MANIFEST_BYTES}"
+                    )
+                data = f.read(MAX_MANIFEST_BYTES + 1)
+            self.manifest = parse_manifest(data, f"{self.path / MANIFEST_NAME}")
+            fd, info = _open_regular(
+                dir_fd, self.manifest.values_f32_le, f"{MANIFEST_NAME}: values_f32_le"
+            )
+            expected = self.manifest.parameter_count * 4
+            if info.st_size != expected:
+                os.close(fd)
+                raise PackError(
+                    f"{self.path / self.manifest.values_f32_le}: holds {info.st_size} bytes, but "
+                    f"parameter_count {self.manifest.parameter_count} needs exactly {expected}"
+                )
+            self.values = open(fd, "rb", buffering=0)
+        finally:
+            os.close(dir_fd)
+
+    def __enter__(self) -> OpenPack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.values.close()
+
+    def check_layout(self, layout: Layout) -> None:
+        if self.manifest.layout_hash != layout.hash:
+            raise PackError(
+                f"parameter pack layout {self.manifest.layout_hash} does not match the model's layout "
+                f"{layout.hash} (the pack was exported from a different architecture, dtype or filter)"
+            )
+        if self.manifest.parameter_count != layout.parameter_count:
+            raise PackError(
+                f"parameter pack holds {self.manifest.parameter_count} values but its layout needs "
+                f"{layout.parameter_count}"
+            )
+
+    def read_into(self, layout: Layout) -> None:
+        """Fill ``layout``'s tensors from the values file (after :meth:`check_layout`)."""
+        try:
+            for tensor in layout.tensors:
+                read_f32_into_tensor(self.values, tensor)
+        except (OSError, EOFError) as exc:
+            raise PackError(
+                f"parameter pack {str(self.path)!r}: reading values failed: {exc}"
+            ) from None
+
+
+def import_pack(
+    path: str | os.PathLike, make_state: Callable[[], Any], state_filter: StateFilter = NO_FILTER
+) -> Any:
+    """Validate the pack at ``path``, then build a state with ``make_state()``
+    (e.g. the workload's ``init_model``) and load the pack into it.
+
+    The pack is checked before ``make_state`` runs, so a bad pack costs no
+    model construction.  Raises :class:`PackError` or ``LayoutError``.
+    """
+    with OpenPack(path) as pack:
+        state = make_state()
+        layout = compute_layout(state, state_filter)
+        pack.check_layout(layout)
+        pack.read_into(layout)
+    sync_state_dicts(state, layout)
+    return state
+
+
+def import_pack_into(
+    state: Any, path: str | os.PathLike, state_filter: StateFilter = NO_FILTER
+) -> Layout:
+    """Load a pack into ``state`` (normally a fresh ``init_model`` state).
+
+    Every check runs before any tensor is written; raises :class:`PackError`
+    or :class:`~worker.errors.LayoutError`.
+    """
+    with OpenPack(path) as pack:
+        layout = compute_layout(state, state_filter)
+        pack.check_layout(layout)
+        pack.read_into(layout)
+    sync_state_dicts(state, layout)
+    return layout
+
+
+def sync_state_dicts(state: Any, layout: Layout) -> None:
+    """Push values back through ``load_state_dict`` for modules whose
+    ``state_dict()`` tensors do not alias their parameters (custom hooks)."""
+    for (_, module), (_, state_dict) in zip(state_modules(state), layout.state_dicts):
+        own = {p.data_ptr() for p in module.parameters()} | {b.data_ptr() for b in module.buffers()}
+        if any(
+            t.numel() and t.data_ptr() not in own
+            for t in state_dict.values()
+            if hasattr(t, "data_ptr")
+        ):
+            module.load_state_dict(state_dict)
