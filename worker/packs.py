@@ -370,7 +370,7 @@ def import_pack_into(
 def sync_state_dicts(state: Any, layout: Layout) -> None:
     """Push values back through ``load_state_dict`` for modules whose
     ``state_dict()`` tensors do not alias their parameters (custom hooks)."""
-    for (_, module), (_, state_dict) in zip(state_modules(state), layout.state_dicts):
+    for (_, module), (_, state_dict) in zip(state_modules(state), layout.state_dicts, strict=True):
         own = {p.data_ptr() for p in module.parameters()} | {b.data_ptr() for b in module.buffers()}
         if any(
             t.numel() and t.data_ptr() not in own
