@@ -11,6 +11,7 @@ import gc
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from .errors import FrameTooLarge
@@ -76,7 +77,8 @@ def serve(
                 length = decode_header(header, max_frame_bytes)
             except FrameTooLarge as exc:
                 log(str(exc))
-                _send(sock, encode_frame(error_response(NO_ID, f"request: {exc}")))
+                if _send(sock, encode_frame(error_response(NO_ID, f"request: {exc}"))):
+                    _drain_and_close(sock)
                 return 1
             body = _read_exact(stream, length)
             if len(body) < length:
@@ -106,6 +108,22 @@ def _send(sock: socket.socket, frame: bytes) -> bool:
     except OSError as exc:
         log(f"coordinator went away while the worker was answering ({exc}); exiting")
         return False
+
+
+def _drain_and_close(sock: socket.socket, seconds: float = 2.0) -> None:
+    """Half-close, then discard (never buffer) what the peer still sends for a
+    while, so the kernel does not answer the unread bytes with a reset that
+    would destroy our error answer before the peer reads it."""
+    deadline = time.monotonic() + seconds
+    scratch = bytearray(READ_BUFFER)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv_into(scratch):
+                break
+    except OSError:
+        pass
 
 
 def run(workload: Any, host: str, port: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> int:
