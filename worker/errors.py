@@ -40,7 +40,7 @@ class ParamError(RequestError):
     """A parameter is missing or has the wrong type or value."""
 
     def __init__(self, method: str, param: str, expected: str, got: object = ...) -> None:
-        text = f"{method}: params.{param}: expected {expected}"
+        text = f"{method}: params{'.' + param if param else ''}: expected {expected}"
         if got is not ...:
             text += f", got {describe(got)}"
         super().__init__(text)

@@ -305,13 +305,13 @@ def metric_value(hook: str, key: str, value: Any) -> int | float | bool | str:
     if kind is bool or kind is str:
         return value
     if kind is not int and kind is not float:
-        value = _plain_scalar(value)
-        if value is None:
+        plain = _plain_scalar(value)
+        if plain is None:
             raise WorkloadError(
                 f"{hook}: metric {key!r} must be an int, float, bool or str "
                 f"(numpy and 0-d torch scalars are converted), got {describe(value)}"
             )
-        kind = type(value)
+        value, kind = plain, type(plain)
     if kind is int and not I64_MIN <= value <= I64_MAX:
         raise WorkloadError(
             f"{hook}: metric {key!r} = {value} does not fit a signed 64-bit integer"

@@ -236,6 +236,7 @@ def _special_values() -> Any:
                         3.4028234663852886e38,  # float32 max
                         -1.1754943508222875e-38,  # smallest normal, negative
                         float("nan"),
+                        -float("nan"),  # sign bit set
                     ]
                 )
             )
@@ -323,3 +324,51 @@ def cases() -> dict[str, tuple[str, dict | None]]:
     out: dict[str, tuple[str, dict | None]] = {name: (name, None) for name in BUILDERS}
     out.update(FILTERED_CASES)
     return out
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by the tests
+
+
+def named_tensors(state: Any) -> list[tuple[str, torch.Tensor]]:
+    """Every state_dict tensor of ``state`` by its full layout name (floats and others)."""
+    out = []
+    if isinstance(state, dict) and "modules" in state and "model" not in state:
+        named = [(name, state["modules"][name]) for name in sorted(state["modules"])]
+    else:
+        named = [("", modules_of(state)[0])]
+    for module_name, module in named:
+        for key, tensor in sorted(module.state_dict().items()):
+            out.append((f"{module_name}.{key}" if module_name else key, tensor))
+    return out
+
+
+@torch.no_grad()
+def zero_floats(state: Any) -> Any:
+    """Zero every floating tensor in place (a target that shares no values with the source)."""
+    for _, tensor in named_tensors(state):
+        if torch.is_floating_point(tensor):
+            tensor.zero_()
+    return state
+
+
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    """An integer view of a tensor's bits (NaN == NaN, -0.0 != 0.0) for exact comparisons."""
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.is_complex():
+        tensor = torch.view_as_real(tensor)
+    if tensor.is_floating_point():
+        return tensor.view(_INT_VIEW[tensor.element_size()])
+    return tensor
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Dtype-, shape- and bit-exact tensor equality."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(bits(a), bits(b))
+
+
+def snapshot(state: Any) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in named_tensors(state)}
