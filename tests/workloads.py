@@ -45,7 +45,7 @@ class TinyWorkload:
             loss = nn.functional.mse_loss(model(x), y)
             loss.backward()
             opt.step()
-        return {"loss": float(loss) if loss is not None else 0.0, "steps": len(batches)}
+        return {"loss": loss.item() if loss is not None else 0.0, "steps": len(batches)}
 
     def evaluate(self, state: dict, split) -> dict:
         model = state["model"]
