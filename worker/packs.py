@@ -321,16 +321,29 @@ class OpenPack:
                 f"parameter pack holds {self.manifest.parameter_count} values but its layout needs "
                 f"{layout.parameter_count}"
             )
+        for entry, tensor in zip(layout.entries, layout.tensors, strict=True):
+            if _self_overlapping(tensor):
+                raise PackError(
+                    f"tensor {entry['name']!r} has elements that share memory (e.g. an expand()ed "
+                    "buffer), so it cannot be loaded from a pack; make it a real tensor (.clone())"
+                )
 
     def read_into(self, layout: Layout) -> None:
         """Fill ``layout``'s tensors from the values file (after :meth:`check_layout`)."""
         try:
             for tensor in layout.tensors:
                 read_f32_into_tensor(self.values, tensor)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, RuntimeError) as exc:
             raise PackError(
                 f"parameter pack {str(self.path)!r}: reading values failed: {exc}"
             ) from None
+
+
+def _self_overlapping(tensor: Any) -> bool:
+    """True when two elements of ``tensor`` alias one memory location (a 0 stride)."""
+    return any(
+        size > 1 and stride == 0 for size, stride in zip(tensor.shape, tensor.stride(), strict=True)
+    )
 
 
 def import_pack(

@@ -160,7 +160,9 @@ def _mixed_dtypes() -> Any:
     with torch.no_grad():
         # float64 -> float32 overflows to inf, underflows to (signed) zero, rounds to nearest.
         model.f64_extremes.copy_(
-            torch.tensor([1e300, -1e300, 1e-300, -1e-300, 1.0 + 2.0**-30, 2.0**-140], dtype=torch.float64)
+            torch.tensor(
+                [1e300, -1e300, 1e-300, -1e-300, 1.0 + 2.0**-30, 2.0**-140], dtype=torch.float64
+            )
         )
     return model
 
@@ -188,8 +190,12 @@ def _noncontiguous_buffer() -> Any:
             self.register_buffer("t", torch.zeros(3, 5).t())  # transposed view
             self.register_buffer("strided", torch.zeros(4, 6)[:, ::2])  # step-2 slice
             self.register_buffer("half_t", torch.zeros(2, 3, dtype=torch.float16).t())
+            # Contiguous, with a non-zero storage offset.
+            self.register_buffer("offset", torch.zeros(7)[2:])
+            self.conv = nn.Conv2d(2, 3, 2).to(memory_format=torch.channels_last)
 
     model = NonContiguous()
+    assert not model.conv.weight.is_contiguous() and model.offset.storage_offset() == 2
     assert not model.t.is_contiguous() and not model.strided.is_contiguous()
     assert not model.half_t.is_contiguous()
     return fill(model, 10)
@@ -240,7 +246,9 @@ def _special_values() -> Any:
                     ]
                 )
             )
-            self.h = nn.Parameter(torch.tensor([65504.0, -0.0, 6e-08, float("inf")], dtype=torch.float16))
+            self.h = nn.Parameter(
+                torch.tensor([65504.0, -0.0, 6e-08, float("inf")], dtype=torch.float16)
+            )
 
     return Special()
 
@@ -310,12 +318,23 @@ FILTERED_CASES: dict[str, tuple[str, dict]] = {
     ),
     "deep_sequential__exclude_all": ("deep_sequential", _filter(exclude=("*",))),
     "batchnorm__exclude_running": ("batchnorm", _filter(exclude=("*running_*",))),
-    "mixed_dtypes__include_bracket": ("mixed_dtypes", _filter(include=("[bf]*",), exclude=("f64*",))),
+    "mixed_dtypes__include_bracket": (
+        "mixed_dtypes",
+        _filter(include=("[bf]*",), exclude=("f64*",)),
+    ),
+    # Globs are case-sensitive (fnmatchcase): "B*" excludes nothing, "A*" keeps only "Alpha".
+    "odd_names__case_sensitive": (
+        "odd_names",
+        _filter(include=("A*", "b*", "\u00e9*", "w?"), exclude=("B*",)),
+    ),
     "multi_module__include_encoder_b": (
         "multi_module",
         _filter(include=("encoder.*", "b*"), exclude=("*.bias",)),
     ),
-    "multi_module__exclude_running": ("multi_module", _filter(exclude=("*.running_*", "decoder.*"))),
+    "multi_module__exclude_running": (
+        "multi_module",
+        _filter(exclude=("*.running_*", "decoder.*")),
+    ),
 }
 
 
