@@ -23,11 +23,20 @@ class TinyWorkload:
         return "python-torch-cpu"
 
     def capability_probe(self) -> dict:
-        return {"preferred_backends": ["cpu"], "work_units_per_second": 10.0, "target_window_seconds": 1}
+        return {
+            "preferred_backends": ["cpu"],
+            "work_units_per_second": 10.0,
+            "target_window_seconds": 1,
+        }
 
     def init_model(self, device: str) -> dict:
         torch.manual_seed(self.seed)
-        model = nn.Sequential(nn.Linear(4, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
+        model = nn.Sequential(
+            nn.Linear(4, self.hidden),
+            nn.BatchNorm1d(self.hidden),
+            nn.ReLU(),
+            nn.Linear(self.hidden, 1),
+        )
         return {"model": model.to("cpu"), "optimizer": None}
 
     def _data(self, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,8 +75,12 @@ class TinyWorkload:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             with open(path, "w") as f:
                 f.write("{}")
-        return {"steps_completed": job["num_inner_steps"], "metrics": metrics, "inner_optimizer_state_path": path,
-                "inner_optimizer_state_encoding": "json" if path else None}
+        return {
+            "steps_completed": job["num_inner_steps"],
+            "metrics": metrics,
+            "inner_optimizer_state_path": path,
+            "inner_optimizer_state_encoding": "json" if path else None,
+        }
 
     def _mix(self, pairs) -> dict:
         out = self.init_model("cpu")

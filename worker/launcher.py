@@ -14,22 +14,31 @@ import sys
 from collections.abc import Sequence
 
 RUNTIME_MODULE = "burn_p2p_python_runtime.worker"
-# Interpreter options that may precede -m and take no argument.
-_FLAG_OPTIONS = set("bBdEhiIOqsSuvx")
+# Interpreter options that may precede -m: without an argument, and with one.
+_FLAG_OPTIONS = frozenset("bBdEiIOPqsSuvR")
+_ARG_OPTIONS = frozenset("WX")
 
 
 def worker_args(argv: Sequence[str]) -> list[str] | None:
-    """If ``argv`` (without argv[0]) asks for the runtime module, return the
-    worker's own arguments; otherwise None."""
-    for i, arg in enumerate(argv):
-        if arg == "-m":
-            if i + 1 < len(argv) and argv[i + 1] == RUNTIME_MODULE:
-                return list(argv[i + 2 :])
-            return None
-        if arg.startswith("-m") and len(arg) > 2:
-            return list(argv[i + 1 :]) if arg[2:] == RUNTIME_MODULE else None
-        if not (arg.startswith("-") and len(arg) > 1 and set(arg[1:]) <= _FLAG_OPTIONS):
-            return None
+    """If ``argv`` (without argv[0]) runs the runtime module, return the
+    worker's own arguments (what follows the module name); otherwise None."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-") or arg == "-" or arg.startswith("--"):
+            return None  # a script, stdin, or a long option: not ours
+        for j, letter in enumerate(arg[1:], start=1):
+            if letter == "m":
+                module = arg[j + 1 :] or (argv[i + 1] if i + 1 < len(argv) else None)
+                if module != RUNTIME_MODULE:
+                    return None
+                return list(argv[i + 1 :] if arg[j + 1 :] else argv[i + 2 :])
+            if letter in _ARG_OPTIONS:
+                i += 0 if arg[j + 1 :] else 1  # -Wx or -W x
+                break
+            if letter not in _FLAG_OPTIONS:
+                return None  # -c, -h, -V, ...: pass through
+        i += 1
     return None
 
 
@@ -38,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = worker_args(argv)
     if args is None:
         os.execv(sys.executable, [sys.executable, *argv])
+    # `python -m` puts the working directory first on sys.path; a console
+    # script puts its own bin/ there instead.  Workload modules next to the
+    # job must import as they would under the real interpreter.
+    sys.path[0] = os.getcwd()
     from .__main__ import main as worker_main
 
     return worker_main(args)

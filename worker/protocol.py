@@ -102,7 +102,13 @@ def ok_response(request_id: int, result: Any) -> dict:
 
 
 def error_response(request_id: int, error: str) -> dict:
-    return {"id": request_id, "ok": False, "error": error}
+    # A hook's message may hold lone surrogates, which UTF-8 cannot carry:
+    # replace them rather than lose the message.
+    return {
+        "id": request_id,
+        "ok": False,
+        "error": error.encode("utf-8", "replace").decode("utf-8"),
+    }
 
 
 ACK = {"ok": True}
