@@ -1,0 +1,303 @@
+"""Framing checks: the worker's byte stream, driven over a raw socket (PROTOCOL.md §1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import shapes, wire
+from .errors import CheckFailed, ShapeError, WireError, describe, one_line
+from .rawworker import NoAnswer, RawWorker, WorkerGone
+from .session import Session, for_examples
+
+FRAMING = "the worker's framing (python -m worker or --worker-cmd), not a workload hook"
+EXIT_PATH = (
+    "the worker's exit path; a workload that starts a non-daemon thread or blocks in a "
+    "hook keeps the process alive"
+)
+
+
+def _response(raw: RawWorker, timeout: float, expected: str, hook: str = FRAMING) -> dict:
+    """The next response on ``raw``, strictly decoded, as an object with id and ok."""
+    try:
+        message = raw.read_message(timeout)
+    except WorkerGone as exc:
+        status = raw.wait_exit(2.0)
+        got = f"{exc} (exit status {status}); stderr: {one_line(raw.stderr_tail(), 200)}"
+        raise CheckFailed(expected, got, hook) from None
+    except NoAnswer as exc:
+        raise CheckFailed(expected, f"no response: {exc}", hook) from None
+    except WireError as exc:
+        raise CheckFailed(expected, f"an invalid response frame: {exc}", hook) from None
+    if not isinstance(message, dict):
+        raise CheckFailed(expected, f"a response that is {describe(message)}", hook)
+    ok = message.get("ok")
+    if type(ok) is not bool:
+        raise CheckFailed(expected, f"a response whose ok is {describe(ok)}", hook)
+    if not shapes.is_int(message.get("id")):
+        raise CheckFailed(expected, f"a response whose id is {describe(message.get('id'))}", hook)
+    if ok and "result" not in message:
+        raise CheckFailed(expected, "an ok:true response without a result", hook)
+    if not ok and not (isinstance(message.get("error"), str) and message["error"].strip()):
+        raise CheckFailed(
+            expected, f"an ok:false response whose error is {describe(message.get('error'))}", hook
+        )
+    return message
+
+
+def _send(
+    raw: RawWorker, data: bytes | list[bytes], expected: str, pause: float | None = None
+) -> None:
+    """Send ``data``, or each piece of a list with ``pause`` s between; a broken connection
+    is a :class:`CheckFailed`."""
+    try:
+        if pause is None:
+            raw.send(data)
+        else:
+            raw.send_pieces(data, pause)
+    except WorkerGone as exc:
+        status = raw.wait_exit(2.0)
+        got = f"{exc} (exit status {status}); stderr: {one_line(raw.stderr_tail(), 200)}"
+        raise CheckFailed(expected, got, FRAMING) from None
+
+
+def _ask(raw: RawWorker, message: dict, timeout: float, expected: str) -> dict:
+    _send(raw, wire.encode(message), expected)
+    return _response(raw, timeout, expected)
+
+
+def _json_values() -> Any:
+    from hypothesis import strategies as st
+
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=12)
+    )
+    return st.recursive(
+        scalars,
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        ),
+        max_leaves=12,
+    )
+
+
+def requests_roundtrip(s: Session) -> str:
+    from hypothesis import strategies as st
+
+    raw = s.raw()
+    methods = st.sampled_from(["hello", "capability_probe", "release_model"]) | st.text(
+        max_size=16
+    ).map(lambda t: "conformance.no_such_method." + t)
+    requests = st.fixed_dictionaries(
+        {"id": st.integers(min_value=1, max_value=2**64 - 1), "method": methods},
+        optional={"params": _json_values()},
+    )
+    explicit = [
+        {"id": 2**64 - 1, "method": "hello", "params": None},
+        {"id": 2**53 + 1, "method": "release_model", "params": {"model_id": "\u00e9\U0001f600"}},
+        {"id": 7, "method": "conformance.no_such_method.\u2603", "params": [[[[{"a": -0.0}]]]]},
+        {"id": 8, "method": "capability_probe", "params": None},
+    ]
+
+    def body(request: dict) -> None:
+        expected = f"one well-formed response with id {request['id']} to a {request['method']!r}"
+        message = _ask(raw, request, s.options.call_timeout, expected)
+        if message["id"] != request["id"]:
+            raise CheckFailed(expected, f"a response with id {message['id']}", FRAMING)
+
+    count = for_examples(requests, body, s.options.max_examples, explicit)
+    return f"{count} requests (big ids, unicode, nested params) each answered with their own id"
+
+
+def split_frames(s: Session) -> str:
+    from hypothesis import strategies as st
+
+    raw = s.raw()
+    hello = {"id": 1, "method": "hello", "params": None}
+    expected_result = _ask(raw, hello, s.options.call_timeout, "hello to be answered")["result"]
+    ids = iter(range(100, 10**9))
+    length = len(wire.encode({"id": 100, "method": "hello", "params": None}))
+    cuts = st.lists(st.integers(min_value=1, max_value=length - 1), max_size=5, unique=True)
+
+    def body(points: list[int]) -> None:
+        request_id = next(ids)
+        data = wire.encode({"id": request_id, "method": "hello", "params": None})
+        pieces = wire.split(data, points)
+        expected = f"the same hello answer for a frame sent in {len(pieces)} pieces"
+        _send(raw, pieces, expected, pause=0.002 if len(pieces) > 8 else 0.01)
+        message = _response(raw, s.options.call_timeout, expected)
+        if message["id"] != request_id or message.get("result") != expected_result:
+            got = f"id {message['id']} with {one_line(describe(message.get('result')))}"
+            raise CheckFailed(expected, got, FRAMING)
+
+    explicit = [[1], [4], [7], [8], [9], list(range(1, length))]
+    count = for_examples(cuts, body, s.options.max_examples, explicit)
+    # Two requests in one write: both answered, in order.
+    first, second = next(ids), next(ids)
+    expected = f"answers {first} then {second} to two requests sent in one write"
+    pair = [wire.encode({"id": i, "method": "hello", "params": None}) for i in (first, second)]
+    _send(raw, b"".join(pair), expected)
+    got = [_response(raw, s.options.call_timeout, expected)["id"] for _ in range(2)]
+    if got != [first, second]:
+        raise CheckFailed(expected, f"answers with ids {got}", FRAMING)
+    return f"{count} split frames (down to one byte per write) and a pipelined pair answered"
+
+
+GARBAGE = [
+    b"",
+    b"{",
+    b"\xff\xfe\xfd",
+    b"null",
+    b"[]",
+    b'"hello"',
+    b"{}",
+    b'{"method": "hello"}',
+    b'{"id": -1, "method": "hello", "params": null}',
+    b'{"id": "7", "method": "hello", "params": null}',
+    b'{"id": 1.5, "method": "hello", "params": null}',
+    b'{"id": 7, "method": 42, "params": null}',
+    b'{"id": 18446744073709551616, "method": "hello", "params": null}',
+]
+
+
+def _is_request(body: bytes) -> bool:
+    try:
+        value = wire.decode(body)
+    except WireError:
+        return False
+    return isinstance(value, dict) and shapes.is_int(value.get("id")) and "method" in value
+
+
+def garbage_refused(s: Session) -> str:
+    from hypothesis import strategies as st
+
+    raw = s.raw()
+
+    def body(data: bytes) -> None:
+        if _is_request(data):
+            return
+        expected = f"an ok:false answer to the non-request frame {data[:40]!r}"
+        _send(raw, wire.frame(data), expected)
+        message = _response(raw, s.options.exit_timeout, expected)
+        if message["ok"]:
+            raise CheckFailed(expected, f"ok:true with {describe(message.get('result'))}", FRAMING)
+        after = f"the worker to keep serving after the frame {data[:40]!r}"
+        answer = _ask(raw, {"id": 424242, "method": "hello"}, s.options.exit_timeout, after)
+        if answer["id"] != 424242 or not answer["ok"]:
+            raise CheckFailed(
+                f"hello to be answered after the frame {data[:40]!r}",
+                f"id {answer['id']}, ok {answer['ok']}",
+                FRAMING,
+            )
+
+    count = for_examples(st.binary(max_size=48), body, s.options.max_examples, GARBAGE)
+    return f"{count} garbage frames (empty, not UTF-8, not JSON, no id) refused; still serving"
+
+
+def shutdown_acks_and_exits(s: Session) -> str:
+    raw = s.raw()
+    try:
+        expected = 'shutdown answered ok:true with an object result ({"ok": true})'
+        shutdown = {"id": 9, "method": "shutdown", "params": None}
+        message = _ask(raw, shutdown, s.options.exit_timeout, expected)
+        if not message["ok"]:
+            raise CheckFailed(expected, f"ok:false: {one_line(message['error'])}", FRAMING)
+        try:
+            shapes.ack(message.get("result"), "result")
+        except ShapeError as exc:
+            raise CheckFailed(expected, str(exc), FRAMING) from None
+        status = raw.wait_exit(s.options.exit_timeout)
+        expected = "the worker to exit with status 0 after answering shutdown"
+        if status is None:
+            raise CheckFailed(
+                expected, f"still running after {s.options.exit_timeout:g} s", EXIT_PATH
+            )
+        if status != 0:
+            raise CheckFailed(expected, f"exit status {status}", EXIT_PATH)
+    finally:
+        s.drop_raw()
+    return "shutdown acknowledged with an object, then exit status 0"
+
+
+def eof_exits_zero(s: Session) -> str:
+    raw = s.take_raw()
+    try:
+        _ask(raw, {"id": 1, "method": "hello"}, s.options.call_timeout, "hello to be answered")
+        raw.close_write()
+        status = raw.wait_exit(s.options.exit_timeout)
+        expected = "exit status 0 when the coordinator closes the connection between frames"
+        if status is None:
+            raise CheckFailed(
+                expected, f"still running {s.options.exit_timeout:g} s after EOF", EXIT_PATH
+            )
+        if status != 0:
+            raise CheckFailed(expected, f"exit status {status}", EXIT_PATH)
+    finally:
+        raw.close()
+    return "exit status 0 at EOF on a frame boundary"
+
+
+def truncated_frame_exits_nonzero(s: Session) -> str:
+    raw = s.take_raw()
+    try:
+        _send(raw, wire.HEADER.pack(100) + b'{"id": 1, "method": "he', "the frame to be sent")
+        raw.close_write()
+        status = raw.wait_exit(s.options.exit_timeout)
+        expected = "a non-zero exit status when the stream ends inside a frame"
+        if status is None:
+            raise CheckFailed(
+                expected, f"still running {s.options.exit_timeout:g} s after EOF", EXIT_PATH
+            )
+        if status == 0:
+            raise CheckFailed(expected, "exit status 0 (success)", FRAMING)
+    finally:
+        raw.close()
+    return f"exit status {status} after a frame cut short"
+
+
+def oversized_frame_refused(s: Session) -> str:
+    raw = s.take_raw()
+    expected = (
+        "a frame announcing 2**64-1 bytes refused at once (an ok:false answer and/or a "
+        "closed connection), not waited for"
+    )
+    try:
+        _send(raw, wire.HEADER.pack(2**64 - 1) + b'{"id": 1, "method": "hello"', expected)
+        answers = []
+        while True:
+            try:
+                answers.append(wire.decode(raw.read_body(s.options.exit_timeout)))
+            except WorkerGone:
+                raw.close_write()  # the worker drains until we close too
+                break
+            except NoAnswer:
+                raise CheckFailed(
+                    expected,
+                    f"the connection still open after {s.options.exit_timeout:g} s"
+                    + (f" (after answering {one_line(describe(answers[-1]))})" if answers else ""),
+                    FRAMING,
+                ) from None
+            except WireError as exc:
+                raise CheckFailed(expected, f"an invalid frame: {exc}", FRAMING) from None
+            if len(answers) > 1 or not isinstance(answers[0], dict) or answers[0].get("ok"):
+                raise CheckFailed(expected, f"the answer {one_line(describe(answers))}", FRAMING)
+        if raw.wait_exit(s.options.exit_timeout) is None:
+            raise CheckFailed(expected, "the worker still running after closing", EXIT_PATH)
+    finally:
+        raw.close()
+    return "refused " + ("with an ok:false answer, then closed" if answers else "by closing")
+
+
+__all__ = [
+    "eof_exits_zero",
+    "garbage_refused",
+    "oversized_frame_refused",
+    "requests_roundtrip",
+    "shutdown_acks_and_exits",
+    "split_frames",
+    "truncated_frame_exits_nonzero",
+]

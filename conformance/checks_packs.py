@@ -1,0 +1,331 @@
+"""Parameter pack and layout checks (PROTOCOL.md §3), seen from outside the worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import Any
+
+from . import shapes
+from .errors import CheckFailed, CheckSkipped, ShapeError, describe
+from .session import Session, for_examples
+from .values import describe_difference, exact_values, same_bits, selects
+
+INIT = "init_model() (the layout comes from its state)"
+LAYOUT = "the worker's layout computation (PROTOCOL.md §3), or init_model() state"
+NO_FILTER = {"include_globs": [], "exclude_globs": []}
+
+
+def plan_shape(s: Session) -> str:
+    plan = s.plan()
+    if plan["layout_hash"] is None:
+        if not plan["uses_custom_parameter_pack_hooks"]:
+            raise CheckFailed("a layout_hash (null only with custom pack hooks)", "null", INIT)
+        return f"no generic layout (custom pack hooks): {plan.get('generic_plan_error', '')}"
+    if not plan["uses_custom_parameter_pack_hooks"]:
+        template = s.template()
+        if template.parameter_count != plan["parameter_count"]:
+            raise CheckFailed(
+                f"an exported pack of parameter_count {plan['parameter_count']} (the plan's)",
+                f"{template.parameter_count}",
+                LAYOUT,
+            )
+    return (
+        f"{len(plan['included_keys'])} float keys ({plan['parameter_count']} values), "
+        f"{len(plan['ignored_non_float_keys'])} non-float keys ignored"
+    )
+
+
+def layout_stable(s: Session) -> str:
+    first = s.plan()
+    fresh = s.plan(fresh=True)
+    if (fresh["layout_hash"], fresh["included_keys"]) != (
+        first["layout_hash"],
+        first["included_keys"],
+    ):
+        raise CheckFailed(
+            "two parameter_pack_plan calls (two fresh init_model states) with the same layout",
+            f"{first['layout_hash']} ({len(first['included_keys'])} keys) then "
+            f"{fresh['layout_hash']} ({len(fresh['included_keys'])} keys)",
+            "init_model() (it must build the same architecture every call)",
+        )
+    a, b = s.export(s.new_model()), s.export(s.new_model())
+    if (a.layout_hash, a.parameter_count) != (b.layout_hash, b.parameter_count):
+        raise CheckFailed(
+            "two init_model models to export the same layout",
+            f"{a.layout_hash} ({a.parameter_count} values) then "
+            f"{b.layout_hash} ({b.parameter_count} values)",
+            "init_model() (it must build the same architecture every call)",
+        )
+    return f"layout {a.layout_hash[:29]}... on every init_model"
+
+
+def layout_hash_independent(s: Session) -> str:
+    plan = s.plan()
+    if plan["layout_hash"] is None:
+        raise CheckSkipped("the plan has no generic layout (opaque state with custom pack hooks)")
+    if not plan["uses_custom_parameter_pack_hooks"]:
+        manifest_hash = s.template().layout_hash
+        if manifest_hash != plan["layout_hash"]:
+            raise CheckFailed(
+                f"the exported manifest's layout_hash to equal the plan's {plan['layout_hash']}",
+                manifest_hash,
+                LAYOUT,
+            )
+    try:
+        local = s.local_layout()
+    except CheckSkipped as exc:
+        raise CheckSkipped(f"the plan and the manifest agree, but {exc.reason}") from None
+    for key, mine in (
+        ("included_keys", local.names),
+        ("ignored_non_float_keys", local.ignored),
+        ("parameter_count", local.parameter_count),
+    ):
+        theirs = plan[key]
+        if key != "parameter_count":
+            theirs, mine = sorted(theirs), sorted(mine)
+        if theirs != mine:
+            raise CheckFailed(
+                f"plan {key} {describe(mine)} (recomputed here from init_model)",
+                describe(theirs),
+                LAYOUT,
+            )
+    if plan["layout_hash"] != local.hash:
+        raise CheckFailed(
+            f"layout hash {local.hash} (recomputed here per PROTOCOL.md §3)",
+            plan["layout_hash"],
+            LAYOUT,
+        )
+    return f"plan, manifest and independent recomputation agree on {local.hash[:29]}..."
+
+
+def roundtrip_bit_identical(s: Session) -> str:
+    model_id = s.new_model()
+    how = "a fresh model"
+    try:
+        batches, source = s.training_batches(2)
+    except CheckSkipped:
+        batches = None
+    if batches is not None:
+        ok, _ = s.attempt(
+            "train_window",
+            {"model_id": model_id, "batches": batches},
+            expected="train_window to answer",
+            hook="train_window()",
+        )
+        how = f"a model trained on {source}" if ok else how
+    first = s.export(model_id)
+    again = s.export(model_id)
+    if not same_bits(first.values, again.values):
+        raise CheckFailed(
+            "two exports of one model to hold the same values",
+            describe_difference(again.values, first.values),
+            s.export_hook,
+        )
+    copy = s.import_pack(first.path)
+    second = s.export(copy)
+    if (second.layout_hash, second.parameter_count) != (first.layout_hash, first.parameter_count):
+        raise CheckFailed(
+            f"the re-exported pack to keep layout {first.layout_hash}",
+            f"{second.layout_hash} with {second.parameter_count} values",
+            s.import_hook,
+        )
+    if not same_bits(second.values, first.values):
+        raise CheckFailed(
+            "export -> import -> export to be bit-identical",
+            describe_difference(second.values, first.values),
+            s.import_hook,
+        )
+    return f"{first.parameter_count} values bit-identical after export -> import -> export ({how})"
+
+
+def import_exact(s: Session) -> str:
+    from hypothesis import strategies as st
+
+    template = s.template()
+    spans = None
+    dtypes = "dtype-agnostic values (exact in float32, float16 and bfloat16)"
+    try:
+        local = s.local_layout().spans
+    except CheckSkipped:
+        local = None
+    if local and sum(n for n, _ in local) == template.parameter_count:
+        kinds = sorted({d for _, d in local})
+        if not s.custom_packs:
+            spans = local
+        elif len(kinds) == 1:
+            # Custom packs may order values their own way; one dtype makes order moot.
+            spans = [(template.parameter_count, kinds[0])]
+        if spans is not None:
+            names = ", ".join(k.removeprefix("torch.") for k in kinds)
+            dtypes = f"values exact in each tensor's dtype ({names})"
+
+    def body(seed: int) -> None:
+        values = exact_values(spans, template.parameter_count, seed)
+        model_id = s.import_pack(s.write(values, f"exact-{seed}"))
+        back = s.export(model_id)
+        if not same_bits(back.values, values):
+            raise CheckFailed(
+                "imported values (signed zeros, subnormals, format extremes) exported bit-exactly",
+                describe_difference(back.values, values),
+                s.import_hook,
+            )
+
+    seeds = st.integers(min_value=0, max_value=2**32 - 1)
+    count = for_examples(seeds, body, min(s.options.max_examples, 5), explicit=[0])
+    return f"{count} packs of {dtypes} survived import -> export exactly"
+
+
+def _glob_strategy(keys: list[str]) -> Any:
+    from hypothesis import strategies as st
+
+    variants: list[str] = ["*"]
+    for key in keys:
+        variants += [key, key[: max(1, len(key) // 2)] + "*", "*" + key[-2:]]
+        variants.append("?" + key[1:])
+        variants.append(f"[{key[0]}]" + key[1:])
+    text = st.text(min_size=1, max_size=6).filter(lambda t: t.strip() and "\x00" not in t)
+    return st.sampled_from(sorted(set(variants))) | text
+
+
+def filters_select_keys(s: Session) -> str:
+    from hypothesis import strategies as st
+
+    full = s.plan()
+    keys = full["included_keys"]
+    if not keys:
+        raise CheckSkipped("the plan has no float keys to filter")
+    globs = _glob_strategy(keys)
+    filters = st.fixed_dictionaries(
+        {"include_globs": st.lists(globs, max_size=3), "exclude_globs": st.lists(globs, max_size=3)}
+    )
+    generic = not full["uses_custom_parameter_pack_hooks"]
+    try:
+        offsets = s.local_layout().offsets() if generic else None
+    except CheckSkipped:
+        offsets = None
+    model_id = s.new_model() if generic else None
+    whole = s.export(model_id) if generic else None
+
+    def body(f: dict) -> None:
+        wanted = [k for k in keys if selects(k, f["include_globs"], f["exclude_globs"])]
+        plan = s.plan(f)
+        hook = "the worker's filter handling (PROTOCOL.md §2, Filter)"
+        if plan["included_keys"] != wanted:
+            raise CheckFailed(
+                f"included_keys {describe(wanted)} for filter {f}",
+                describe(plan["included_keys"]),
+                hook,
+            )
+        if sorted(plan["excluded_float_keys"]) != sorted(set(keys) - set(wanted)):
+            raise CheckFailed(
+                f"excluded_float_keys {describe(sorted(set(keys) - set(wanted)))} for filter {f}",
+                describe(plan["excluded_float_keys"]),
+                hook,
+            )
+        if sorted(plan["ignored_non_float_keys"]) != sorted(full["ignored_non_float_keys"]):
+            raise CheckFailed(
+                "the same ignored_non_float_keys under any filter",
+                describe(plan["ignored_non_float_keys"]),
+                hook,
+            )
+        if not generic:
+            return
+        pack = s.export(model_id, state_dict_filter=f)
+        if pack.parameter_count != plan["parameter_count"]:
+            raise CheckFailed(
+                f"a filtered pack of {plan['parameter_count']} values (the plan's) for filter {f}",
+                f"{pack.parameter_count} values",
+                s.export_hook,
+            )
+        if offsets is not None:
+            import numpy as np
+
+            parts = [whole.values[slice(*offsets[k])] for k in wanted]
+            expected = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+            if not same_bits(pack.values, expected):
+                raise CheckFailed(
+                    f"the filtered pack to hold exactly the selected tensors for filter {f}",
+                    describe_difference(pack.values, expected),
+                    s.export_hook,
+                )
+        back = s.export(s.import_pack(pack.path, state_dict_filter=f), state_dict_filter=f)
+        if not same_bits(back.values, pack.values):
+            raise CheckFailed(
+                f"a filtered pack to import and re-export bit-identically for filter {f}",
+                describe_difference(back.values, pack.values),
+                s.import_hook,
+            )
+
+    explicit = [
+        dict(NO_FILTER, include_globs=[keys[0]]),
+        dict(NO_FILTER, exclude_globs=[keys[-1]]),
+        {"include_globs": ["*"], "exclude_globs": ["*"]},
+    ]
+    count = for_examples(filters, body, s.options.max_examples, explicit)
+    extra = "; packs match the selected slices" if offsets is not None else ""
+    return f"{count} filters select exactly the matching keys{extra}"
+
+
+def manifest_valid(s: Session) -> str:
+    model_id = s.new_model()
+    path = s.path("manifest-pack")
+    for schema in ("conformance-schema-one", "conformance-schema-two"):
+        what = f"a pack whose manifest records model_schema_hash {schema!r}"
+        result = s.call(
+            "export_parameter_pack",
+            {"model_id": model_id, "parameter_pack_path": str(path), "model_schema_hash": schema},
+            expected=what,
+            hook=s.export_hook,
+        )
+        s.shape(
+            shapes.ack,
+            result,
+            what="export_parameter_pack to answer an ack object",
+            hook=s.export_hook,
+        )
+        try:
+            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+            shapes.manifest(manifest)
+        except (OSError, ValueError) as exc:
+            raise CheckFailed(what, f"an unreadable manifest.json ({exc})", s.export_hook) from None
+        except ShapeError as exc:
+            raise CheckFailed(what, str(exc), s.export_hook) from None
+        if manifest["model_schema_hash"] != schema:
+            raise CheckFailed(what, repr(manifest["model_schema_hash"]), s.export_hook)
+        values = path / manifest["values_f32_le"]
+        try:
+            info = os.lstat(values)
+        except OSError:
+            raise CheckFailed(
+                what, f"no values file {manifest['values_f32_le']!r}", s.export_hook
+            ) from None
+        if not stat.S_ISREG(info.st_mode) or info.st_size != 4 * manifest["parameter_count"]:
+            raise CheckFailed(
+                f"a plain values file of {4 * manifest['parameter_count']} bytes",
+                f"{stat.filemode(info.st_mode)} of {info.st_size} bytes",
+                s.export_hook,
+            )
+        plan = s.plan()
+        if not plan["uses_custom_parameter_pack_hooks"] and (
+            manifest["layout_hash"],
+            manifest["parameter_count"],
+        ) != (plan["layout_hash"], plan["parameter_count"]):
+            raise CheckFailed(
+                f"manifest layout {plan['layout_hash']} with {plan['parameter_count']} values",
+                f"{manifest['layout_hash']} with {manifest['parameter_count']} values",
+                s.export_hook,
+            )
+    return "manifest fields valid; re-export into the same directory replaced it"
+
+
+__all__ = [
+    "filters_select_keys",
+    "import_exact",
+    "layout_hash_independent",
+    "layout_stable",
+    "manifest_valid",
+    "plan_shape",
+    "roundtrip_bit_identical",
+]

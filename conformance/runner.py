@@ -1,0 +1,298 @@
+"""Run checks and report: one :class:`Outcome` per check, a :class:`Report` for the run.
+
+``run_checks(Options(factory="pkg.mod:make"), select=["packs.*"])`` is the
+programmatic entry point; the CLI, the pytest plugin and the helper all use
+:func:`execute` for a single check.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checks import BY_ID, CHECKS, Check, resolve
+from .errors import CheckFailed, CheckSkipped, UsageError, one_line
+from .session import Options, Session
+
+PASS, FAIL, SKIP, XFAIL = "PASS", "FAIL", "SKIP", "XFAIL"
+
+
+@dataclass
+class Outcome:
+    check: Check
+    status: str
+    reason: str
+    details: str = ""
+    duration: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return self.check.id
+
+    def line(self) -> str:
+        """``STATUS id reason``: the one line the CLI prints."""
+        return f"{self.status} {self.id} {self.reason}".rstrip()
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "reason": self.reason,
+            "description": self.check.description,
+            "hooks": list(self.check.hooks),
+            "duration_s": round(self.duration, 3),
+            "details": self.details,
+        }
+
+
+@dataclass
+class Report:
+    options: Options
+    outcomes: list[Outcome] = field(default_factory=list)
+    duration: float = 0.0
+    spawns: int = 0
+    """Worker processes the run started."""
+
+    def by_id(self, check_id: str) -> Outcome:
+        for outcome in self.outcomes:
+            if outcome.id == check_id:
+                return outcome
+        raise KeyError(check_id)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failed(self) -> bool:
+        return self.count(FAIL) > 0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.count(PASS)} passed, {self.count(FAIL)} failed, {self.count(SKIP)} skipped, "
+            f"{self.count(XFAIL)} xfailed ({len(self.outcomes)} checks in {self.duration:.1f} s)"
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "factory": self.options.factory,
+            "config": self.options.config,
+            "device": self.options.device,
+            "summary": {
+                "passed": self.count(PASS),
+                "failed": self.count(FAIL),
+                "skipped": self.count(SKIP),
+                "xfailed": self.count(XFAIL),
+                "total": len(self.outcomes),
+                "duration_s": round(self.duration, 3),
+                "worker_processes": self.spawns,
+            },
+            "checks": [o.to_json() for o in self.outcomes],
+        }
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+    def write_junit(self, path: str | Path) -> None:
+        """JUnit XML as CI systems read it: XFAIL and SKIP are ``<skipped>``."""
+        suite = ET.Element(
+            "testsuite",
+            name="burn-p2p-conformance",
+            tests=str(len(self.outcomes)),
+            failures=str(self.count(FAIL)),
+            errors="0",
+            skipped=str(self.count(SKIP) + self.count(XFAIL)),
+            time=f"{self.duration:.3f}",
+        )
+        for outcome in self.outcomes:
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=f"conformance.{outcome.check.group}",
+                name=outcome.id,
+                time=f"{outcome.duration:.3f}",
+            )
+            if outcome.status == FAIL:
+                node = ET.SubElement(case, "failure", message=outcome.reason)
+                node.text = outcome.details or outcome.reason
+            elif outcome.status in (SKIP, XFAIL):
+                kind = "xfail" if outcome.status == XFAIL else "skip"
+                ET.SubElement(case, "skipped", type=kind, message=outcome.reason)
+        ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def execute(session: Session, check: Check, xfail_reason: str | None = None) -> Outcome:
+    """Run one check on ``session``; never raises (except KeyboardInterrupt and
+    :class:`UsageError`)."""
+    start = time.monotonic()
+    session.begin_check()
+    try:
+        reason = check.func(session) or check.description
+        outcome = Outcome(check, PASS, one_line(reason))
+    except CheckFailed as exc:
+        outcome = Outcome(check, FAIL, exc.reason, exc.details)
+    except CheckSkipped as exc:
+        outcome = Outcome(check, SKIP, exc.reason)
+    except UsageError:
+        raise
+    except Exception as exc:
+        outcome = _unexpected(check, exc)
+    finally:
+        session.end_check()
+    outcome.duration = time.monotonic() - start
+    if xfail_reason is not None:
+        if outcome.status == FAIL:
+            outcome = Outcome(
+                check,
+                XFAIL,
+                one_line(f"{xfail_reason} (failed: {outcome.reason})"),
+                outcome.details,
+                outcome.duration,
+            )
+        elif outcome.status == PASS:
+            outcome.reason = one_line(
+                f"{outcome.reason} (listed as an expected failure: {xfail_reason}; it passes, "
+                "so remove it from the list)"
+            )
+    return outcome
+
+
+def _unexpected(check: Check, exc: BaseException) -> Outcome:
+    group = [e for e in getattr(exc, "exceptions", ()) if isinstance(e, CheckFailed)]
+    if group:
+        return Outcome(check, FAIL, group[0].reason, group[0].details)
+    text = f"{type(exc).__name__}: {exc}"
+    return Outcome(
+        check,
+        FAIL,
+        one_line(
+            f"the check itself crashed ({text}); this is a bug in the conformance suite "
+            "or the worker died in an unexpected way"
+        ),
+        traceback.format_exc(),
+    )
+
+
+def parse_xfails(text: str, source: str = "--xfails-file") -> dict[str, str]:
+    """Parse an expected-failures file: one ``CHECK_ID_OR_GLOB [reason]`` per line;
+    blank lines and lines starting with ``#`` are ignored.  Returns
+    ``{check_id: reason}``; raises :class:`UsageError` for a pattern matching no check.
+    """
+    out: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pattern, *rest = line.split(None, 1)
+        reason = rest[0].lstrip("#").strip() if rest else ""
+        for check_id in resolve([pattern], f"{source} line {number}:"):
+            out[check_id] = reason or f"listed in {source}"
+    return out
+
+
+def selected_checks(
+    select: Iterable[str] | None = None, skip: Iterable[str] = ()
+) -> tuple[list[Check], set[str]]:
+    """The checks to run (registry order) and the ids to report as skipped."""
+    ids = resolve(select) if select is not None else [c.id for c in CHECKS]
+    skipped = set(resolve(skip, "--skip")) if skip else set()
+    return [BY_ID[i] for i in ids], skipped
+
+
+def run_checks(
+    options: Options,
+    *,
+    select: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+    xfail: Mapping[str, str] | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    session: Session | None = None,
+) -> Report:
+    """Run the selected checks against the workload in ``options``.
+
+    ``select``/``skip`` take ids or globs (``"packs.*"``); ``xfail`` maps ids
+    (or globs) to reasons.  Raises :class:`UsageError` for unknown ids and
+    when the worker cannot start at all (the factory does not import, the
+    config is refused, the worker command is wrong).
+    """
+    checks, skipped = selected_checks(select, skip)
+    expected_failures: dict[str, str] = {}
+    for pattern, reason in (xfail or {}).items():
+        for check_id in resolve([pattern], "--xfail"):
+            expected_failures[check_id] = reason
+    report = Report(options)
+    start = time.monotonic()
+    own = session is None
+    session = session or Session(options)
+    try:
+        to_run = [c for c in checks if c.id not in skipped]
+        if to_run:
+            preflight(session, to_run)
+        for check in checks:
+            if check.id in skipped:
+                outcome = Outcome(check, SKIP, "skipped on request (--skip)")
+            else:
+                outcome = execute(session, check, expected_failures.get(check.id))
+            report.outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+    finally:
+        report.spawns = session.spawns
+        if own:
+            session.close()
+    report.duration = time.monotonic() - start
+    return report
+
+
+def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
+    """Start the worker the first check needs (a raw one when only framing checks
+    run); a worker that cannot start is a :class:`UsageError`."""
+    try:
+        if checks and all(c.group == "framing" for c in checks):
+            session.raw()
+        else:
+            session.client()
+    except CheckFailed as exc:
+        raise UsageError(
+            f"cannot start the workload {session.options.factory!r}: {exc.got}"
+            + (f"\n{exc.details}" if exc.details and exc.details not in exc.got else "")
+        ) from None
+
+
+def load_batches(path: str | Path) -> list:
+    """A ``--batches`` file: a JSON array of BatchRef objects; raises :class:`UsageError`."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--batches {str(path)!r}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise UsageError(f"--batches {str(path)!r}: not JSON ({exc})") from None
+    if isinstance(value, dict) and "batches" in value:
+        value = value["batches"]
+    if not isinstance(value, list) or not value:
+        raise UsageError(f"--batches {str(path)!r}: expected a non-empty JSON array of BatchRefs")
+    return value
+
+
+__all__ = [
+    "FAIL",
+    "PASS",
+    "SKIP",
+    "XFAIL",
+    "Outcome",
+    "Report",
+    "execute",
+    "load_batches",
+    "parse_xfails",
+    "preflight",
+    "run_checks",
+    "selected_checks",
+]
