@@ -28,7 +28,7 @@ from typing import Any
 from .errors import PackError, describe
 from .layout import Layout, compute_layout, state_modules
 from .protocol import NO_FILTER, StateFilter
-from .tensor_io import read_f32_into_tensor, write_tensor_as_f32
+from .tensor_io import preallocate, read_f32_into_tensor, write_tensor_as_f32
 
 PACK_FORMAT = "burn-p2p-python-flattened-parameter-pack-v1"
 MANIFEST_NAME = "manifest.json"
@@ -134,6 +134,7 @@ def _write_in_place(target: Path, layout: Layout, manifest: bytes) -> None:
 
 def _write_values(path: Path, layout: Layout) -> None:
     with open(path, "xb", buffering=0) as raw:
+        preallocate(raw.fileno(), layout.parameter_count * 4)
         for tensor in layout.tensors:
             write_tensor_as_f32(raw, tensor)
 

@@ -88,6 +88,15 @@ class Worker:
         self.models: dict[str, Any] = {}
         self._next_model = 1
         self.shutdown_requested = False
+        name = getattr(workload, "workload_name", None)
+        if not isinstance(name, str) or not name:
+            name = type(workload).__name__
+        # What hello answers cannot change while the workload lives.
+        self._hello = {
+            "protocol_version": PROTOCOL_VERSION,
+            "workload_name": name,
+            "capabilities": capabilities(workload),
+        }
 
     # -- entry points ------------------------------------------------------
 
@@ -218,14 +227,7 @@ class Worker:
 
     def hello(self, params: Any) -> dict:
         params_null("hello", params)
-        name = getattr(self.workload, "workload_name", None)
-        if not isinstance(name, str) or not name:
-            name = type(self.workload).__name__
-        return {
-            "protocol_version": PROTOCOL_VERSION,
-            "workload_name": name,
-            "capabilities": capabilities(self.workload),
-        }
+        return self._hello
 
     def capability_probe(self, params: Any) -> dict:
         params_null("capability_probe", params)

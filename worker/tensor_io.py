@@ -9,6 +9,8 @@ buffer, so peak extra memory stays at ``CHUNK_ELEMENTS * 4`` bytes.
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 import sys
 from typing import Any, BinaryIO
 
@@ -23,6 +25,38 @@ def memory_view(tensor: Any) -> memoryview:
         return memoryview(b"")
     buffer = (ctypes.c_char * nbytes).from_address(tensor.data_ptr())
     return memoryview(buffer).cast("B")
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+_fallocate: Any = None
+
+
+def preallocate(fd: int, nbytes: int) -> None:
+    """Reserve ``nbytes`` of disk for ``fd`` before writing, as numpy's ``tofile`` does.
+
+    Large sequential writes into reserved blocks are markedly faster on ext4,
+    and a full disk fails here, before any data is written (``OSError``
+    ENOSPC).  Uses Linux ``fallocate(2)`` with ``FALLOC_FL_KEEP_SIZE`` (the
+    file size is untouched); a no-op where that is unavailable.
+    """
+    global _fallocate
+    if nbytes <= 0:
+        return
+    if _fallocate is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).fallocate
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            fn.restype = ctypes.c_int
+            _fallocate = fn
+        except (OSError, AttributeError):
+            _fallocate = False
+    if not _fallocate:
+        return
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, nbytes) != 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOSPC:
+            raise OSError(err, os.strerror(err))
+        # EOPNOTSUPP, ENOSYS, EINVAL...: the filesystem cannot reserve; just write.
 
 
 def write_all(raw: BinaryIO, view: memoryview) -> None:
