@@ -14,12 +14,12 @@ import math
 import os
 import stat
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import PackError, describe
 from .layout import state_modules
+from .packs import partial_path
 from .tensor_io import LITTLE_ENDIAN, memory_view, read_exact_into, write_all
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -75,9 +75,9 @@ def save_state(state: Any, path: str | os.PathLike) -> None:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+        tmp = partial_path(target.parent, target.name)
         try:
-            with open(fd, "wb", buffering=0) as raw:
+            with open(tmp, "xb", buffering=0) as raw:
                 write_all(raw, memoryview(struct.pack("<Q", len(encoded)) + encoded))
                 for name in sorted(tensors):
                     tensor = tensors[name]

@@ -19,7 +19,6 @@ import errno
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,9 +93,10 @@ def write_pack(target: Path, layout: Layout, manifest: bytes) -> None:
 
 
 def _write_fresh(target: Path, layout: Layout, manifest: bytes) -> None:
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{_PARTIAL}", dir=target.parent))
+    staging = partial_path(target.parent, target.name)
+    # Created inside the try: a stop signal at any point leaves nothing behind.
     try:
-        os.chmod(staging, 0o777 & ~_umask())
+        os.mkdir(staging)
         _write_values(staging / VALUES_NAME, layout)
         _write_file(staging / MANIFEST_NAME, manifest)
         try:
@@ -111,8 +111,8 @@ def _write_fresh(target: Path, layout: Layout, manifest: bytes) -> None:
 
 
 def _write_in_place(target: Path, layout: Layout, manifest: bytes) -> None:
-    values_tmp = _temp_path(target, VALUES_NAME)
-    manifest_tmp = _temp_path(target, MANIFEST_NAME)
+    values_tmp = partial_path(target, VALUES_NAME)
+    manifest_tmp = partial_path(target, MANIFEST_NAME)
     try:
         _write_values(values_tmp, layout)
         _write_file(manifest_tmp, manifest)
@@ -144,11 +144,13 @@ def _write_file(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _temp_path(directory: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}{_PARTIAL}", dir=directory)
-    os.close(fd)
-    os.unlink(tmp)  # reopened with O_EXCL by the writer
-    return Path(tmp)
+def partial_path(directory: Path, name: str) -> Path:
+    """A fresh, unguessable temporary name for ``name`` in ``directory``.
+
+    Only a name: the caller creates it exclusively (``"xb"``, ``mkdir``)
+    inside the ``try`` whose ``finally`` removes it, so no stop can strand it.
+    """
+    return directory / f".{name}{_PARTIAL}{os.urandom(8).hex()}"
 
 
 def _remove_tree(path: Path) -> None:
@@ -157,17 +159,6 @@ def _remove_tree(path: Path) -> None:
     for child in path.iterdir():
         child.unlink()
     path.rmdir()
-
-
-_UMASK: int | None = None
-
-
-def _umask() -> int:
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
 
 
 def _os_reason(exc: OSError) -> str:

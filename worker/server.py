@@ -28,6 +28,10 @@ def log(message: str) -> None:
 
 
 def _raise_stop(signum: int, _frame: Any) -> None:
+    # One stop is enough: a second Ctrl-C must not interrupt the cleanup
+    # (temporary files being removed) that the first one started.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     raise WorkerStop(signal.Signals(signum).name)
 
 
@@ -69,6 +73,9 @@ def serve(
         while True:
             header = stream.read(HEADER_SIZE)
             if not header:
+                log(
+                    f"the coordinator closed the connection after {request_count} requests; exiting"
+                )
                 return 0
             if len(header) < HEADER_SIZE:
                 log(f"connection closed inside a frame header ({len(header)} of 8 bytes); exiting")
