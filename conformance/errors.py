@@ -8,6 +8,8 @@ is a bad invocation (exit status 2 on the command line).
 
 from __future__ import annotations
 
+from fakecoord.errors import describe  # one rendering of values in messages, shared
+
 REASON_LIMIT = 400
 """Characters kept of a one-line reason; the full text stays in ``details``."""
 
@@ -78,23 +80,6 @@ class ShapeError(ConformanceError):
 
 class PackProblem(ConformanceError):
     """A parameter pack on disk is missing, malformed or inconsistent."""
-
-
-def describe(value: object, limit: int = 80) -> str:
-    """A short rendering of ``value`` with its JSON type name."""
-    kind = {
-        type(None): "null",
-        bool: "boolean",
-        int: "integer",
-        float: "float",
-        str: "string",
-        list: "array",
-        dict: "object",
-    }.get(type(value), type(value).__name__)
-    text = repr(value)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{text} ({kind})"
 
 
 __all__ = [
