@@ -784,9 +784,71 @@ def _accept(
             sock, _ = listener.accept()
         except TimeoutError:
             continue
+        if peer_is_descendant(sock, process.pid) is False:
+            # Another local process raced the worker to our port: drop it and
+            # keep waiting for the real worker (the port is in its argv).
+            print(
+                f"fakecoord: refused a connection on port {listener.getsockname()[1]} that did "
+                f"not come from worker pid {process.pid}",
+                file=sys.stderr,
+            )
+            sock.close()
+            continue
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+
+def _proc_net_address(host: str, port: int) -> str:
+    """/proc/net/tcp's spelling of an IPv4 address: host-order hex, then the port."""
+    return f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
+
+
+def peer_is_descendant(sock: socket.socket, pid: int) -> bool | None:
+    """Whether the other end of loopback connection ``sock`` is held by process
+    ``pid`` or one of its descendants (a launcher may exec or fork the worker).
+
+    Linux only (``/proc/net/tcp`` gives the peer socket's inode, ``/proc/PID/fd``
+    its holders); returns None where that cannot be determined.
+    """
+    try:
+        peer = _proc_net_address(*sock.getpeername()[:2])
+        ours = _proc_net_address(*sock.getsockname()[:2])
+        with open("/proc/net/tcp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+        inode = next((r[9] for r in rows if r[1] == peer and r[2] == ours), None)
+        parents: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                parents.setdefault(ppid, []).append(int(entry))
+    except (OSError, ValueError):
+        return None
+    if inode is None:
+        return False
+    wanted = f"socket:[{inode}]"
+    todo, seen = [pid], {pid}
+    while todo:
+        current = todo.pop()
+        try:
+            names = os.listdir(f"/proc/{current}/fd")
+        except OSError:
+            names = []
+        for name in names:
+            try:
+                if os.readlink(f"/proc/{current}/fd/{name}") == wanted:
+                    return True
+            except OSError:
+                continue
+        for child in parents.get(current, []):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return False
 
 
 __all__ = [

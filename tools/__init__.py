@@ -1,1 +1,1 @@
-"""Developer tools that are not part of the installed packages (``python tools/fuzz.py``)."""
+"""Developer tools, run from the repository root (``python tools/NAME.py``); not installed."""

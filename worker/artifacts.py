@@ -124,7 +124,8 @@ def read_header(raw: Any, size: int, where: str) -> tuple[dict, int]:
     for name, entry in header.items():
         ok = (
             isinstance(entry, dict)
-            and entry.get("dtype") in _DTYPES
+            and isinstance(entry.get("dtype"), str)
+            and entry["dtype"] in _DTYPES
             and isinstance(entry.get("shape"), list)
             and all(type(d) is int and d >= 0 for d in entry["shape"])
             and isinstance(entry.get("data_offsets"), list)
@@ -155,10 +156,12 @@ def load_state(state: Any, path: str | os.PathLike) -> None:
     tensors = state_tensors(state)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            # Checked before open(fd): FileIO refuses a directory without closing fd.
+            os.close(fd)
+            raise PackError(f"{where}: not a regular file (mode {stat.filemode(info.st_mode)})")
         with open(fd, "rb", buffering=0) as raw:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise PackError(f"{where}: not a regular file (mode {stat.filemode(info.st_mode)})")
             os.set_blocking(fd, True)
             header, start = read_header(raw, info.st_size, where)
             missing = sorted(set(tensors) - set(header))

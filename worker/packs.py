@@ -219,6 +219,12 @@ def _open_regular(dir_fd: int, relative: str, what: str) -> tuple[int, os.stat_r
     """Open ``relative`` under ``dir_fd`` refusing links, FIFOs, devices and escapes."""
     if not relative or relative.startswith("/") or "\x00" in relative:
         raise PackError(f"{what}: {relative!r} must be a relative path inside the pack directory")
+    try:
+        os.fsencode(relative)
+    except UnicodeEncodeError:
+        raise PackError(
+            f"{what}: {relative!r} is not a name the filesystem can represent"
+        ) from None
     parts = relative.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise PackError(f"{what}: {relative!r} must not contain '..', '.' or empty components")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,12 @@ def require_path(method: str, params: dict, key: str) -> str:
     value = require_str(method, params, key)
     if "\x00" in value:
         raise ParamError(method, key, "a filesystem path without NUL bytes", value)
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        raise ParamError(
+            method, key, "a path the filesystem encoding can represent (no lone surrogates)", value
+        ) from None
     return value
 
 
