@@ -784,12 +784,13 @@ def _accept(
             sock, _ = listener.accept()
         except TimeoutError:
             continue
-        if peer_is_descendant(sock, process.pid) is False:
-            # Another local process raced the worker to our port: drop it and
-            # keep waiting for the real worker (the port is in its argv).
+        uid = peer_uid(sock)
+        if uid is not None and uid != os.getuid():
+            # Another user's process raced the worker to our port (it is in
+            # the worker's argv): drop it and keep waiting for the worker.
             print(
-                f"fakecoord: refused a connection on port {listener.getsockname()[1]} that did "
-                f"not come from worker pid {process.pid}",
+                f"fakecoord: refused a connection on port {listener.getsockname()[1]} from "
+                f"uid {uid}; the worker runs as uid {os.getuid()}",
                 file=sys.stderr,
             )
             sock.close()
@@ -804,51 +805,24 @@ def _proc_net_address(host: str, port: int) -> str:
     return f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
 
 
-def peer_is_descendant(sock: socket.socket, pid: int) -> bool | None:
-    """Whether the other end of loopback connection ``sock`` is held by process
-    ``pid`` or one of its descendants (a launcher may exec or fork the worker).
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid owning the other end of loopback TCP connection ``sock``.
 
-    Linux only (``/proc/net/tcp`` gives the peer socket's inode, ``/proc/PID/fd``
-    its holders); returns None where that cannot be determined.
+    Linux only (the peer's row in ``/proc/net/tcp``); None where that cannot
+    be determined.  A process of our own uid could ptrace the worker anyway,
+    so the uid is the boundary worth checking.
     """
     try:
         peer = _proc_net_address(*sock.getpeername()[:2])
         ours = _proc_net_address(*sock.getsockname()[:2])
         with open("/proc/net/tcp") as table:
-            rows = [line.split() for line in table.readlines()[1:]]
-        inode = next((r[9] for r in rows if r[1] == peer and r[2] == ours), None)
-        parents: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-                parents.setdefault(ppid, []).append(int(entry))
-    except (OSError, ValueError):
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                if fields[1] == peer and fields[2] == ours:
+                    return int(fields[7])
+    except (OSError, ValueError, IndexError):
         return None
-    if inode is None:
-        return False
-    wanted = f"socket:[{inode}]"
-    todo, seen = [pid], {pid}
-    while todo:
-        current = todo.pop()
-        try:
-            names = os.listdir(f"/proc/{current}/fd")
-        except OSError:
-            names = []
-        for name in names:
-            try:
-                if os.readlink(f"/proc/{current}/fd/{name}") == wanted:
-                    return True
-            except OSError:
-                continue
-        for child in parents.get(current, []):
-            if child not in seen:
-                seen.add(child)
-                todo.append(child)
-    return False
+    return None
 
 
 __all__ = [
