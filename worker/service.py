@@ -183,7 +183,9 @@ class Worker:
     def model(self, method: str, params: dict, key: str) -> tuple[str, Any]:
         model_id = require_str(method, params, key)
         if model_id not in self.models:
-            live = ", ".join(self.models) or "none"
+            ids = list(self.models)
+            live = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            live = live or "none"
             raise UnknownModelError(
                 f"{method}: params.{key}: unknown model id {model_id!r} (live models: {live}); "
                 "handles are valid from the call that returned them until release_model"
