@@ -42,8 +42,8 @@ from .common import (
     parse_sizes,
     peak_rss,
     reference_path,
-    report,
     reset_peak_rss,
+    run_and_report,
     run_json_child,
     spawn_worker,
 )
@@ -471,18 +471,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.memory_child:
+    if args.memory_child:
+        try:
             reference = Path(args.reference) if args.reference else None
             result = memory_child(args.memory_child, args.sizes[0], Path(args.dir), reference)
-            print(json.dumps(result))
-            return 0
-        rows = run(args)
-    except BenchError as exc:
-        print(f"bench_packs: {exc}", file=sys.stderr)
-        return 1
-    report(rows, "parameter packs", args.json)
-    return 0
+        except BenchError as exc:
+            print(f"bench_packs: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(result))
+        return 0
+    return run_and_report("bench_packs", "parameter packs", args, run)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from .common import (
     Stats,
     add_common_arguments,
     reference_path,
-    report,
+    run_and_report,
     spawn_worker,
 )
 
@@ -298,14 +298,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        rows = run(args)
-    except BenchError as exc:
-        print(f"bench_rpc: {exc}", file=sys.stderr)
-        return 1
-    report(rows, "RPC round trips", args.json)
-    return 0
+    return run_and_report("bench_rpc", "RPC round trips", parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from .common import (
     add_common_arguments,
     interleaved,
     reference_path,
-    report,
+    run_and_report,
     spawn_worker,
     worker_env,
 )
@@ -121,14 +121,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        rows = run(args)
-    except BenchError as exc:
-        print(f"bench_startup: {exc}", file=sys.stderr)
-        return 1
-    report(rows, "start-up", args.json)
-    return 0
+    return run_and_report("bench_startup", "start-up", parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -257,6 +257,17 @@ def report(rows: Sequence[Row], title: str, json_path: str | None, **extra: Any)
         print(f"wrote {json_path}")
 
 
+def run_and_report(name: str, title: str, args: argparse.Namespace, run: Any) -> int:
+    """A benchmark script's main: ``run(args)`` then the table; 1 when it cannot measure."""
+    try:
+        rows = run(args)
+    except BenchError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    report(rows, title, args.json)
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # Command line
 
