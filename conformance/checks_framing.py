@@ -210,12 +210,8 @@ def shutdown_acks_and_exits(s: Session) -> str:
             shapes.ack(message.get("result"), "result")
         except ShapeError as exc:
             raise CheckFailed(expected, str(exc), FRAMING) from None
-        status = raw.wait_exit(s.options.exit_timeout)
         expected = "the worker to exit with status 0 after answering shutdown"
-        if status is None:
-            raise CheckFailed(
-                expected, f"still running after {s.options.exit_timeout:g} s", EXIT_PATH
-            )
+        status = _exit_status(raw, s, expected, "after shutdown")
         if status != 0:
             raise CheckFailed(expected, f"exit status {status}", EXIT_PATH)
     finally:
@@ -223,17 +219,23 @@ def shutdown_acks_and_exits(s: Session) -> str:
     return "shutdown acknowledged with an object, then exit status 0"
 
 
+def _exit_status(raw: RawWorker, s: Session, expected: str, after: str) -> int:
+    """Wait for the worker to exit; a worker still running is a failure of ``expected``."""
+    status = raw.wait_exit(s.options.exit_timeout)
+    if status is None:
+        raise CheckFailed(
+            expected, f"still running {s.options.exit_timeout:g} s {after}", EXIT_PATH
+        )
+    return status
+
+
 def eof_exits_zero(s: Session) -> str:
     raw = s.take_raw()
     try:
         _ask(raw, {"id": 1, "method": "hello"}, s.options.call_timeout, "hello to be answered")
         raw.close_write()
-        status = raw.wait_exit(s.options.exit_timeout)
         expected = "exit status 0 when the coordinator closes the connection between frames"
-        if status is None:
-            raise CheckFailed(
-                expected, f"still running {s.options.exit_timeout:g} s after EOF", EXIT_PATH
-            )
+        status = _exit_status(raw, s, expected, "after EOF")
         if status != 0:
             raise CheckFailed(expected, f"exit status {status}", EXIT_PATH)
     finally:
@@ -246,12 +248,8 @@ def truncated_frame_exits_nonzero(s: Session) -> str:
     try:
         _send(raw, wire.HEADER.pack(100) + b'{"id": 1, "method": "he', "the frame to be sent")
         raw.close_write()
-        status = raw.wait_exit(s.options.exit_timeout)
         expected = "a non-zero exit status when the stream ends inside a frame"
-        if status is None:
-            raise CheckFailed(
-                expected, f"still running {s.options.exit_timeout:g} s after EOF", EXIT_PATH
-            )
+        status = _exit_status(raw, s, expected, "after EOF")
         if status == 0:
             raise CheckFailed(expected, "exit status 0 (success)", FRAMING)
     finally:
