@@ -909,6 +909,36 @@ def check_unchanged(module: nn.Module, before: dict[str, torch.Tensor], what: st
             raise FuzzFailure(f"{what}: a refused input changed {key!r}")
 
 
+def judge_load(
+    load: Callable[[], object],
+    name: str,
+    what: str,
+    why: str | None,
+    refusals: tuple[type[Exception], ...],
+    root: Path,
+    check_loaded: Callable[[], None],
+    check_untouched: Callable[[], None],
+) -> None:
+    """The oracle for one load: a valid input (``why`` is None) must load
+    exactly, an invalid one must be refused with the target unchanged, and no
+    descriptor may leak either way."""
+    fds = fd_count()
+    try:
+        bounded(load, name, root)
+        refused: Exception | None = None
+    except refusals as exc:
+        refused = exc
+    check_fds(fds, name)
+    if why is None and refused is not None:
+        raise FuzzFailure(f"a valid {what} was refused: {refused}")
+    if why is not None and refused is None:
+        raise FuzzFailure(f"an invalid {what} ({why}) was loaded")
+    if refused is None:
+        check_loaded()
+    else:
+        check_untouched()
+
+
 def check_pack_values(module: nn.Module, path: Path) -> None:
     """The module's float tensors must hold the pack's values, in layout order."""
     raw = json.loads((path / packs.MANIFEST_NAME).read_bytes())
@@ -1155,21 +1185,12 @@ def check_pack(case: tuple[str, list[tuple]]) -> None:
 
         target = make_model()
         before = _snapshot(target)
-        fds = fd_count()
-        try:
-            bounded(lambda: packs.import_pack_into(target, path), "import_pack_into", root)
-            refused: Exception | None = None
-        except (PackError, LayoutError) as exc:
-            refused = exc
-        check_fds(fds, "import_pack_into")
-        if why is None and refused is not None:
-            raise FuzzFailure(f"a valid pack was refused: {refused}")
-        if why is not None and refused is None:
-            raise FuzzFailure(f"an invalid pack ({why}) was imported")
-        if refused is None:
-            check_pack_values(target, path)
-        else:
-            check_unchanged(target, before, "import_pack_into")
+        judge_load(
+            lambda: packs.import_pack_into(target, path), "import_pack_into", "pack", why,
+            (PackError, LayoutError), root,
+            lambda: check_pack_values(target, path),
+            lambda: check_unchanged(target, before, "import_pack_into"),
+        )  # fmt: skip
 
         worker = Worker(TorchWorkload())
         body = dumps_raw(
@@ -1403,21 +1424,12 @@ def check_artifact(mutations: list[tuple]) -> None:
         target = make_model()
         why = artifact_oracle(path, target)
         before = _snapshot(target)
-        fds = fd_count()
-        try:
-            bounded(lambda: artifacts.load_state(target, path), "load_state", root)
-            refused: Exception | None = None
-        except PackError as exc:
-            refused = exc
-        check_fds(fds, "load_state")
-        if why is None and refused is not None:
-            raise FuzzFailure(f"a valid artifact was refused: {refused}")
-        if why is not None and refused is None:
-            raise FuzzFailure(f"an invalid artifact ({why}) was loaded")
-        if refused is None:
-            check_artifact_values(target, path)
-        else:
-            check_unchanged(target, before, "load_state")
+        judge_load(
+            lambda: artifacts.load_state(target, path), "load_state", "artifact", why,
+            (PackError,), root,
+            lambda: check_artifact_values(target, path),
+            lambda: check_unchanged(target, before, "load_state"),
+        )  # fmt: skip
 
         worker = Worker(TorchWorkload())
         check_frame(
