@@ -279,18 +279,6 @@ class DemoWorkload:
         self.inner_lr = float(lr)
         return "Applied"
 
-    # -- artifacts (safetensors files, no pickle) ---------------------------------
-
-    def materialize_model_artifact_path(self, state: dict, path: str) -> None:
-        from worker.artifacts import save_state
-
-        save_state(state, path)
-
-    def load_model_artifact_path(self, state: dict, path: str) -> None:
-        from worker.artifacts import load_state
-
-        load_state(state, path)
-
     # -- merging -------------------------------------------------------------------
 
     def merge_candidate_models(self, base: dict, candidates: list, policy: Any) -> dict | None:

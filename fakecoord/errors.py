@@ -87,6 +87,10 @@ class InvalidParams(FakecoordError):
     """The caller's params cannot be sent (not standard JSON: NaN, sets, objects...)."""
 
 
+class PackError(FakecoordError):
+    """A parameter pack on disk is missing, invalid or inconsistent, or cannot be written."""
+
+
 class PlanRefused(FakecoordError):
     """A parameter pack plan the coordinator would refuse to train with (see ``handling``)."""
 
@@ -126,6 +130,7 @@ __all__ = [
     "ClientClosed",
     "FakecoordError",
     "InvalidParams",
+    "PackError",
     "PlanRefused",
     "ProtocolViolation",
     "RemoteError",

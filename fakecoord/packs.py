@@ -1,0 +1,329 @@
+"""Parameter packs as the coordinator side sees them (PROTOCOL.md §3).
+
+The coordinator side's one copy of the on-disk format: fakecoord's
+simulation and the conformance suite read and write packs here, with numpy
+and without torch, and never through the ``worker`` package, so that a bug
+in the worker's pack code cannot hide behind the same bug here.
+
+- :func:`open_pack` validates a pack (manifest fields, a plain values file
+  inside the pack opened without following links, its exact length) and maps
+  its values read-only: a 5e7-parameter pack costs no memory until read.
+- :func:`write_pack` and :func:`pack_writer` publish a pack atomically (a
+  staging directory renamed into place) with the manifest the Rust
+  coordinator writes.
+- :func:`layout_hash` is the layout hash of a list of layout entries.
+
+Every refusal raises :class:`~fakecoord.errors.PackError` naming the pack
+and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import PackError
+from .files import staged_directory
+
+PACK_FORMAT = "burn-p2p-python-flattened-parameter-pack-v1"
+MANIFEST_NAME = "manifest.json"
+VALUES_NAME = "values.f32le"
+LAYOUT_HASH_PREFIX = "torch-layout-"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+"""Manifests larger than this are refused unread (the worker's limit too)."""
+U64_MAX = 2**64 - 1
+F32 = np.dtype("<f4")
+
+
+def layout_hash(entries: Sequence[Mapping[str, Any]]) -> str:
+    """``torch-layout-`` + sha256 of the entries as the reference worker encodes them.
+
+    ``entries`` are ``{"name", "shape", "dtype", "numel"}`` dicts in layout order.
+    """
+    text = json.dumps(list(entries), sort_keys=True, separators=(",", ":"))
+    return LAYOUT_HASH_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The five fields every pack manifest has; ``raw`` is the whole decoded object."""
+
+    model_schema_hash: str
+    layout_hash: str
+    parameter_count: int
+    values_f32_le: str = VALUES_NAME
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as the Rust coordinator writes it (these five keys, this order)."""
+        return {
+            "format": PACK_FORMAT,
+            "model_schema_hash": self.model_schema_hash,
+            "layout_hash": self.layout_hash,
+            "parameter_count": self.parameter_count,
+            "values_f32_le": self.values_f32_le,
+        }
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+_MANIFEST_DECODER = json.JSONDecoder(
+    object_pairs_hook=_refuse_duplicates, parse_constant=_reject_constant
+)
+
+
+def check_values_name(name: str, where: str) -> None:
+    """Refuse a ``values_f32_le`` that is not a relative path inside the pack."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\x00" in name or "\\" in name:
+        raise PackError(f"{where}: values_f32_le {name[:80]!r} must be a relative path in the pack")
+    if any(part in ("", ".", "..") for part in parts):
+        raise PackError(
+            f"{where}: values_f32_le {name[:80]!r} must not contain '..', '.' or empty components"
+        )
+
+
+def parse_manifest(data: bytes, where: str = MANIFEST_NAME) -> Manifest:
+    """Validate manifest bytes; raises :class:`PackError` naming the bad field."""
+    try:
+        raw = _MANIFEST_DECODER.decode(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise PackError(f"{where}: not a UTF-8 JSON object ({str(exc)[:200]})") from None
+    if not isinstance(raw, dict):
+        raise PackError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    if raw.get("format") != PACK_FORMAT:
+        got = str(raw.get("format"))[:80]
+        raise PackError(f"{where}: format is {got!r}, expected {PACK_FORMAT!r}")
+    for key in ("model_schema_hash", "layout_hash", "values_f32_le"):
+        if not isinstance(raw.get(key), str):
+            raise PackError(f"{where}: {key} must be a string, got {str(raw.get(key))[:80]!r}")
+    count = raw.get("parameter_count")
+    if type(count) is not int or not 0 <= count <= U64_MAX:
+        raise PackError(
+            f"{where}: parameter_count must be an integer in 0..=2^64-1, got {str(count)[:80]!r}"
+        )
+    check_values_name(raw["values_f32_le"], where)
+    return Manifest(raw["model_schema_hash"], raw["layout_hash"], count, raw["values_f32_le"], raw)
+
+
+@dataclass
+class Pack:
+    """A validated pack: its manifest and its float32 values (read-only)."""
+
+    path: Path
+    manifest: Manifest
+    values: np.ndarray
+
+    @property
+    def layout_hash(self) -> str:
+        return self.manifest.layout_hash
+
+    @property
+    def parameter_count(self) -> int:
+        return self.manifest.parameter_count
+
+    @property
+    def bits(self) -> np.ndarray:
+        """The values as uint32 bit patterns (compare these for bit-identity)."""
+        return self.values.view("<u4")
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def _open_in(dir_fd: int, relative: str, where: str) -> int:
+    """Open a regular file under ``dir_fd`` without following links; refuses FIFOs and devices."""
+    opened: list[int] = []
+    try:
+        current = dir_fd
+        parts = relative.split("/")
+        for part in parts[:-1]:
+            current = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=current)
+            opened.append(current)
+        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=current)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PackError(f"{where}: {relative!r} is or goes through a link") from None
+        raise PackError(f"{where}: cannot open {relative!r} ({exc.strerror})") from None
+    finally:
+        for extra in opened:
+            os.close(extra)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise PackError(f"{where}: {relative!r} is not a regular file ({stat.filemode(mode)})")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """The validated manifest of the pack at ``path`` (values not checked)."""
+    return _open(path, load_values=None).manifest
+
+
+def open_pack(path: str | os.PathLike, *, in_memory: bool = False) -> Pack:
+    """Validate the pack at ``path`` and give its values as float32.
+
+    By default the values are a read-only memory map of ``values.f32le``
+    (no copy; valid while the file exists, even if replaced by a rename);
+    ``in_memory=True`` reads them into a private array instead.  Raises
+    :class:`PackError` for a missing or invalid pack.
+    """
+    return _open(path, load_values=in_memory)
+
+
+def _open(path: str | os.PathLike, load_values: bool | None) -> Pack:
+    root = Path(path)
+    where = f"parameter pack {str(root)!r}"
+    try:
+        dir_fd = os.open(root, _DIR_FLAGS)
+    except OSError as exc:
+        raise PackError(f"{where}: cannot open the directory ({exc.strerror})") from None
+    try:
+        fd = _open_in(dir_fd, MANIFEST_NAME, where)
+        with open(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_MANIFEST_BYTES:
+                raise PackError(
+                    f"{where}: {MANIFEST_NAME} has {size} bytes, above the limit of "
+                    f"{MAX_MANIFEST_BYTES}"
+                )
+            manifest = parse_manifest(f.read(MAX_MANIFEST_BYTES + 1), f"{where}: {MANIFEST_NAME}")
+        if load_values is None:
+            return Pack(root, manifest, np.empty(0, dtype=np.float32))
+        fd = _open_in(dir_fd, manifest.values_f32_le, where)
+    finally:
+        os.close(dir_fd)
+    with open(fd, "rb", buffering=0) as values_file:
+        size = os.fstat(values_file.fileno()).st_size
+        expected = manifest.parameter_count * 4
+        if size != expected:
+            raise PackError(
+                f"{where}: {manifest.values_f32_le} holds {size} bytes, but parameter_count "
+                f"{manifest.parameter_count} needs exactly {expected}"
+            )
+        if expected == 0:
+            values = np.empty(0, dtype=np.float32)
+        elif load_values:
+            values = np.empty(manifest.parameter_count, dtype=np.float32)
+            if values_file.readinto(memoryview(values).cast("B")) != expected:
+                raise PackError(f"{where}: {manifest.values_f32_le} changed while it was read")
+        else:
+            values = np.memmap(
+                values_file, dtype=F32, mode="r", shape=(manifest.parameter_count,)
+            ).view(np.ndarray)
+    return Pack(root, manifest, values)
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """Manifest text as the Rust coordinator writes it (pretty-printed JSON)."""
+    return json.dumps(dict(manifest), indent=2, allow_nan=False).encode("utf-8")
+
+
+@contextmanager
+def pack_writer(
+    path: str | os.PathLike, parameter_count: int, *, layout_hash: str, model_schema_hash: str
+) -> Iterator[np.ndarray]:
+    """Write a pack's values in place, then publish the pack atomically.
+
+    ``with pack_writer(path, count, layout_hash=..., model_schema_hash=...) as values:``
+    gives a writable, zero-filled float32 memory map of ``count`` values; on
+    a clean exit the manifest is written and the pack renamed into place at
+    ``path``, which must not exist.  If the body raises, nothing appears at
+    ``path`` and the exception propagates unchanged.  File-system failures
+    raise :class:`PackError`.
+    """
+    manifest = Manifest(model_schema_hash, layout_hash, int(parameter_count))
+    count = manifest.parameter_count
+    body_failed = False
+    try:
+        with staged_directory(path) as staging:
+            values_path = staging / VALUES_NAME
+            with open(values_path, "xb") as f:
+                f.truncate(count * 4)
+            values = (
+                np.memmap(values_path, dtype=F32, mode="r+", shape=(count,))
+                if count
+                else np.empty(0, dtype=np.float32)
+            )
+            try:
+                yield values
+            except BaseException:
+                body_failed = True
+                raise
+            if isinstance(values, np.memmap):
+                values.flush()
+            (staging / MANIFEST_NAME).write_bytes(manifest_bytes(manifest.to_json()))
+    except OSError as exc:
+        if body_failed:
+            raise
+        raise PackError(f"cannot write parameter pack {os.fspath(path)!r}: {exc}") from None
+
+
+def write_pack(
+    path: str | os.PathLike,
+    values: np.ndarray,
+    *,
+    layout_hash: str,
+    model_schema_hash: str,
+) -> Path:
+    """Write ``values`` (cast to float32) as a new pack at ``path``, atomically.
+
+    ``path`` must not exist.  Raises :class:`PackError`.
+    """
+    flat = np.asarray(values)
+    if flat.ndim != 1:
+        raise PackError(f"write_pack {os.fspath(path)!r}: values must be 1-D, got {flat.shape}")
+    with pack_writer(
+        path, flat.shape[0], layout_hash=layout_hash, model_schema_hash=model_schema_hash
+    ) as out:
+        out[:] = flat
+    return Path(path)
+
+
+def check_compatible(pack: Manifest, base: Manifest, where: str) -> None:
+    """Raise :class:`PackError` unless ``pack`` has ``base``'s layout, count and schema."""
+    for key in ("layout_hash", "parameter_count", "model_schema_hash"):
+        got, want = getattr(pack, key), getattr(base, key)
+        if got != want:
+            raise PackError(f"{where}: {key} is {str(got)[:80]!r}, but the base pack has {want!r}")
+
+
+__all__ = [
+    "LAYOUT_HASH_PREFIX",
+    "MANIFEST_NAME",
+    "PACK_FORMAT",
+    "VALUES_NAME",
+    "Manifest",
+    "Pack",
+    "check_compatible",
+    "layout_hash",
+    "manifest_bytes",
+    "open_pack",
+    "pack_writer",
+    "parse_manifest",
+    "read_manifest",
+    "write_pack",
+]

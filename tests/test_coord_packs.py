@@ -1,0 +1,192 @@
+"""The coordinator side's pack reader/writer and layout hash (fakecoord.packs, fakecoord.files),
+checked against the golden vectors made with the reference worker (tests/golden/README.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fakecoord import files, packs
+from fakecoord.errors import PackError
+
+GOLDEN = Path(__file__).parent / "golden"
+VECTORS = json.loads((GOLDEN / "vectors.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", sorted(VECTORS))
+def test_golden_layout_hash_and_pack_read_as_the_reference_wrote_them(case: str) -> None:
+    vector = VECTORS[case]
+    assert packs.layout_hash(vector["entries"]) == vector["layout_hash"]
+    pack = packs.open_pack(GOLDEN / "packs" / case)
+    assert pack.layout_hash == vector["layout_hash"]
+    assert pack.parameter_count == vector["parameter_count"] == pack.values.size
+    assert pack.manifest.model_schema_hash == vector["model_schema_hash"]
+    digest = hashlib.sha256(pack.values.astype("<f4").tobytes()).hexdigest()
+    assert digest == vector["values_sha256"]
+
+
+@pytest.mark.parametrize("case", sorted(VECTORS))
+def test_written_pack_matches_the_golden_bytes(case: str, tmp_path: Path) -> None:
+    vector = VECTORS[case]
+    source = packs.open_pack(GOLDEN / "packs" / case, in_memory=True)
+    out = packs.write_pack(
+        tmp_path / "pack",
+        source.values,
+        layout_hash=vector["layout_hash"],
+        model_schema_hash=vector["model_schema_hash"],
+    )
+    values = (out / packs.VALUES_NAME).read_bytes()
+    assert hashlib.sha256(values).hexdigest() == vector["values_sha256"]
+    written = json.loads((out / packs.MANIFEST_NAME).read_text())
+    golden = json.loads(vector["manifest"])
+    assert {k: written[k] for k in written} == {k: golden[k] for k in written}
+
+
+def _pack(tmp_path: Path, values: list[float] | None = None) -> Path:
+    data = np.array(values if values is not None else [1.0, -0.0, 2.5], dtype=np.float32)
+    return packs.write_pack(
+        tmp_path / "p", data, layout_hash="torch-layout-x", model_schema_hash="s"
+    )
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / packs.MANIFEST_NAME).read_text())
+
+
+def _set_manifest(path: Path, text: str) -> None:
+    (path / packs.MANIFEST_NAME).write_text(text)
+
+
+def test_memory_mapped_values_are_read_only_and_bit_exact(tmp_path: Path) -> None:
+    path = _pack(tmp_path, [1.0, -0.0, float("inf")])
+    pack = packs.open_pack(path)
+    assert pack.bits.tolist() == [0x3F800000, 0x80000000, 0x7F800000]
+    with pytest.raises(ValueError):
+        pack.values[0] = 3.0
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(format="other"), "format"),
+        (lambda m: m.update(parameter_count=4), "needs exactly 16"),
+        (lambda m: m.update(parameter_count=-1), "parameter_count"),
+        (lambda m: m.update(parameter_count=True), "parameter_count"),
+        (lambda m: m.update(layout_hash=5), "layout_hash must be a string"),
+        (lambda m: m.update(values_f32_le="../escape"), "must not contain '..'"),
+        (lambda m: m.update(values_f32_le="/etc/passwd"), "relative path"),
+        (lambda m: m.pop("model_schema_hash"), "model_schema_hash"),
+    ],
+)
+def test_invalid_manifests_are_refused_naming_the_field(tmp_path: Path, edit, message) -> None:
+    path = _pack(tmp_path)
+    manifest = _manifest(path)
+    edit(manifest)
+    _set_manifest(path, json.dumps(manifest))
+    with pytest.raises(PackError, match=message):
+        packs.open_pack(path)
+
+
+def test_duplicate_manifest_keys_and_nan_are_refused(tmp_path: Path) -> None:
+    path = _pack(tmp_path)
+    text = (path / packs.MANIFEST_NAME).read_text()
+    _set_manifest(path, text.replace('"layout_hash"', '"layout_hash": "a", "layout_hash"', 1))
+    with pytest.raises(PackError, match="duplicate key 'layout_hash'"):
+        packs.open_pack(path)
+    _set_manifest(path, text.replace('"parameter_count": 3', '"parameter_count": NaN'))
+    with pytest.raises(PackError, match="NaN"):
+        packs.open_pack(path)
+
+
+def test_links_fifos_and_missing_files_are_refused(tmp_path: Path) -> None:
+    path = _pack(tmp_path)
+    values = path / packs.VALUES_NAME
+    outside = tmp_path / "outside.f32le"
+    os.replace(values, outside)
+    values.symlink_to(outside)
+    with pytest.raises(PackError, match="link"):
+        packs.open_pack(path)
+    values.unlink()
+    os.mkfifo(values)
+    with pytest.raises(PackError, match="not a regular file"):
+        packs.open_pack(path)  # must not block on the FIFO
+    values.unlink()
+    with pytest.raises(PackError, match="cannot open"):
+        packs.open_pack(path)
+    with pytest.raises(PackError, match="cannot open the directory"):
+        packs.open_pack(tmp_path / "absent")
+
+
+def test_read_manifest_does_not_need_the_values(tmp_path: Path) -> None:
+    path = _pack(tmp_path)
+    (path / packs.VALUES_NAME).unlink()
+    assert packs.read_manifest(path).parameter_count == 3
+
+
+def test_pack_writer_publishes_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="boom"):
+        with packs.pack_writer(target, 4, layout_hash="h", model_schema_hash="s") as values:
+            values[:] = 1.0
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with packs.pack_writer(target, 4, layout_hash="h", model_schema_hash="s") as values:
+        values[:2] = 7.0
+    pack = packs.open_pack(target)
+    assert pack.values.tolist() == [7.0, 7.0, 0.0, 0.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(PackError, match="already exists"):
+        packs.write_pack(target, np.zeros(4), layout_hash="h", model_schema_hash="s")
+
+
+def test_empty_pack_round_trips(tmp_path: Path) -> None:
+    path = packs.write_pack(
+        tmp_path / "e", np.zeros(0, dtype=np.float32), layout_hash="h", model_schema_hash="s"
+    )
+    assert packs.open_pack(path).values.size == 0
+
+
+def test_check_compatible_names_the_differing_field(tmp_path: Path) -> None:
+    base = packs.open_pack(_pack(tmp_path)).manifest
+    other = packs.Manifest("s", "torch-layout-y", 3)
+    packs.check_compatible(base, base, "peer 1")
+    with pytest.raises(PackError, match="peer 1: layout_hash"):
+        packs.check_compatible(other, base, "peer 1")
+
+
+def test_staged_file_never_follows_a_planted_link_and_cleans_up(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    target = tmp_path / "report.json"
+    # Whatever temporary name is used, it is created exclusively: a link
+    # planted under a guessable name is neither followed nor reused.
+    (tmp_path / f".report.json{files.PARTIAL_MARK}{os.getpid()}").symlink_to(victim)
+    files.write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert victim.read_text() == "keep"
+    with pytest.raises(ValueError):
+        files.write_json(target, {"a": float("nan")})
+    with pytest.raises(KeyboardInterrupt):
+        with files.staged_file(target) as f:
+            f.write(b"half")
+            raise KeyboardInterrupt
+    assert json.loads(target.read_text()) == {"a": 1}
+    leftovers = [p.name for p in tmp_path.iterdir() if files.PARTIAL_MARK in p.name]
+    assert leftovers == [f".report.json{files.PARTIAL_MARK}{os.getpid()}"]
+
+
+def test_staged_directory_removes_its_staging_on_failure(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        with files.staged_directory(tmp_path / "d") as staging:
+            (staging / "x").write_text("1")
+            raise OSError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "d").mkdir()
+    with pytest.raises(FileExistsError):
+        with files.staged_directory(tmp_path / "d"):
+            pass
