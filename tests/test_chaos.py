@@ -454,7 +454,7 @@ def test_signal_from_outside_mid_export_leaves_no_half_pack(spawn_chaos, tmp_pat
     assert_pack_untouched(target, before)
 
 
-_STOP_FILES = ("packs.py", "artifacts.py", "tensor_io.py", "tempfile.py")
+_STOP_FILES = ("packs.py", "artifacts.py", "files.py", "tensor_io.py", "tempfile.py")
 """Where a sweep may raise: every line the worker runs in these files while writing."""
 
 

@@ -17,10 +17,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from . import files
 from .errors import PackError, describe
+from .files import write_all
 from .layout import state_modules
-from .packs import partial_path
-from .tensor_io import LITTLE_ENDIAN, memory_view, read_exact_into, write_all
+from .tensor_io import LITTLE_ENDIAN, memory_view, read_exact_into
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _DTYPES = {
@@ -49,7 +50,7 @@ def state_tensors(state: Any) -> dict[str, Any]:
 
 
 def save_state(state: Any, path: str | os.PathLike) -> None:
-    """Write the state as a safetensors file, atomically (temp file + rename).
+    """Write the state as a safetensors file, atomically (see :mod:`worker.files`).
 
     Raises :class:`~worker.errors.LayoutError` or :class:`PackError`.
     """
@@ -75,22 +76,17 @@ def save_state(state: Any, path: str | os.PathLike) -> None:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = partial_path(target.parent, target.name)
-        try:
-            with open(tmp, "xb", buffering=0) as raw:
-                write_all(raw, memoryview(struct.pack("<Q", len(encoded)) + encoded))
-                for name in sorted(tensors):
-                    tensor = tensors[name]
-                    if tensor.numel() == 0:
-                        continue
-                    cpu = tensor.to("cpu").contiguous()
-                    if not LITTLE_ENDIAN and cpu.element_size() > 1:
-                        raise PackError("artifacts on big-endian hosts are not supported")
-                    write_all(raw, memory_view(cpu))
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with files.staged_file(target) as staged:
+            write_all(staged.file, struct.pack("<Q", len(encoded)) + encoded)
+            for name in sorted(tensors):
+                tensor = tensors[name]
+                if tensor.numel() == 0:
+                    continue
+                cpu = tensor.to("cpu").contiguous()
+                if not LITTLE_ENDIAN and cpu.element_size() > 1:
+                    raise PackError("artifacts on big-endian hosts are not supported")
+                write_all(staged.file, memory_view(cpu))
+            staged.publish()
     except OSError as exc:
         raise PackError(
             f"materialize_model_artifact: cannot write {str(target)!r}: {exc.strerror or exc}"

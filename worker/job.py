@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import files
 from .errors import ParamError, RequestError, StartupError, WorkerError
 
 JOB_ENV = "BURN_P2P_DILOCO_JOB_MANIFEST"
@@ -140,16 +141,12 @@ def run_job(workload: Any, job: dict, device: str = "cpu") -> dict:
 def write_result(path: str | os.PathLike, result: dict) -> None:
     """Write the result manifest atomically; raises ``RequestError`` if it cannot."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
+        data = json.dumps(result, indent=2, allow_nan=False).encode("utf-8")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
-        os.replace(tmp, target)
+        files.write_file_atomically(target, data)
     except (OSError, ValueError) as exc:
         raise RequestError(f"cannot write the result manifest {str(target)!r}: {exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def argument_parser() -> argparse.ArgumentParser:

@@ -22,8 +22,9 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from . import files
 from .errors import PackError, describe
 from .layout import Layout, compute_layout, state_modules
 from .protocol import NO_FILTER, StateFilter
@@ -34,7 +35,6 @@ MANIFEST_NAME = "manifest.json"
 VALUES_NAME = "values.f32le"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_PARAMETER_COUNT = 1 << 40  # 4 TiB of float32: far beyond any model, far below overflow
-_PARTIAL = ".partial-"
 
 
 # ---------------------------------------------------------------------------
@@ -75,7 +75,10 @@ def export_pack(
 
 
 def write_pack(target: Path, layout: Layout, manifest: bytes) -> None:
-    """Write ``layout``'s values and ``manifest`` as a pack at ``target``, atomically."""
+    """Write ``layout``'s values and ``manifest`` as a pack at ``target``, atomically.
+
+    Raises :class:`PackError` (the target keeps its old manifest, or none).
+    """
     try:
         if target.is_symlink() or (target.exists() and not target.is_dir()):
             raise PackError(f"pack path {str(target)!r} exists and is not a directory")
@@ -88,80 +91,46 @@ def write_pack(target: Path, layout: Layout, manifest: bytes) -> None:
         raise
     except OSError as exc:
         raise PackError(
-            f"cannot write parameter pack at {str(target)!r}: {_os_reason(exc)}"
+            f"cannot write parameter pack at {str(target)!r}: {os_reason(exc)}"
         ) from exc
 
 
 def _write_fresh(target: Path, layout: Layout, manifest: bytes) -> None:
-    staging = partial_path(target.parent, target.name)
-    # Created inside the try: a stop signal at any point leaves nothing behind.
-    try:
-        os.mkdir(staging)
-        _write_values(staging / VALUES_NAME, layout)
-        _write_file(staging / MANIFEST_NAME, manifest)
-        try:
-            os.rename(staging, target)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
+    with files.staged_directory(target) as staging:
+        with files.create_exclusive(staging.path / VALUES_NAME) as values:
+            _write_values(values, layout)
+        with files.create_exclusive(staging.path / MANIFEST_NAME) as new_manifest:
+            files.write_all(new_manifest, manifest)
+        if not staging.publish():
             # Someone created the target meanwhile: fall back to the in-place protocol.
             _write_in_place(target, layout, manifest)
-    finally:
-        _remove_tree(staging)
 
 
 def _write_in_place(target: Path, layout: Layout, manifest: bytes) -> None:
-    values_tmp = partial_path(target, VALUES_NAME)
-    manifest_tmp = partial_path(target, MANIFEST_NAME)
-    try:
-        _write_values(values_tmp, layout)
-        _write_file(manifest_tmp, manifest)
+    with (
+        files.staged_file(target / VALUES_NAME) as values,
+        files.staged_file(target / MANIFEST_NAME) as new_manifest,
+    ):
+        _write_values(values.file, layout)
+        files.write_all(new_manifest.file, manifest)
         # Retire the old manifest first: from here until the final rename the
         # directory is not a pack, rather than a pack with mismatched values.
         try:
             os.unlink(target / MANIFEST_NAME)
         except FileNotFoundError:
             pass
-        os.replace(values_tmp, target / VALUES_NAME)
-        os.replace(manifest_tmp, target / MANIFEST_NAME)
-    finally:
-        for leftover in (values_tmp, manifest_tmp):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
+        values.publish()
+        new_manifest.publish()
 
 
-def _write_values(path: Path, layout: Layout) -> None:
-    with open(path, "xb", buffering=0) as raw:
-        preallocate(raw.fileno(), layout.parameter_count * 4)
-        for tensor in layout.tensors:
-            write_tensor_as_f32(raw, tensor)
+def _write_values(raw: BinaryIO, layout: Layout) -> None:
+    preallocate(raw.fileno(), layout.parameter_count * 4)
+    for tensor in layout.tensors:
+        write_tensor_as_f32(raw, tensor)
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-
-
-def partial_path(directory: Path, name: str) -> Path:
-    """A fresh, unguessable temporary name for ``name`` in ``directory``.
-
-    Only a name: the caller creates it exclusively (``"xb"``, ``mkdir``)
-    inside the ``try`` whose ``finally`` removes it, so no stop can strand it.
-    """
-    return directory / f".{name}{_PARTIAL}{os.urandom(8).hex()}"
-
-
-def _remove_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
-
-
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
+    """What went wrong, for a message (with a hint for a full disk)."""
     if exc.errno == errno.ENOSPC:
         return "no space left on device (free some disk space or choose another directory)"
     return exc.strerror or str(exc)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import PROTOCOL_VERSION, artifacts, packs
+from . import PROTOCOL_VERSION, artifacts, files, packs
 from .errors import (
     LayoutError,
     ParamError,
@@ -493,19 +493,13 @@ def _stat_or_none(path: Path) -> tuple | None:
 
 def _write_atomically(method: str, path: str, data: bytes | bytearray | memoryview) -> None:
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        files.write_file_atomically(target, data)
     except OSError as exc:
         raise ParamError(
             method, "artifact_path", "a writable path", f"{path} ({exc.strerror})"
         ) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 __all__ = ["METHODS", "NO_ID", "Worker", "WorkerStop", "capabilities"]

@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any, BinaryIO
 
+from .files import write_all
+
 CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 per staged chunk
 LITTLE_ENDIAN = sys.byteorder == "little"
 
@@ -57,15 +59,6 @@ def preallocate(fd: int, nbytes: int) -> None:
         if err == errno.ENOSPC:
             raise OSError(err, os.strerror(err))
         # EOPNOTSUPP, ENOSYS, EINVAL...: the filesystem cannot reserve; just write.
-
-
-def write_all(raw: BinaryIO, view: memoryview) -> None:
-    """Write every byte of ``view`` to an unbuffered file (short writes are retried)."""
-    while view:
-        written = raw.write(view)
-        if not written:
-            raise OSError("write returned 0 bytes")
-        view = view[written:]
 
 
 def read_exact_into(raw: BinaryIO, view: memoryview) -> None:
