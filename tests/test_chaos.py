@@ -463,7 +463,7 @@ def _sweep_stops(write, reset, check) -> tuple[int, list[str]]:
     worker's signal handler would; ``reset()`` prepares each run and
     ``check()`` returns what is wrong on disk after it ("" when nothing).
     Returns (stop points tried, violations as "file:line: problem")."""
-    from worker.service import WorkerStop
+    from worker.errors import WorkerStop
 
     def eligible(frame) -> bool:
         # A ``try:`` line is a NOP: the interpreter never runs a signal handler

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker import files
-from worker.service import WorkerStop
+from worker.errors import WorkerStop
 
 
 def entries(directory: Path) -> list[str]:

@@ -59,7 +59,7 @@ def manifest_bytes(
 
 def export_pack(
     state: Any,
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     model_schema_hash: str,
     state_filter: StateFilter = NO_FILTER,
 ) -> Layout:
@@ -146,7 +146,7 @@ class PackManifest:
     layout_hash: str
     parameter_count: int
     values_f32_le: str
-    raw: dict
+    raw: dict[str, Any]
 
 
 def parse_manifest(data: bytes, where: str = "manifest.json") -> PackManifest:
@@ -186,17 +186,16 @@ _OPEN_FLAGS = (
 
 def _open_regular(dir_fd: int, relative: str, what: str) -> tuple[int, os.stat_result]:
     """Open ``relative`` under ``dir_fd`` refusing links, FIFOs, devices and escapes."""
+    shown = describe(relative, typed=False)
     if not relative or relative.startswith("/") or "\x00" in relative:
-        raise PackError(f"{what}: {relative!r} must be a relative path inside the pack directory")
+        raise PackError(f"{what}: {shown} must be a relative path inside the pack directory")
     try:
         os.fsencode(relative)
     except UnicodeEncodeError:
-        raise PackError(
-            f"{what}: {relative!r} is not a name the filesystem can represent"
-        ) from None
+        raise PackError(f"{what}: {shown} is not a name the filesystem can represent") from None
     parts = relative.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise PackError(f"{what}: {relative!r} must not contain '..', '.' or empty components")
+        raise PackError(f"{what}: {shown} must not contain '..', '.' or empty components")
     fds = []
     try:
         current = dir_fd
@@ -210,14 +209,14 @@ def _open_regular(dir_fd: int, relative: str, what: str) -> tuple[int, os.stat_r
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise PackError(
-                    f"{what}: {relative!r} is a symbolic link; packs must hold plain files"
+                    f"{what}: {shown} is a symbolic link; packs must hold plain files"
                 ) from None
             raise
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise PackError(
-                f"{what}: {relative!r} is not a regular file (mode {stat.filemode(info.st_mode)})"
+                f"{what}: {shown} is not a regular file (mode {stat.filemode(info.st_mode)})"
             )
         os.set_blocking(fd, True)
         return fd, info
@@ -225,10 +224,8 @@ def _open_regular(dir_fd: int, relative: str, what: str) -> tuple[int, os.stat_r
         raise
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise PackError(
-                f"{what}: {relative!r} goes through a link or a non-directory"
-            ) from None
-        raise PackError(f"{what}: cannot open {relative!r}: {exc.strerror or exc}") from None
+            raise PackError(f"{what}: {shown} goes through a link or a non-directory") from None
+        raise PackError(f"{what}: cannot open {shown}: {exc.strerror or exc}") from None
     finally:
         for extra in fds:
             os.close(extra)
@@ -240,7 +237,7 @@ class OpenPack:
     Use as a context manager; raises :class:`PackError` on any invalid input.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
             dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -264,8 +261,9 @@ class OpenPack:
             if info.st_size != expected:
                 os.close(fd)
                 raise PackError(
-                    f"{self.path / self.manifest.values_f32_le}: holds {info.st_size} bytes, but "
-                    f"parameter_count {self.manifest.parameter_count} needs exactly {expected}"
+                    f"{self.path}: {describe(self.manifest.values_f32_le, typed=False)} holds "
+                    f"{info.st_size} bytes, but parameter_count "
+                    f"{self.manifest.parameter_count} needs exactly {expected}"
                 )
             self.values = open(fd, "rb", buffering=0)
         finally:
@@ -280,8 +278,9 @@ class OpenPack:
     def check_layout(self, layout: Layout) -> None:
         if self.manifest.layout_hash != layout.hash:
             raise PackError(
-                f"parameter pack layout {self.manifest.layout_hash} does not match the model's layout "
-                f"{layout.hash} (the pack was exported from a different architecture, dtype or filter)"
+                f"parameter pack layout {describe(self.manifest.layout_hash, typed=False)} does "
+                f"not match the model's layout {layout.hash!r} (the pack was exported from a "
+                "different architecture, dtype or filter)"
             )
         if self.manifest.parameter_count != layout.parameter_count:
             raise PackError(
@@ -314,7 +313,9 @@ def _self_overlapping(tensor: Any) -> bool:
 
 
 def import_pack(
-    path: str | os.PathLike, make_state: Callable[[], Any], state_filter: StateFilter = NO_FILTER
+    path: str | os.PathLike[str],
+    make_state: Callable[[], Any],
+    state_filter: StateFilter = NO_FILTER,
 ) -> Any:
     """Validate the pack at ``path``, then build a state with ``make_state()``
     (e.g. the workload's ``init_model``) and load the pack into it.
@@ -329,22 +330,6 @@ def import_pack(
         pack.read_into(layout)
     sync_state_dicts(state, layout)
     return state
-
-
-def import_pack_into(
-    state: Any, path: str | os.PathLike, state_filter: StateFilter = NO_FILTER
-) -> Layout:
-    """Load a pack into ``state`` (normally a fresh ``init_model`` state).
-
-    Every check runs before any tensor is written; raises :class:`PackError`
-    or :class:`~worker.errors.LayoutError`.
-    """
-    with OpenPack(path) as pack:
-        layout = compute_layout(state, state_filter)
-        pack.check_layout(layout)
-        pack.read_into(layout)
-    sync_state_dicts(state, layout)
-    return layout
 
 
 def sync_state_dicts(state: Any, layout: Layout) -> None:
