@@ -3,8 +3,9 @@
 Export writes ``values.f32le`` straight from tensor memory and makes the pack
 appear atomically: into a fresh sibling directory that is renamed into place,
 or, when the target directory already exists, by removing its manifest
-first and renaming the new values and then the new manifest in.  At every
-instant a ``manifest.json`` in the target describes complete values.
+first and renaming the new values and then the new manifest in (staging
+and renames through :mod:`worker.files`).  At every instant a
+``manifest.json`` in the target describes complete values.
 
 Import validates everything before it touches a tensor: the manifest (size,
 JSON, format, fields), that ``values_f32_le`` is a relative path to a regular
