@@ -464,53 +464,71 @@ def make_broken(config: dict) -> Any:
 # Worker defects: `python -m tests.broken_workloads DEFECT <worker flags>`
 
 
-def _hello_version_string() -> None:
-    """hello reports protocol_version as the string "2" (Rust decodes an integer)."""
+def _replace_handler(method: str, wrap: Any) -> None:
+    """Swap ``method``'s handler in the worker's table for ``wrap(original)``."""
+    import dataclasses
+
     import worker.service as service
 
-    hello = service.METHODS["hello"]
-    service.METHODS["hello"] = lambda self, params: {**hello(self, params), "protocol_version": "2"}
+    spec = service.METHODS[method]
+    service.METHODS[method] = dataclasses.replace(spec, handler=wrap(spec.handler))
+
+
+def _hello_version_string() -> None:
+    """hello reports protocol_version as the string "2" (Rust decodes an integer)."""
+    _replace_handler(
+        "hello", lambda hello: lambda self, p: {**hello(self, p), "protocol_version": "2"}
+    )
 
 
 def _id_as_float() -> None:
     """Response ids go through a float: ids above 2**53 come back wrong."""
-    import worker.service as service
+    import worker.connection as connection
 
-    ok, err = service.ok_response, service.error_response
-    service.ok_response = lambda i, result: ok(int(float(i)), result)
-    service.error_response = lambda i, error: err(int(float(i)), error)
+    ok, err = connection.ok_response, connection.error_response
+    connection.ok_response = lambda i, result: ok(int(float(i)), result)
+    connection.error_response = lambda i, error: err(int(float(i)), error)
 
 
 def _split_read() -> None:
-    """The body is read with one read1(): a frame split across writes is cut short."""
-    import worker.server as server
+    """The body is whatever arrived with its header: a frame split across writes is cut short."""
+    import worker.framing as framing
 
-    server._read_exact = lambda stream, size: stream.read1(size) if size else b""
+    original = framing.FrameDecoder._next_frame
+
+    def cut_short(self: Any) -> Any:
+        body = original(self)
+        if body is None and self._length is not None and self._end > self._start:
+            body = self._small[self._start : self._end]
+            self._start, self._length = self._end, None
+        return body
+
+    framing.FrameDecoder._next_frame = cut_short
 
 
 def _garbage_crashes() -> None:
     """Requests are parsed with a bare json.loads: a garbage frame kills the worker."""
-    import worker.service as service
+    import worker.connection as connection
     from worker.protocol import Request
 
     def parse(body: bytes) -> Request:
         message = json.loads(body)
         return Request(message["id"], message["method"], message.get("params"))
 
-    service.parse_request = parse
+    connection.parse_request = parse
 
 
 def _shutdown_null() -> None:
     """shutdown answers a null result (the coordinator decodes an object)."""
-    import worker.service as service
 
-    original = service.METHODS["shutdown"]
+    def null(original: Any) -> Any:
+        def shutdown(self: Any, params: Any) -> None:
+            original(self, params)
+            return None
 
-    def shutdown(self: Any, params: Any) -> None:
-        original(self, params)
-        return None
+        return shutdown
 
-    service.METHODS["shutdown"] = shutdown
+    _replace_handler("shutdown", null)
 
 
 def _truncated_exit_zero() -> None:
@@ -529,88 +547,62 @@ def _truncated_exit_zero() -> None:
 def _oversized_waits() -> None:
     """No frame limit: the worker waits for all 2**64-1 announced bytes."""
     import worker.server as server
+    from worker.connection import Connection
 
-    decode = server.decode_header
-    server.decode_header = lambda header, limit=0: decode(header, 2**64)
-
-    def read_all(stream: Any, size: int) -> bytes:
-        chunks, got = [], 0
-        deadline = time.monotonic() + 120.0  # bounded: the test kills it long before
-        while got < size and time.monotonic() < deadline:
-            chunk = stream.read1(1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
-
-    server._read_exact = read_all
+    server.Connection = lambda max_frame_bytes=0: Connection(2**64)
 
 
 def _unknown_method_ok() -> None:
     """An unknown method is answered ok:true with a null result."""
     import worker.service as service
+    from worker.protocol import Answer
 
     handle = service.Worker.handle
 
-    def lenient(self: Any, request: Any) -> dict:
+    def lenient(self: Any, request: Any) -> Answer:
         if request.method not in service.METHODS:
-            return service.ok_response(request.id, None)
+            return Answer(request.id, request.method, None)
         return handle(self, request)
 
     service.Worker.handle = lenient
 
 
-def _patch_require_str(replacement: Any) -> None:
-    import worker.protocol as protocol
-    import worker.service as service
-
-    protocol.require_str = service.require_str = replacement
-
-
 def _missing_defaults() -> None:
     """A missing string parameter defaults to "default" instead of being refused."""
-    from worker.protocol import require_str
+    import worker.schema as schema
 
-    def lenient(method: str, params: dict, key: str, *, allow_empty: bool = False) -> str:
-        if key not in params:
-            return "default"
-        return require_str(method, params, key, allow_empty=allow_empty)
-
-    _patch_require_str(lenient)
+    schema.Text.decode_missing = lambda self, path, models: "default"
 
 
 def _coerce_types() -> None:
     """String parameters of any type are coerced with str() instead of refused."""
-    from worker.protocol import require_str
+    import worker.schema as schema
 
-    def coercing(method: str, params: dict, key: str, *, allow_empty: bool = False) -> str:
-        if key in params and not isinstance(params[key], str):
-            return str(params[key])
-        return require_str(method, params, key, allow_empty=allow_empty)
+    decode = schema.Text.decode
 
-    _patch_require_str(coercing)
+    def coercing(self: Any, value: Any, path: str, models: Any) -> Any:
+        return decode(self, value if isinstance(value, str) else str(value), path, models)
+
+    schema.Text.decode = coercing
 
 
 def _lenient_unknown_ids() -> None:
     """An unknown model id silently means the most recent model."""
-    import worker.service as service
+    import worker.schema as schema
 
-    model = service.Worker.model
+    decode = schema.ModelId.decode
 
-    def lenient(self: Any, method: str, params: dict, key: str) -> tuple:
-        if isinstance(params.get(key), str) and params[key] not in self.models and self.models:
-            params = {**params, key: list(self.models)[-1]}
-        return model(self, method, params, key)
+    def lenient(self: Any, value: Any, path: str, models: Any) -> Any:
+        if isinstance(value, str) and value not in models and models:
+            value = list(models)[-1]
+        return decode(self, value, path, models)
 
-    service.Worker.model = lenient
+    schema.ModelId.decode = lenient
 
 
 def _release_noop() -> None:
     """release_model acknowledges and keeps the model."""
-    import worker.service as service
-
-    service.METHODS["release_model"] = lambda self, params: {"ok": True}
+    _replace_handler("release_model", lambda original: lambda self, p: {"ok": True})
 
 
 def _filter_ignores_exclude() -> None:
@@ -640,15 +632,15 @@ def _layout_hash_loose() -> None:
 
 def _plan_count_off() -> None:
     """parameter_pack_plan reports one value more than the layout holds."""
-    import worker.service as service
 
-    plan = service.METHODS["parameter_pack_plan"]
+    def off(plan: Any) -> Any:
+        def counted(self: Any, params: Any) -> dict:
+            result = plan(self, params)
+            return {**result, "parameter_count": result["parameter_count"] + 1}
 
-    def off(self: Any, params: Any) -> dict:
-        result = plan(self, params)
-        return {**result, "parameter_count": result["parameter_count"] + 1}
+        return counted
 
-    service.METHODS["parameter_pack_plan"] = off
+    _replace_handler("parameter_pack_plan", off)
 
 
 def _half_rounding() -> None:

@@ -17,13 +17,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import worker.artifacts as artifacts
+from tests.service.support import respond
 from tests.workloads import TinyWorkload
 from worker.service import Worker
 
 
 def call(worker: Worker, method: str, params: Any) -> dict:
     body = json.dumps({"id": 5, "method": method, "params": params}).encode()
-    response = json.loads(worker.respond(body)[8:])
+    response = json.loads(respond(worker, body)[8:])
     assert response["id"] == 5
     return response
 

@@ -454,7 +454,7 @@ def test_signal_from_outside_mid_export_leaves_no_half_pack(spawn_chaos, tmp_pat
     assert_pack_untouched(target, before)
 
 
-_STOP_FILES = ("packs.py", "artifacts.py", "tensor_io.py", "tempfile.py")
+_STOP_FILES = ("packs.py", "artifacts.py", "files.py", "tensor_io.py", "tempfile.py")
 """Where a sweep may raise: every line the worker runs in these files while writing."""
 
 
@@ -463,7 +463,7 @@ def _sweep_stops(write, reset, check) -> tuple[int, list[str]]:
     worker's signal handler would; ``reset()`` prepares each run and
     ``check()`` returns what is wrong on disk after it ("" when nothing).
     Returns (stop points tried, violations as "file:line: problem")."""
-    from worker.service import WorkerStop
+    from worker.errors import WorkerStop
 
     def eligible(frame) -> bool:
         # A ``try:`` line is a NOP: the interpreter never runs a signal handler

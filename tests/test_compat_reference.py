@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from worker.layout import compute_layout
-from worker.packs import export_pack, import_pack_into
+from worker.packs import export_pack, import_pack
 
 REFERENCE = os.environ.get("BURN_P2P_REFERENCE_WORKER", "")
 if not REFERENCE or not Path(REFERENCE).is_file():
@@ -84,7 +84,7 @@ def test_reference_exports_we_import(builder, tmp_path):
     ref._write_parameter_pack(tmp_path / "ref", _model(source), "schema")
     ours = models.zero_floats(models.BUILDERS[builder]())
     theirs = models.zero_floats(models.BUILDERS[builder]())
-    import_pack_into(ours, tmp_path / "ref")
+    import_pack(tmp_path / "ref", lambda: ours)
     ref._load_parameter_pack(tmp_path / "ref", _model(theirs))
     _assert_same_states(ours, theirs)
 
@@ -101,7 +101,7 @@ def test_we_export_reference_imports(builder, tmp_path):
     theirs = models.zero_floats(models.BUILDERS[builder]())
     ours = models.zero_floats(models.BUILDERS[builder]())
     ref._load_parameter_pack(tmp_path / "ours", _model(theirs))
-    import_pack_into(ours, tmp_path / "ours")
+    import_pack(tmp_path / "ours", lambda: ours)
     _assert_same_states(ours, theirs)
     # And a float32 round trip of the source, nothing else.
     original = dict(models.named_tensors(source))
@@ -139,6 +139,6 @@ def test_large_pack_both_ways(tmp_path):
         )
     theirs, ours = make(False), make(False)
     ref._load_parameter_pack(tmp_path / "ours", theirs)
-    import_pack_into(ours, tmp_path / "ref")
+    import_pack(tmp_path / "ref", lambda: ours)
     _assert_same_states(ours, theirs)
     _assert_same_states(ours, make(True))

@@ -112,7 +112,7 @@ def test_a_values_name_the_filesystem_cannot_encode_is_a_pack_error(tmp_path: Pa
     manifest["values_f32_le"] = "\ud800"
     (pack / packs.MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(PackError, match="values_f32_le"):
-        packs.import_pack_into(torch.nn.Linear(2, 2), pack)
+        packs.import_pack(pack, lambda: torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize(
@@ -128,13 +128,13 @@ def test_a_path_the_filesystem_cannot_encode_is_a_param_error(
     """Found by method-params: a path with a lone surrogate became an 'internal error'
     (UnicodeEncodeError) instead of a refusal naming the parameter."""
     worker = Worker(fuzz.TorchWorkload())
-    worker.respond(b'{"id": 1, "method": "init_model", "params": {"device": "cpu"}}')
+    fuzz.respond(worker, b'{"id": 1, "method": "init_model", "params": {"device": "cpu"}}')
     params = {
         "model_id": "m1", "device": "cpu", "model_schema_hash": "", "batches": [],
         "num_inner_steps": 0, "require_exact_steps": False, param: str(tmp_path / "x\ud800"),
     }  # fmt: skip
     response = fuzz.check_frame(
-        worker.respond(fuzz.dumps_raw({"id": 2, "method": method, "params": params}))
+        fuzz.respond(worker, fuzz.dumps_raw({"id": 2, "method": method, "params": params}))
     )
     assert response["ok"] is False
     assert response["error"].startswith(f"{method}: params.{param}: expected"), response["error"]
@@ -164,7 +164,7 @@ def test_a_parameter_count_of_2_pow_40_is_refused_without_allocating(tmp_path: P
     before = {k: v.clone() for k, v in target.state_dict().items()}
     rss = _rss_kib()
     with pytest.raises(PackError, match=f"holds {packs.MAX_PARAMETER_COUNT} values"):
-        packs.import_pack_into(target, pack)
+        packs.import_pack(pack, lambda: target)
     assert _rss_kib() - rss < 64 * 1024
     assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
 
@@ -212,7 +212,7 @@ def _hostile_corpus(root: Path) -> list:
 
 def test_hostile_inputs_repeated_keep_descriptors_and_rss_flat(tmp_path: Path) -> None:
     worker = Worker(fuzz.TorchWorkload())
-    worker.respond(b'{"id": 1, "method": "init_model", "params": {"device": "cpu"}}')
+    fuzz.respond(worker, b'{"id": 1, "method": "init_model", "params": {"device": "cpu"}}')
     bodies = [
         fuzz.dumps_raw({"id": 7, "method": method, "params": params})
         for method, params in _hostile_corpus(tmp_path)
@@ -220,7 +220,7 @@ def test_hostile_inputs_repeated_keep_descriptors_and_rss_flat(tmp_path: Path) -
 
     def round_() -> None:
         for body in bodies:
-            response = fuzz.check_frame(worker.respond(body))
+            response = fuzz.check_frame(fuzz.respond(worker, body))
             assert response["ok"] is False, response
 
     for _ in range(20):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from worker import job as job_runner
-from worker.packs import export_pack, import_pack_into
+from worker.packs import export_pack, import_pack
 from worker.protocol import NO_FILTER
 
 from .workloads import TinyWorkload
@@ -83,8 +83,8 @@ def test_a_job_trains_from_the_base_pack_and_writes_the_result(job_files, capsys
     assert result["inner_optimizer_state_encoding"] == "json"
     # The output pack is a valid pack of the same layout, with trained (different) values.
     base_state, local_state = TinyWorkload({}).init_model("cpu"), TinyWorkload({}).init_model("cpu")
-    import_pack_into(base_state, job_files["dir"] / "base", NO_FILTER)
-    import_pack_into(local_state, out / "pack", NO_FILTER)
+    import_pack(job_files["dir"] / "base", lambda: base_state, NO_FILTER)
+    import_pack(out / "pack", lambda: local_state, NO_FILTER)
     before = base_state["model"].state_dict()
     after = local_state["model"].state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)

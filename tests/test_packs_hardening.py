@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 import worker.tensor_io as tensor_io
+from tests.service.support import respond
 from worker import packs
 from worker.errors import PackError
 from worker.layout import compute_layout
-from worker.packs import MANIFEST_NAME, PACK_FORMAT, VALUES_NAME, export_pack, import_pack_into
+from worker.packs import MANIFEST_NAME, PACK_FORMAT, VALUES_NAME, export_pack, import_pack
 from worker.protocol import StateFilter
 from worker.service import Worker
 from worker.tensor_io import read_f32_into_tensor, write_tensor_as_f32
@@ -112,7 +113,7 @@ def pack(tmp_path, source) -> Path:
 
 def test_a_valid_pack_imports_and_changes_the_target(pack, source):
     target = make_model()
-    import_pack_into(target, pack)
+    import_pack(pack, lambda: target)
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value) or not value.is_floating_point(), key
 
@@ -122,7 +123,7 @@ def test_unknown_manifest_fields_are_ignored_and_rust_style_manifests_load(pack,
     five = {k: manifest[k] for k in ("format", "model_schema_hash", "layout_hash", "parameter_count", "values_f32_le")}  # fmt: skip
     (pack / MANIFEST_NAME).write_text(json.dumps({**five, "future_field": [1]}, indent=2))
     target = make_model()
-    import_pack_into(target, pack)
+    import_pack(pack, lambda: target)
     assert torch.equal(target[0].weight, source[0].weight)
 
 
@@ -131,7 +132,7 @@ def test_values_in_a_subdirectory_of_the_pack_are_accepted(pack, source):
     os.rename(pack / VALUES_NAME, pack / "data" / "v.bin")
     write_manifest(pack, values_f32_le="data/v.bin")
     target = make_model()
-    import_pack_into(target, pack)
+    import_pack(pack, lambda: target)
     assert torch.equal(target[2].bias, source[2].bias)
 
 
@@ -269,7 +270,7 @@ def test_hostile_pack_is_refused_and_the_target_is_unchanged(pack, case):
     target = make_model()
     before = snapshot(target)
     with pytest.raises(PackError) as info:
-        run_bounded(lambda: import_pack_into(target, pack), pack)
+        run_bounded(lambda: import_pack(pack, lambda: target), pack)
     assert fragment in str(info.value)
     assert_unchanged(target, before)
 
@@ -286,7 +287,7 @@ def test_hostile_pack_through_the_worker_is_ok_false_and_allocates_nothing(pack,
         {"id": 4, "method": "import_parameter_pack",
          "params": {"device": "cpu", "parameter_pack_path": str(pack)}}
     ).encode()  # fmt: skip
-    frame = run_bounded(lambda: worker.respond(body), pack)
+    frame = run_bounded(lambda: respond(worker, body), pack)
     response = json.loads(frame[8:])
     assert response["id"] == 4 and response["ok"] is False
     assert response["error"].startswith("import_parameter_pack:")
@@ -299,7 +300,7 @@ def test_manifest_over_the_size_limit_is_refused_unread(pack, monkeypatch):
     target = make_model()
     before = snapshot(target)
     with pytest.raises(PackError, match="exceeds the limit"):
-        import_pack_into(target, pack)
+        import_pack(pack, lambda: target)
     assert_unchanged(target, before)
 
 
@@ -309,14 +310,14 @@ def test_pack_path_that_is_not_a_directory(tmp_path, kind):
     if kind == "file":
         path.write_text("x")
     with pytest.raises(PackError, match="cannot open directory"):
-        import_pack_into(make_model(), path)
+        import_pack(path, make_model)
 
 
 def test_filter_mismatch_is_a_layout_error_and_leaves_the_target(pack):
     target = make_model()
     before = snapshot(target)
     with pytest.raises(PackError, match="does not match"):
-        import_pack_into(target, pack, StateFilter(("0.*",), ()))
+        import_pack(pack, lambda: target, StateFilter(("0.*",), ()))
     assert_unchanged(target, before)
 
 
@@ -324,7 +325,7 @@ def test_architecture_mismatch_is_refused(pack):
     target = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
     before = snapshot(target)
     with pytest.raises(PackError, match="different architecture"):
-        import_pack_into(target, pack)
+        import_pack(pack, lambda: target)
     assert_unchanged(target, before)
 
 
@@ -332,7 +333,7 @@ def test_dtype_mismatch_is_refused(pack):
     target = make_model().to(torch.float64)
     before = snapshot(target)
     with pytest.raises(PackError, match="does not match"):
-        import_pack_into(target, pack)
+        import_pack(pack, lambda: target)
     assert_unchanged(target, before)
 
 
@@ -378,7 +379,7 @@ def test_crash_mid_export_into_an_existing_pack_keeps_the_old_pack(pack, source,
     assert partials(pack.parent) == []
     assert read_manifest(pack)["model_schema_hash"] == "old"
     target = make_model(seed=9)
-    import_pack_into(target, pack)
+    import_pack(pack, lambda: target)
     assert torch.equal(target[0].weight, old[0].weight)
 
 
@@ -419,7 +420,7 @@ def test_export_over_an_existing_pack_replaces_it(pack):
     export_pack(other, pack, "second")
     assert read_manifest(pack)["model_schema_hash"] == "second"
     target = make_model()
-    import_pack_into(target, pack)
+    import_pack(pack, lambda: target)
     assert torch.equal(target[2].weight, other[2].weight)
     assert partials(pack.parent) == []
 
@@ -481,7 +482,7 @@ def test_killed_mid_export_never_leaves_a_manifest_without_its_values(tmp_path, 
         if (target / MANIFEST_NAME).exists():
             assert read_manifest(target)["model_schema_hash"] == "crash-ok"
             loaded = make_model()
-            import_pack_into(loaded, target)  # complete: loads without error
+            import_pack(target, lambda: loaded)  # complete: loads without error
             assert torch.equal(loaded[0].weight, make_model(seed=1)[0].weight)
     else:
         assert not (target / MANIFEST_NAME).exists()
@@ -573,7 +574,7 @@ def test_mixed_dtype_and_strided_state_through_a_pack(tmp_path, chunking):
         for value in target.state_dict().values():
             value.zero_()
     strided = target.strided
-    import_pack_into(target, tmp_path / "pack")
+    import_pack(tmp_path / "pack", lambda: target)
     assert target.f16.dtype == torch.float16 and torch.equal(target.f16, source.f16)
     assert target.bf16.dtype == torch.bfloat16 and torch.equal(target.bf16, source.bf16)
     assert torch.equal(target.f64, source.f64.to(torch.float32).to(torch.float64))

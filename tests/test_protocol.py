@@ -1,4 +1,7 @@
-"""Pure request parsing, parameter validators and result shaping (worker.protocol)."""
+"""Pure request parsing, the state filter and result shaping (worker.protocol).
+
+Parameter schemas are tested in ``test_schema.py``.
+"""
 
 from __future__ import annotations
 
@@ -11,31 +14,18 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.errors import ParamError, RequestError, WorkloadError
+from worker.errors import BadRequest, RequestFault, WorkloadError, WorkloadFault
 from worker.protocol import (
     NO_FILTER,
     NO_ID,
-    BadRequest,
     Request,
     StateFilter,
-    check_batches,
     check_capability,
-    check_eval_split,
-    check_merge_policy,
-    check_patch,
     check_patch_outcome,
-    check_reconcile,
+    finite_float,
     metric_value,
     metrics_map,
-    params_null,
-    params_object,
-    parse_filter,
     parse_request,
-    require_bool,
-    require_number,
-    require_path,
-    require_str,
-    require_uint,
 )
 
 # -- parse_request ---------------------------------------------------------------
@@ -78,7 +68,8 @@ def test_malformed_frames_are_bad_requests_without_an_id(body, fragment):
         parse_request(body)
     assert info.value.request_id == NO_ID
     assert fragment in str(info.value)
-    assert str(info.value).startswith("request")
+    assert str(info.value).startswith("request: ")
+    assert isinstance(info.value, RequestFault)
 
 
 @pytest.mark.parametrize(
@@ -89,6 +80,7 @@ def test_a_valid_id_is_echoed_even_when_the_method_is_bad(body, fragment):
     with pytest.raises(BadRequest) as info:
         parse_request(body)
     assert info.value.request_id == 9 and fragment in str(info.value)
+    assert str(info.value).startswith("request 9: ")
 
 
 def test_largest_u64_id_is_valid():
@@ -105,72 +97,7 @@ def test_arbitrary_bytes_parse_or_raise_bad_request(body):
         assert isinstance(request.id, int) and isinstance(request.method, str)
 
 
-# -- parameter validators ---------------------------------------------------------
-
-
-def _error(fn, *args, **kwargs) -> ParamError:
-    with pytest.raises(ParamError) as info:
-        fn(*args, **kwargs)
-    assert isinstance(info.value, RequestError)
-    return info.value
-
-
-def test_params_object_and_null():
-    assert params_object("m", {"a": 1}) == {"a": 1}
-    error = _error(params_object, "init_model", [1])
-    assert str(error).startswith("init_model: params: expected an object, got [1] (list)")
-    params_null("hello", None)
-    params_null("hello", {})
-    assert "null" in str(_error(params_null, "hello", {"x": 1}))
-
-
-@pytest.mark.parametrize(
-    ("params", "fragment"),
-    [({}, "missing"), ({"device": 3}, "got 3 (int)"), ({"device": ""}, "non-empty")],
-)
-def test_require_str_names_method_param_and_expectation(params, fragment):
-    error = _error(require_str, "init_model", params, "device")
-    assert str(error).startswith("init_model: params.device: expected")
-    assert fragment in str(error)
-    assert (error.method, error.param) == ("init_model", "device")
-
-
-def test_require_str_allow_empty():
-    assert require_str("m", {"k": ""}, "k", allow_empty=True) == ""
-
-
-def test_require_path_refuses_nul():
-    assert "NUL" in str(_error(require_path, "m", {"p": "a\x00b"}, "p"))
-    assert require_path("m", {"p": "a/b"}, "p") == "a/b"
-
-
-@pytest.mark.parametrize("value", [-1, 2**32, 1.0, True, "3", None])
-def test_require_uint_refuses(value):
-    error = _error(require_uint, "run_inner_loop", {"n": value}, "n")
-    assert "params.n" in str(error) and "0..=4294967295" in str(error)
-
-
-def test_require_uint_bounds():
-    assert require_uint("m", {"n": 0}, "n") == 0
-    assert require_uint("m", {"n": 2**32 - 1}, "n") == 2**32 - 1
-
-
-def test_require_bool_refuses_ints():
-    assert require_bool("m", {"b": False}, "b") is False
-    assert "a boolean" in str(_error(require_bool, "m", {"b": 0}, "b"))
-    assert "missing" in str(_error(require_bool, "m", {}, "b"))
-
-
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), "1", None, True])
-def test_require_number_refuses_non_finite_and_non_numbers(value):
-    assert "finite number" in str(_error(require_number, "m", {"w": value}, "w"))
-
-
-def test_require_number_accepts_ints_as_floats():
-    assert require_number("m", {"w": 2}, "w") == 2.0
-
-
-# -- filters ---------------------------------------------------------------------
+# -- the state filter ---------------------------------------------------------------
 
 
 def test_filter_semantics_are_case_sensitive_fnmatch():
@@ -181,89 +108,6 @@ def test_filter_semantics_are_case_sensitive_fnmatch():
     assert not flt.selects("decoder.weight")
     assert StateFilter((), ("*.bias",)).selects("anything.weight")
     assert NO_FILTER.is_trivial and NO_FILTER.selects("x")
-
-
-def test_parse_filter_accepts_defaults_and_round_trips():
-    assert parse_filter("m", None) is NO_FILTER
-    assert parse_filter("m", {}) == NO_FILTER
-    flt = parse_filter("m", {"include_globs": ["a*"], "exclude_globs": ["*b"]})
-    assert flt.to_json() == {"include_globs": ["a*"], "exclude_globs": ["*b"]}
-
-
-@pytest.mark.parametrize(
-    ("value", "param"),
-    [
-        ([], "state_dict_filter"),
-        ({"include": ["a"]}, "state_dict_filter"),
-        ({"include_globs": "a*"}, "state_dict_filter.include_globs"),
-        ({"include_globs": [""]}, "state_dict_filter.include_globs[0]"),
-        ({"exclude_globs": ["ok", "  "]}, "state_dict_filter.exclude_globs[1]"),
-        ({"exclude_globs": ["a\x00"]}, "state_dict_filter.exclude_globs[0]"),
-        ({"exclude_globs": [3]}, "state_dict_filter.exclude_globs[0]"),
-    ],
-)
-def test_invalid_filters_name_the_offending_part(value, param):
-    error = _error(parse_filter, "export_parameter_pack", value)
-    assert str(error).startswith(f"export_parameter_pack: params.{param}: expected")
-
-
-# -- enums -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("split", ["Train", "Validation", "Test", {"Custom": "holdout"}])
-def test_eval_splits(split):
-    assert check_eval_split("evaluate", split) == split
-
-
-@pytest.mark.parametrize(
-    "split", ["train", {"Custom": 1}, {"Custom": "a", "x": 1}, None, ["Train"]]
-)
-def test_bad_eval_splits(split):
-    assert "params.split" in str(_error(check_eval_split, "evaluate", split))
-
-
-@pytest.mark.parametrize(
-    "policy",
-    ["WeightedMean", "NormClippedWeightedMean", "TrimmedMean", "Ema", "QualityWeightedEma",
-     {"Custom": "mine"}],
-)  # fmt: skip
-def test_merge_policies(policy):
-    assert check_merge_policy("merge_candidate_models", policy) == policy
-
-
-@pytest.mark.parametrize("policy", ["Mean", {"Custom": None}, 3, None])
-def test_bad_merge_policies(policy):
-    assert "params.policy" in str(_error(check_merge_policy, "merge_candidate_models", policy))
-
-
-@pytest.mark.parametrize("strategy", ["Replace", {"RootEma": {"canonical_weight": 0.25}}])
-def test_reconcile_strategies(strategy):
-    assert check_reconcile("reconcile_canonical_model", strategy) == strategy
-
-
-@pytest.mark.parametrize(
-    "strategy",
-    ["replace", {"RootEma": {}}, {"RootEma": {"canonical_weight": float("nan")}},
-     {"RootEma": {"canonical_weight": "0.5"}}, {"RootEma": 0.5}, None],
-)  # fmt: skip
-def test_bad_reconcile_strategies(strategy):
-    assert "params.strategy" in str(_error(check_reconcile, "reconcile_canonical_model", strategy))
-
-
-def test_check_batches_is_shallow_but_requires_a_kind():
-    refs = [{"kind": "micro_epoch", "anything": [1]}, {"kind": "cached_microshard_group"}]
-    assert check_batches("train_window", {"batches": refs}) == refs
-    error = _error(check_batches, "train_window", {"batches": [{"kind": "a"}, {"no": 1}]})
-    assert "params.batches[1]" in str(error)
-    assert "params.batches" in str(_error(check_batches, "train_window", {"batches": {}}))
-
-
-def test_check_patch():
-    patch = {"patch_id": "p", "class": "Hot", "summary": "", "values": {"lr": 0.1}}
-    assert check_patch("apply_patch", patch) is patch
-    assert "params.class" in str(_error(check_patch, "apply_patch", {**patch, "class": "hot"}))
-    assert "params.values" in str(_error(check_patch, "apply_patch", {**patch, "values": []}))
-    assert "params.patch_id" in str(_error(check_patch, "apply_patch", {"class": "Hot"}))
 
 
 # -- result shaping ------------------------------------------------------------------
@@ -302,6 +146,7 @@ def test_bad_metric_values_name_the_hook_and_key(value):
     with pytest.raises(WorkloadError) as info:
         metric_value("evaluate", "accuracy", value)
     assert str(info.value).startswith("evaluate: metric 'accuracy'")
+    assert info.value.method == "evaluate" and isinstance(info.value, WorkloadFault)
 
 
 def test_bad_metric_error_describes_the_offending_value():
@@ -354,3 +199,19 @@ def test_bad_capability_estimates_name_the_field(change, field):
     with pytest.raises(WorkloadError) as info:
         check_capability({**good, **change})
     assert str(info.value).startswith("capability_probe:") and field in str(info.value)
+
+
+@pytest.mark.parametrize("huge", [10**400, -(10**400)])
+def test_a_work_rate_too_large_for_a_float_is_a_workload_error(huge):
+    good = {"preferred_backends": [], "work_units_per_second": huge, "target_window_seconds": 1}
+    with pytest.raises(WorkloadError, match="work_units_per_second must be a finite number"):
+        check_capability(good)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(1, 1.0), (2.5, 2.5), (10**300, 1e300), (10**400, None), (float("inf"), None),
+     (float("nan"), None), (True, None), ("1", None), (None, None)],
+)  # fmt: skip
+def test_finite_float(value, expected):
+    assert finite_float(value) == expected

@@ -22,7 +22,8 @@ Targets:
   arbitrary chunks (checked against an independent reference parser) and
   :func:`worker.server.serve` on a socketpair (answers, exit code and the
   one stderr line checked against a replay of the same frames).
-- ``dispatch``: :meth:`worker.service.Worker.respond` with arbitrary bytes,
+- ``dispatch``: :func:`respond` (a :class:`worker.connection.Connection` and
+  :meth:`worker.service.Worker.handle`, as ``serve`` runs them) with arbitrary bytes,
   mutated requests and, for every method in ``METHODS``, params of the right
   shape with edge values (huge and negative numbers, non-standard JSON,
   nesting at the recursion limit, lone surrogates, paths to FIFOs, links,
@@ -69,9 +70,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from worker import artifacts, packs
-from worker.errors import FrameError, FrameTooLarge, LayoutError, PackError
-from worker.framing import FrameDecoder, decode_frames, encode_frame
+from worker.connection import Close, Connection, Reply
+from worker.errors import FrameTooLarge, LayoutError, PackError
+from worker.framing import HEADER, FrameDecoder, encode_frame
 from worker.layout import compute_layout
+from worker.protocol import Request
 from worker.server import serve
 from worker.service import METHODS, Worker
 
@@ -256,12 +259,31 @@ def _reject_constant(name: str) -> Any:
     raise FuzzFailure(f"response carries the non-standard JSON constant {name}")
 
 
+def exchange(worker: Worker, body: bytes) -> tuple[bytes, bool]:
+    """(what the worker sends for one frame body, whether it then closes the
+    connection), through the same Connection and Worker.handle as ``serve``."""
+    connection = Connection()
+    connection.receive_data(HEADER.pack(len(body)) + body)
+    event = connection.next_event()
+    if isinstance(event, Reply):
+        return event.data, False
+    if not isinstance(event, Request):
+        raise FuzzFailure(f"one whole frame gave the event {event!r:.200}")
+    frame = connection.send_answer(worker.handle(event))
+    return frame, isinstance(connection.next_event(), Close)
+
+
+def respond(worker: Worker, body: bytes) -> bytes:
+    """What the worker sends for one frame body."""
+    return exchange(worker, body)[0]
+
+
 def check_frame(frame: bytes) -> dict:
     """``frame`` must be exactly one standard-JSON response frame; return the response."""
-    try:
-        (body,) = decode_frames(frame)
-    except (FrameError, ValueError) as exc:
-        raise FuzzFailure(f"answer is not exactly one frame: {exc}") from None
+    bodies, verdict = reference_frames(frame, U64_MAX)
+    if verdict != "boundary" or len(bodies) != 1:
+        raise FuzzFailure(f"answer is not exactly one frame ({verdict}, {len(bodies)} bodies)")
+    (body,) = bodies
     try:
         response = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -285,7 +307,7 @@ def check_frame(frame: bytes) -> dict:
 
 
 def check_still_serving(worker: Worker) -> None:
-    response = check_frame(worker.respond(b'{"id": 424242, "method": "hello", "params": null}'))
+    response = check_frame(respond(worker, b'{"id": 424242, "method": "hello", "params": null}'))
     if not (response["ok"] and response["id"] == 424242):
         raise FuzzFailure(f"the worker no longer answers hello: {response!r:.300}")
 
@@ -425,8 +447,8 @@ def check_decoder(case: tuple[bytes, list[int], int]) -> None:
     for start, end in zip(bounds, bounds[1:], strict=False):
         decoder.feed(stream[start:end])
         try:
-            while (frame := decoder.next_frame()) is not None:
-                got.append(frame.body)
+            while (body := decoder.next_frame()) is not None:
+                got.append(bytes(body))
         except FrameTooLarge:
             too_large = True
             break
@@ -443,18 +465,20 @@ def check_decoder(case: tuple[bytes, list[int], int]) -> None:
         )
     if not too_large and decoder.in_frame != (verdict == "partial"):
         raise FuzzFailure(f"in_frame={decoder.in_frame} but the reference verdict is {verdict}")
+    whole = FrameDecoder(limit)  # the same stream in one piece
+    whole.feed(stream)
+    bodies: list[bytes] = []
     try:
-        whole = decode_frames(stream, limit)
+        while (body := whole.next_frame()) is not None:
+            bodies.append(bytes(body))
     except FrameTooLarge:
         whole_verdict = "too_large"
-    except FrameError:
-        whole_verdict = "partial"
     else:
-        whole_verdict = "boundary"
-        if whole != expected:
-            raise FuzzFailure("decode_frames disagrees with the reference parser")
+        whole_verdict = "partial" if whole.in_frame else "boundary"
+    if bodies != expected:
+        raise FuzzFailure("the decoder fed in one piece disagrees with the reference parser")
     if whole_verdict != verdict:
-        raise FuzzFailure(f"decode_frames verdict {whole_verdict}, the reference says {verdict}")
+        raise FuzzFailure(f"one-piece verdict {whole_verdict}, the reference says {verdict}")
 
 
 SERVE_METHODS = ["hello", "init_model", "shutdown", "capability_probe", "release_model", "nope"]
@@ -482,10 +506,12 @@ def check_serve(case: tuple[bytes, int]) -> None:
     replay = Worker(QuickWorkload())
     expected: list[tuple[int, bool]] = []
     code = 1 if verdict != "boundary" else 0
+    shutdown = False
     for body in bodies:
-        response = check_frame(replay.respond(body))
+        frame, shutdown = exchange(replay, body)
+        response = check_frame(frame)
         expected.append((response["id"], response["ok"]))
-        if replay.shutdown_requested:
+        if shutdown:
             code = 0
             break
     else:
@@ -530,17 +556,20 @@ def check_serve(case: tuple[bytes, int]) -> None:
         raise FuzzFailure(f"serve() did not return within {HANG_TIMEOUT:g} s")
     if "error" in outcome:
         raise outcome["error"]
+    sent, sent_verdict = reference_frames(bytes(received), U64_MAX)
+    if sent_verdict != "boundary":
+        raise FuzzFailure(f"serve() sent bytes that are not whole frames ({sent_verdict})")
     try:
-        answers = [check_frame(encode_frame(json.loads(b))) for b in decode_frames(bytes(received))]
-    except (FrameError, ValueError) as exc:
-        raise FuzzFailure(f"serve() sent bytes that are not whole frames: {exc}") from None
+        answers = [check_frame(encode_frame(json.loads(b))) for b in sent]
+    except ValueError as exc:
+        raise FuzzFailure(f"serve() sent a frame that is not JSON: {exc}") from None
     got = [(a["id"], a["ok"]) for a in answers]
     if got != expected:
         raise FuzzFailure(f"serve() answered {got}, the replay expects {expected}")
     if outcome["code"] != code:
         raise FuzzFailure(f"serve() exited {outcome['code']}, expected {code} (verdict {verdict})")
     lines = log.getvalue().splitlines()
-    if replay.shutdown_requested:
+    if shutdown:
         if lines:
             raise FuzzFailure(f"an exit after shutdown logged {lines!r:.400}")
     elif len(lines) != 1 or not lines[0].startswith("burn-p2p worker: "):
@@ -576,7 +605,7 @@ def mutated_bodies(draw: st.DrawFn) -> bytes:
 def check_bytes(body: bytes) -> None:
     """Any body gets one valid answer; a parseable request's id is echoed; hello still works."""
     worker = Worker(QuickWorkload())
-    response = check_frame(worker.respond(body))
+    response = check_frame(respond(worker, body))
     try:
         message = json.loads(body.decode("utf-8"), parse_constant=_raise_value_error)
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -796,7 +825,7 @@ def check_method(case: tuple[str, Any, Any]) -> None:
         worker = Worker(TorchWorkload())
         for _ in range(2):
             check_frame(
-                worker.respond(b'{"id": 1, "method": "init_model", "params": {"device": "cpu"}}')
+                respond(worker, b'{"id": 1, "method": "init_model", "params": {"device": "cpu"}}')
             )
         resolved = resolve_paths(params, box)
         body = dumps_raw({"id": request_id, "method": method, "params": resolved})
@@ -807,7 +836,7 @@ def check_method(case: tuple[str, Any, Any]) -> None:
         models_before = dict(worker.models)
         fds = fd_count()
         with working_directory(box):
-            frame = bounded(lambda: worker.respond(body), method, root)
+            frame = bounded(lambda: respond(worker, body), method, root)
         check_fds(fds, method)
         response = check_frame(frame)
         error = "" if response["ok"] else response["error"]
@@ -1186,10 +1215,10 @@ def check_pack(case: tuple[str, list[tuple]]) -> None:
         target = make_model()
         before = _snapshot(target)
         judge_load(
-            lambda: packs.import_pack_into(target, path), "import_pack_into", "pack", why,
+            lambda: packs.import_pack(path, lambda: target), "import_pack", "pack", why,
             (PackError, LayoutError), root,
             lambda: check_pack_values(target, path),
-            lambda: check_unchanged(target, before, "import_pack_into"),
+            lambda: check_unchanged(target, before, "import_pack"),
         )  # fmt: skip
 
         worker = Worker(TorchWorkload())
@@ -1197,7 +1226,9 @@ def check_pack(case: tuple[str, list[tuple]]) -> None:
             {"id": 9, "method": "import_parameter_pack",
              "params": {"device": "cpu", "parameter_pack_path": str(path)}}
         )  # fmt: skip
-        response = check_frame(bounded(lambda: worker.respond(body), "import_parameter_pack", root))
+        response = check_frame(
+            bounded(lambda: respond(worker, body), "import_parameter_pack", root)
+        )
         if response["id"] != 9 or response["ok"] != (why is None):
             raise FuzzFailure(
                 f"import_parameter_pack answered {response!r:.300} "
@@ -1433,14 +1464,14 @@ def check_artifact(mutations: list[tuple]) -> None:
 
         worker = Worker(TorchWorkload())
         check_frame(
-            worker.respond(b'{"id": 1, "method": "init_model", "params": {"device": "cpu"}}')
+            respond(worker, b'{"id": 1, "method": "init_model", "params": {"device": "cpu"}}')
         )
         before = _snapshot(worker.models["m1"]["model"])
         body = dumps_raw(
             {"id": 5, "method": "load_model_artifact",
              "params": {"model_id": "m1", "artifact_path": str(path)}}
         )  # fmt: skip
-        response = check_frame(bounded(lambda: worker.respond(body), "load_model_artifact", root))
+        response = check_frame(bounded(lambda: respond(worker, body), "load_model_artifact", root))
         if response["id"] != 5 or response["ok"] != (why is None):
             raise FuzzFailure(
                 f"load_model_artifact answered {response!r:.300} "

@@ -9,6 +9,7 @@ worker needs no ``safetensors`` package; files are interchangeable with
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -17,10 +18,14 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from . import files
 from .errors import PackError, describe
+from .files import write_all
 from .layout import state_modules
-from .packs import partial_path
-from .tensor_io import LITTLE_ENDIAN, memory_view, read_exact_into, write_all
+from .tensor_io import LITTLE_ENDIAN, memory_view, read_exact_into
+
+SAVE_METHOD = "materialize_model_artifact"
+LOAD_METHOD = "load_model_artifact"
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _DTYPES = {
@@ -29,7 +34,7 @@ _DTYPES = {
 }  # fmt: skip
 
 
-def _dtype_codes() -> dict:
+def _dtype_codes() -> dict[Any, str]:
     import torch
 
     return {getattr(torch, name): code for code, name in _DTYPES.items()}
@@ -48,8 +53,8 @@ def state_tensors(state: Any) -> dict[str, Any]:
     return out
 
 
-def save_state(state: Any, path: str | os.PathLike) -> None:
-    """Write the state as a safetensors file, atomically (temp file + rename).
+def save_state(state: Any, path: str | os.PathLike[str]) -> None:
+    """Write the state as a safetensors file, atomically (see :mod:`worker.files`).
 
     Raises :class:`~worker.errors.LayoutError` or :class:`PackError`.
     """
@@ -61,7 +66,7 @@ def save_state(state: Any, path: str | os.PathLike) -> None:
         tensor = tensors[name]
         if tensor.dtype not in codes:
             raise PackError(
-                f"materialize_model_artifact: tensor {name!r} has unsupported dtype {tensor.dtype}"
+                f"tensor {name!r} has unsupported dtype {tensor.dtype}", method=SAVE_METHOD
             )
         nbytes = tensor.numel() * tensor.element_size()
         header[name] = {
@@ -75,29 +80,26 @@ def save_state(state: Any, path: str | os.PathLike) -> None:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = partial_path(target.parent, target.name)
-        try:
-            with open(tmp, "xb", buffering=0) as raw:
-                write_all(raw, memoryview(struct.pack("<Q", len(encoded)) + encoded))
-                for name in sorted(tensors):
-                    tensor = tensors[name]
-                    if tensor.numel() == 0:
-                        continue
-                    cpu = tensor.to("cpu").contiguous()
-                    if not LITTLE_ENDIAN and cpu.element_size() > 1:
-                        raise PackError("artifacts on big-endian hosts are not supported")
-                    write_all(raw, memory_view(cpu))
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with files.staged_file(target) as staged:
+            write_all(staged.file, struct.pack("<Q", len(encoded)) + encoded)
+            for name in sorted(tensors):
+                tensor = tensors[name]
+                if tensor.numel() == 0:
+                    continue
+                cpu = tensor.to("cpu").contiguous()
+                if not LITTLE_ENDIAN and cpu.element_size() > 1:
+                    raise PackError(
+                        "artifacts on big-endian hosts are not supported", method=SAVE_METHOD
+                    )
+                write_all(staged.file, memory_view(cpu))
+            staged.publish()
     except OSError as exc:
         raise PackError(
-            f"materialize_model_artifact: cannot write {str(target)!r}: {exc.strerror or exc}"
+            f"cannot write {str(target)!r}: {exc.strerror or exc}", method=SAVE_METHOD
         ) from exc
 
 
-def read_header(raw: Any, size: int, where: str) -> tuple[dict, int]:
+def read_header(raw: io.RawIOBase, size: int, where: str) -> tuple[dict[str, Any], int]:
     """Parse and validate a safetensors header; returns (entries, data start)."""
     if size < 8:
         raise PackError(f"{where}: {size} bytes is too short for a safetensors file")
@@ -133,26 +135,38 @@ def read_header(raw: Any, size: int, where: str) -> tuple[dict, int]:
             and all(type(o) is int for o in entry["data_offsets"])
         )
         if not ok:
-            raise PackError(f"{where}: header entry {name!r} is malformed: {describe(entry)}")
+            raise PackError(
+                f"{where}: header entry {describe(name, typed=False)} is malformed: "
+                f"{describe(entry)}"
+            )
         begin, end = entry["data_offsets"]
         itemsize = getattr(torch, _DTYPES[entry["dtype"]]).itemsize
         if not 0 <= begin <= end <= data_len or end - begin != math.prod(entry["shape"]) * itemsize:
             raise PackError(
-                f"{where}: tensor {name!r} has offsets {entry['data_offsets']} that do not fit its shape or the file"
+                f"{where}: tensor {describe(name, typed=False)} has offsets "
+                f"{describe(entry['data_offsets'], typed=False)} that do not fit its shape or "
+                "the file"
             )
     return header, start
 
 
-def load_state(state: Any, path: str | os.PathLike) -> None:
+def load_state(state: Any, path: str | os.PathLike[str]) -> None:
     """Load a safetensors file into ``state``'s tensors in place.
 
     The file must hold exactly the state's tensors with the same shapes and
     dtypes; all of that is checked before any tensor is written.  Raises
-    :class:`PackError`.
+    :class:`PackError` (its method is ``load_model_artifact``).
     """
+    try:
+        _load_state(state, path, repr(os.fspath(path)))
+    except PackError as exc:
+        exc.method = exc.method or LOAD_METHOD
+        raise
+
+
+def _load_state(state: Any, path: str | os.PathLike[str], where: str) -> None:
     import torch
 
-    where = f"load_model_artifact: {os.fspath(path)!r}"
     tensors = state_tensors(state)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -167,8 +181,10 @@ def load_state(state: Any, path: str | os.PathLike) -> None:
             missing = sorted(set(tensors) - set(header))
             extra = sorted(set(header) - set(tensors))
             if missing or extra:
+                unexpected = ", ".join(describe(name, typed=False) for name in extra[:5])
                 raise PackError(
-                    f"{where}: keys do not match the model (missing {missing[:5]}, unexpected {extra[:5]})"
+                    f"{where}: keys do not match the model (missing {missing[:5]}, "
+                    f"unexpected [{unexpected}])"
                 )
             for name, tensor in tensors.items():
                 entry = header[name]
@@ -176,7 +192,8 @@ def load_state(state: Any, path: str | os.PathLike) -> None:
                     tensor.dtype
                 ).removeprefix("torch."):
                     raise PackError(
-                        f"{where}: tensor {name!r} is {entry['dtype']}{entry['shape']} in the file but "
+                        f"{where}: tensor {name!r} is {entry['dtype']}"
+                        f"{describe(entry['shape'], typed=False)} in the file but "
                         f"{tensor.dtype}{list(tensor.shape)} in the model"
                     )
             for name, tensor in tensors.items():

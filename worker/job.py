@@ -27,10 +27,25 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ParamError, RequestError, StartupError, WorkerError
+from . import files
+from .errors import JobError, ParamError, RequestError, StartupError
+from .protocol import NO_FILTER, StateFilter
+from .schema import (
+    BATCH_REFS,
+    BOOL,
+    FILTER,
+    OPTIONAL_PATH,
+    PATH,
+    TEXT_ANY,
+    U32,
+    Const,
+    Record,
+    param,
+)
 
 JOB_ENV = "BURN_P2P_DILOCO_JOB_MANIFEST"
 RESULT_ENV = "BURN_P2P_DILOCO_RESULT_MANIFEST"
@@ -39,11 +54,27 @@ MAX_JOB_BYTES = 256 * 1024 * 1024
 WHERE = "job manifest"
 
 
-class JobError(WorkerError):
-    """The job manifest is missing or invalid (exit status 2)."""
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """A job manifest (PROTOCOL.md §5)."""
+
+    protocol_version: int = param(Const(JOB_PROTOCOL_VERSION))
+    job_id: str = param(TEXT_ANY)
+    model_schema_hash: str = param(TEXT_ANY)
+    base_parameter_pack_path: str = param(PATH)
+    output_parameter_pack_path: str = param(PATH)
+    result_manifest_path: str = param(PATH)
+    batches: list[dict[str, Any]] = param(BATCH_REFS)
+    num_inner_steps: int = param(U32)
+    require_exact_steps: bool = param(BOOL)
+    state_dict_filter: StateFilter = param(FILTER, NO_FILTER)
+    inner_optimizer_state_path: str | None = param(OPTIONAL_PATH, None)
 
 
-def read_job(path: str | os.PathLike) -> dict:
+JOB = Record(Job)
+
+
+def read_job(path: str | os.PathLike[str]) -> Job:
     """Read and validate a job manifest; raises :class:`JobError` naming the bad field."""
     try:
         with open(path, "rb") as f:
@@ -64,72 +95,53 @@ def read_job(path: str | os.PathLike) -> dict:
         raise JobError(f"{os.fspath(path)!r}: {exc}") from None
 
 
-def check_job(job: Any) -> dict:
+def check_job(job: Any) -> Job:
     """Validate a decoded job manifest (PROTOCOL.md §5); raises ``ParamError``."""
-    from .protocol import (
-        check_batches,
-        optional_path,
-        params_object,
-        parse_filter,
-        require_bool,
-        require_path,
-        require_str,
-        require_uint,
-    )
-
-    job = params_object(WHERE, job)
-    if (
-        job.get("protocol_version") != JOB_PROTOCOL_VERSION
-        or type(job.get("protocol_version")) is not int
-    ):
-        raise ParamError(
-            WHERE, "protocol_version", str(JOB_PROTOCOL_VERSION), job.get("protocol_version")
-        )
-    require_str(WHERE, job, "job_id", allow_empty=True)
-    require_str(WHERE, job, "model_schema_hash", allow_empty=True)
-    for key in ("base_parameter_pack_path", "output_parameter_pack_path", "result_manifest_path"):
-        require_path(WHERE, job, key)
-    check_batches(WHERE, job)
-    require_uint(WHERE, job, "num_inner_steps")
-    require_bool(WHERE, job, "require_exact_steps")
-    parse_filter(WHERE, job.get("state_dict_filter"))
-    optional_path(WHERE, job, "inner_optimizer_state_path")
-    return job
+    try:
+        decoded: Job = JOB.decode(job, "", {})
+    except ParamError as exc:
+        exc.method = WHERE
+        raise
+    return decoded
 
 
-def run_job(workload: Any, job: dict, device: str = "cpu") -> dict:
+def run_job(workload: Any, job: Job, device: str = "cpu") -> dict[str, Any]:
     """Run a validated job against ``workload``; returns the result manifest (not yet written).
 
-    Raises ``RequestError`` (a ``WorkerError``) when the base pack cannot be
+    Goes through the worker's own methods (``import_parameter_pack``, then
+    ``run_inner_loop``).  Raises ``RequestError`` when the base pack cannot be
     imported, the workload has no ``run_inner_loop`` or it fails.
     """
     from .service import Worker
 
     worker = Worker(workload)
-    state_filter = job.get("state_dict_filter") or {"include_globs": [], "exclude_globs": []}
-    imported = worker.import_parameter_pack(
+    state_filter = job.state_dict_filter.to_json()
+    imported = worker.call(
+        "import_parameter_pack",
         {
             "device": device,
-            "parameter_pack_path": job["base_parameter_pack_path"],
+            "parameter_pack_path": job.base_parameter_pack_path,
             "state_dict_filter": state_filter,
-        }
+        },
     )
-    inner_job = {
-        "job_id": job["job_id"],
-        "model_id": imported["model_id"],
-        "batches": job["batches"],
-        "num_inner_steps": job["num_inner_steps"],
-        "inner_optimizer_state_path": job.get("inner_optimizer_state_path"),
-        "output_parameter_pack_path": job["output_parameter_pack_path"],
-        "model_schema_hash": job["model_schema_hash"],
-        "require_exact_steps": job["require_exact_steps"],
-        "state_dict_filter": state_filter,
-    }
-    outcome = worker.run_inner_loop(inner_job)
+    outcome = worker.call(
+        "run_inner_loop",
+        {
+            "job_id": job.job_id,
+            "model_id": imported["model_id"],
+            "batches": job.batches,
+            "num_inner_steps": job.num_inner_steps,
+            "inner_optimizer_state_path": job.inner_optimizer_state_path,
+            "output_parameter_pack_path": job.output_parameter_pack_path,
+            "model_schema_hash": job.model_schema_hash,
+            "require_exact_steps": job.require_exact_steps,
+            "state_dict_filter": state_filter,
+        },
+    )
     result: dict[str, Any] = {
         "steps_completed": outcome["steps_completed"],
         "metrics": outcome["metrics"],
-        "local_parameter_pack_path": job["output_parameter_pack_path"],
+        "local_parameter_pack_path": job.output_parameter_pack_path,
     }
     for key in ("inner_optimizer_state_path", "inner_optimizer_state_encoding"):
         if outcome.get(key) is not None:
@@ -137,19 +149,15 @@ def run_job(workload: Any, job: dict, device: str = "cpu") -> dict:
     return result
 
 
-def write_result(path: str | os.PathLike, result: dict) -> None:
+def write_result(path: str | os.PathLike[str], result: dict[str, Any]) -> None:
     """Write the result manifest atomically; raises ``RequestError`` if it cannot."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
+        data = json.dumps(result, indent=2, allow_nan=False).encode("utf-8")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(result, indent=2, allow_nan=False), encoding="utf-8")
-        os.replace(tmp, target)
+        files.write_file_atomically(target, data)
     except (OSError, ValueError) as exc:
         raise RequestError(f"cannot write the result manifest {str(target)!r}: {exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -181,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         job = read_job(job_path)
     except JobError as exc:
         return _fail(str(exc), 2)
-    result_path = job["result_manifest_path"]
+    result_path = job.result_manifest_path
     env_result = os.environ.get(RESULT_ENV)
     if env_result and os.path.abspath(env_result) != os.path.abspath(result_path):
         return _fail(
@@ -201,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_job(workload, job, args.device)
         write_result(result_path, result)
     except RequestError as exc:
-        return _fail(f"job {job['job_id']!r} failed: {exc}", 1)
+        return _fail(f"job {job.job_id!r} failed: {exc}", 1)
     return 0
 
 

@@ -61,7 +61,7 @@ def state_modules(state: Any) -> list[tuple[str, Any]]:
     )
 
 
-def _name_key(name: Any) -> tuple:
+def _name_key(name: Any) -> tuple[int, str]:
     # Non-string names sort (and are then refused) without a TypeError.
     return (0, name) if isinstance(name, str) else (1, repr(name))
 
@@ -74,11 +74,11 @@ class Layout:
     model) behind ``entries[i]``.
     """
 
-    entries: list[dict] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)
     tensors: list[Any] = field(default_factory=list)
     excluded_float_keys: list[str] = field(default_factory=list)
     ignored_non_float_keys: list[str] = field(default_factory=list)
-    state_dicts: list[tuple[str, dict]] = field(default_factory=list)
+    state_dicts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def included_keys(self) -> list[str]:
@@ -92,7 +92,7 @@ class Layout:
     def hash(self) -> str:
         return layout_hash(self.entries)
 
-    def plan(self) -> dict:
+    def plan(self) -> dict[str, Any]:
         return {
             "uses_custom_parameter_pack_hooks": False,
             "layout_hash": self.hash,
@@ -103,7 +103,7 @@ class Layout:
         }
 
 
-def layout_hash(entries: list[dict]) -> str:
+def layout_hash(entries: list[dict[str, Any]]) -> str:
     encoded = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return LAYOUT_HASH_PREFIX + hashlib.sha256(encoded).hexdigest()
 

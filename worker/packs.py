@@ -3,8 +3,9 @@
 Export writes ``values.f32le`` straight from tensor memory and makes the pack
 appear atomically: into a fresh sibling directory that is renamed into place,
 or, when the target directory already exists, by removing its manifest
-first and renaming the new values and then the new manifest in.  At every
-instant a ``manifest.json`` in the target describes complete values.
+first and renaming the new values and then the new manifest in (staging
+and renames through :mod:`worker.files`).  At every instant a
+``manifest.json`` in the target describes complete values.
 
 Import validates everything before it touches a tensor: the manifest (size,
 JSON, format, fields), that ``values_f32_le`` is a relative path to a regular
@@ -22,8 +23,9 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from . import files
 from .errors import PackError, describe
 from .layout import Layout, compute_layout, state_modules
 from .protocol import NO_FILTER, StateFilter
@@ -34,7 +36,6 @@ MANIFEST_NAME = "manifest.json"
 VALUES_NAME = "values.f32le"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_PARAMETER_COUNT = 1 << 40  # 4 TiB of float32: far beyond any model, far below overflow
-_PARTIAL = ".partial-"
 
 
 # ---------------------------------------------------------------------------
@@ -59,7 +60,7 @@ def manifest_bytes(
 
 def export_pack(
     state: Any,
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     model_schema_hash: str,
     state_filter: StateFilter = NO_FILTER,
 ) -> Layout:
@@ -75,7 +76,10 @@ def export_pack(
 
 
 def write_pack(target: Path, layout: Layout, manifest: bytes) -> None:
-    """Write ``layout``'s values and ``manifest`` as a pack at ``target``, atomically."""
+    """Write ``layout``'s values and ``manifest`` as a pack at ``target``, atomically.
+
+    Raises :class:`PackError` (the target keeps its old manifest, or none).
+    """
     try:
         if target.is_symlink() or (target.exists() and not target.is_dir()):
             raise PackError(f"pack path {str(target)!r} exists and is not a directory")
@@ -88,80 +92,46 @@ def write_pack(target: Path, layout: Layout, manifest: bytes) -> None:
         raise
     except OSError as exc:
         raise PackError(
-            f"cannot write parameter pack at {str(target)!r}: {_os_reason(exc)}"
+            f"cannot write parameter pack at {str(target)!r}: {os_reason(exc)}"
         ) from exc
 
 
 def _write_fresh(target: Path, layout: Layout, manifest: bytes) -> None:
-    staging = partial_path(target.parent, target.name)
-    # Created inside the try: a stop signal at any point leaves nothing behind.
-    try:
-        os.mkdir(staging)
-        _write_values(staging / VALUES_NAME, layout)
-        _write_file(staging / MANIFEST_NAME, manifest)
-        try:
-            os.rename(staging, target)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                raise
+    with files.staged_directory(target) as staging:
+        with files.create_exclusive(staging.path / VALUES_NAME) as values:
+            _write_values(values, layout)
+        with files.create_exclusive(staging.path / MANIFEST_NAME) as new_manifest:
+            files.write_all(new_manifest, manifest)
+        if not staging.publish():
             # Someone created the target meanwhile: fall back to the in-place protocol.
             _write_in_place(target, layout, manifest)
-    finally:
-        _remove_tree(staging)
 
 
 def _write_in_place(target: Path, layout: Layout, manifest: bytes) -> None:
-    values_tmp = partial_path(target, VALUES_NAME)
-    manifest_tmp = partial_path(target, MANIFEST_NAME)
-    try:
-        _write_values(values_tmp, layout)
-        _write_file(manifest_tmp, manifest)
+    with (
+        files.staged_file(target / VALUES_NAME) as values,
+        files.staged_file(target / MANIFEST_NAME) as new_manifest,
+    ):
+        _write_values(values.file, layout)
+        files.write_all(new_manifest.file, manifest)
         # Retire the old manifest first: from here until the final rename the
         # directory is not a pack, rather than a pack with mismatched values.
         try:
             os.unlink(target / MANIFEST_NAME)
         except FileNotFoundError:
             pass
-        os.replace(values_tmp, target / VALUES_NAME)
-        os.replace(manifest_tmp, target / MANIFEST_NAME)
-    finally:
-        for leftover in (values_tmp, manifest_tmp):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
+        values.publish()
+        new_manifest.publish()
 
 
-def _write_values(path: Path, layout: Layout) -> None:
-    with open(path, "xb", buffering=0) as raw:
-        preallocate(raw.fileno(), layout.parameter_count * 4)
-        for tensor in layout.tensors:
-            write_tensor_as_f32(raw, tensor)
+def _write_values(raw: BinaryIO, layout: Layout) -> None:
+    preallocate(raw.fileno(), layout.parameter_count * 4)
+    for tensor in layout.tensors:
+        write_tensor_as_f32(raw, tensor)
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-
-
-def partial_path(directory: Path, name: str) -> Path:
-    """A fresh, unguessable temporary name for ``name`` in ``directory``.
-
-    Only a name: the caller creates it exclusively (``"xb"``, ``mkdir``)
-    inside the ``try`` whose ``finally`` removes it, so no stop can strand it.
-    """
-    return directory / f".{name}{_PARTIAL}{os.urandom(8).hex()}"
-
-
-def _remove_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
-
-
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
+    """What went wrong, for a message (with a hint for a full disk)."""
     if exc.errno == errno.ENOSPC:
         return "no space left on device (free some disk space or choose another directory)"
     return exc.strerror or str(exc)
@@ -177,7 +147,7 @@ class PackManifest:
     layout_hash: str
     parameter_count: int
     values_f32_le: str
-    raw: dict
+    raw: dict[str, Any]
 
 
 def parse_manifest(data: bytes, where: str = "manifest.json") -> PackManifest:
@@ -217,17 +187,16 @@ _OPEN_FLAGS = (
 
 def _open_regular(dir_fd: int, relative: str, what: str) -> tuple[int, os.stat_result]:
     """Open ``relative`` under ``dir_fd`` refusing links, FIFOs, devices and escapes."""
+    shown = describe(relative, typed=False)
     if not relative or relative.startswith("/") or "\x00" in relative:
-        raise PackError(f"{what}: {relative!r} must be a relative path inside the pack directory")
+        raise PackError(f"{what}: {shown} must be a relative path inside the pack directory")
     try:
         os.fsencode(relative)
     except UnicodeEncodeError:
-        raise PackError(
-            f"{what}: {relative!r} is not a name the filesystem can represent"
-        ) from None
+        raise PackError(f"{what}: {shown} is not a name the filesystem can represent") from None
     parts = relative.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise PackError(f"{what}: {relative!r} must not contain '..', '.' or empty components")
+        raise PackError(f"{what}: {shown} must not contain '..', '.' or empty components")
     fds = []
     try:
         current = dir_fd
@@ -241,14 +210,14 @@ def _open_regular(dir_fd: int, relative: str, what: str) -> tuple[int, os.stat_r
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise PackError(
-                    f"{what}: {relative!r} is a symbolic link; packs must hold plain files"
+                    f"{what}: {shown} is a symbolic link; packs must hold plain files"
                 ) from None
             raise
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise PackError(
-                f"{what}: {relative!r} is not a regular file (mode {stat.filemode(info.st_mode)})"
+                f"{what}: {shown} is not a regular file (mode {stat.filemode(info.st_mode)})"
             )
         os.set_blocking(fd, True)
         return fd, info
@@ -256,10 +225,8 @@ def _open_regular(dir_fd: int, relative: str, what: str) -> tuple[int, os.stat_r
         raise
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise PackError(
-                f"{what}: {relative!r} goes through a link or a non-directory"
-            ) from None
-        raise PackError(f"{what}: cannot open {relative!r}: {exc.strerror or exc}") from None
+            raise PackError(f"{what}: {shown} goes through a link or a non-directory") from None
+        raise PackError(f"{what}: cannot open {shown}: {exc.strerror or exc}") from None
     finally:
         for extra in fds:
             os.close(extra)
@@ -271,7 +238,7 @@ class OpenPack:
     Use as a context manager; raises :class:`PackError` on any invalid input.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
             dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -295,8 +262,9 @@ class OpenPack:
             if info.st_size != expected:
                 os.close(fd)
                 raise PackError(
-                    f"{self.path / self.manifest.values_f32_le}: holds {info.st_size} bytes, but "
-                    f"parameter_count {self.manifest.parameter_count} needs exactly {expected}"
+                    f"{self.path}: {describe(self.manifest.values_f32_le, typed=False)} holds "
+                    f"{info.st_size} bytes, but parameter_count "
+                    f"{self.manifest.parameter_count} needs exactly {expected}"
                 )
             self.values = open(fd, "rb", buffering=0)
         finally:
@@ -311,8 +279,9 @@ class OpenPack:
     def check_layout(self, layout: Layout) -> None:
         if self.manifest.layout_hash != layout.hash:
             raise PackError(
-                f"parameter pack layout {self.manifest.layout_hash} does not match the model's layout "
-                f"{layout.hash} (the pack was exported from a different architecture, dtype or filter)"
+                f"parameter pack layout {describe(self.manifest.layout_hash, typed=False)} does "
+                f"not match the model's layout {layout.hash!r} (the pack was exported from a "
+                "different architecture, dtype or filter)"
             )
         if self.manifest.parameter_count != layout.parameter_count:
             raise PackError(
@@ -345,7 +314,9 @@ def _self_overlapping(tensor: Any) -> bool:
 
 
 def import_pack(
-    path: str | os.PathLike, make_state: Callable[[], Any], state_filter: StateFilter = NO_FILTER
+    path: str | os.PathLike[str],
+    make_state: Callable[[], Any],
+    state_filter: StateFilter = NO_FILTER,
 ) -> Any:
     """Validate the pack at ``path``, then build a state with ``make_state()``
     (e.g. the workload's ``init_model``) and load the pack into it.
@@ -360,22 +331,6 @@ def import_pack(
         pack.read_into(layout)
     sync_state_dicts(state, layout)
     return state
-
-
-def import_pack_into(
-    state: Any, path: str | os.PathLike, state_filter: StateFilter = NO_FILTER
-) -> Layout:
-    """Load a pack into ``state`` (normally a fresh ``init_model`` state).
-
-    Every check runs before any tensor is written; raises :class:`PackError`
-    or :class:`~worker.errors.LayoutError`.
-    """
-    with OpenPack(path) as pack:
-        layout = compute_layout(state, state_filter)
-        pack.check_layout(layout)
-        pack.read_into(layout)
-    sync_state_dicts(state, layout)
-    return layout
 
 
 def sync_state_dicts(state: Any, layout: Layout) -> None:

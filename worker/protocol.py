@@ -1,10 +1,10 @@
-"""Sans-IO request parsing, parameter validation and result shaping.
+"""Sans-IO request parsing, answers and result shaping (PROTOCOL.md §1-2).
 
-Everything here is a pure function over bytes and plain Python values: the
-checks the worker applies before a request reaches the workload, and the
-conversions that make a hook's answer decodable by the Rust coordinator.
-Each validator raises :class:`~worker.errors.ParamError` naming the method,
-the parameter and what was expected.
+Pure functions over bytes and plain Python values: turning a frame body into
+a :class:`Request`, the response objects, the state filter, and the
+conversions that make a hook's answer decodable by the Rust coordinator
+(each raises :class:`~worker.errors.WorkloadError` naming what is wrong).
+Parameter schemas are in :mod:`worker.schema` and :mod:`worker.methods`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
-from .errors import ParamError, RequestError, WorkloadError, describe
+from .errors import BadRequest, RequestError, WorkloadError, describe
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -24,31 +23,29 @@ I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 NO_ID = 0
 """Id used in answers to requests that carried no valid id (real ids start at 1)."""
 
-EVAL_SPLITS = ("Train", "Validation", "Test")
-MERGE_POLICIES = (
-    "WeightedMean",
-    "NormClippedWeightedMean",
-    "TrimmedMean",
-    "Ema",
-    "QualityWeightedEma",
-)
-PATCH_CLASSES = ("Hot", "Warm", "Cold")
 PATCH_OUTCOMES = ("Applied", "RequiresRestart")
 
 
-@dataclass(frozen=True)
+# Not frozen: one of each is made per request, and a frozen __init__ costs 3x.
+@dataclass(slots=True)
 class Request:
+    """One well-formed request: a u64 id, a method name and its (undecoded) params."""
+
     id: int
     method: str
     params: Any
 
 
-class BadRequest(RequestError):
-    """A frame that is not a well-formed request; ``request_id`` is echoed if it was valid."""
+@dataclass(slots=True)
+class Answer:
+    """The worker's answer to one request, before encoding: a result, or the
+    refusal to render; ``ends_session`` closes the connection once it is sent."""
 
-    def __init__(self, message: str, request_id: int = NO_ID) -> None:
-        super().__init__(message)
-        self.request_id = request_id
+    request_id: int
+    method: str
+    result: Any = None
+    error: RequestError | None = None
+    ends_session: bool = False
 
 
 def _reject_constant(name: str) -> float:
@@ -58,35 +55,34 @@ def _reject_constant(name: str) -> float:
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def is_u64(value: object) -> bool:
+def is_u64(value: object) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= U64_MAX
 
 
-def parse_request(body: bytes) -> Request:
+def parse_request(body: bytes | bytearray) -> Request:
     """Decode one frame body into a :class:`Request`.
 
-    Raises :class:`BadRequest` when the body is not UTF-8, not standard JSON,
-    not an object, or lacks a valid ``id`` (u64) or ``method`` (string).
+    Raises :class:`~worker.errors.BadRequest` when the body is not UTF-8, not
+    standard JSON, not an object, or lacks a valid ``id`` (u64) or ``method``
+    (string); its ``request_id`` is the id when that was valid, else 0.
     """
     if not body:
-        raise BadRequest("request: empty frame (length 0); expected a JSON object")
+        raise BadRequest("empty frame (length 0); expected a JSON object")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadRequest(f"request: frame is not valid UTF-8 ({exc})") from None
+        raise BadRequest(f"frame is not valid UTF-8 ({exc})") from None
     try:
         message = _decoder.decode(text)
     except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"request: frame is not valid JSON ({exc})") from None
+        raise BadRequest(f"frame is not valid JSON ({exc})") from None
     if not isinstance(message, dict):
-        raise BadRequest(f"request: expected a JSON object, got {type(message).__name__}")
+        raise BadRequest(f"expected a JSON object, got {type(message).__name__}")
     request_id = message.get("id")
     if not is_u64(request_id):
         if "id" not in message:
-            raise BadRequest("request: missing 'id' (expected an unsigned integer)")
-        raise BadRequest(
-            f"request: 'id' must be an unsigned 64-bit integer, got {describe(request_id)}"
-        )
+            raise BadRequest("missing 'id' (expected an unsigned integer)")
+        raise BadRequest(f"'id' must be an unsigned 64-bit integer, got {describe(request_id)}")
     method = message.get("method")
     if not isinstance(method, str):
         what = (
@@ -94,15 +90,15 @@ def parse_request(body: bytes) -> Request:
             if "method" not in message
             else f"'method' must be a string, got {describe(method)}"
         )
-        raise BadRequest(f"request {request_id}: {what}", request_id)
+        raise BadRequest(what, request_id)
     return Request(request_id, method, message.get("params"))
 
 
-def ok_response(request_id: int, result: Any) -> dict:
+def ok_response(request_id: int, result: Any) -> dict[str, Any]:
     return {"id": request_id, "ok": True, "result": result}
 
 
-def error_response(request_id: int, error: str) -> dict:
+def error_response(request_id: int, error: str) -> dict[str, Any]:
     # A hook's message may hold lone surrogates, which UTF-8 cannot carry:
     # replace them rather than lose the message.
     return {
@@ -113,87 +109,7 @@ def error_response(request_id: int, error: str) -> dict:
 
 
 ACK = {"ok": True}
-
-# ---------------------------------------------------------------------------
-# Parameter validators
-
-
-def params_object(method: str, params: Any) -> dict:
-    if not isinstance(params, dict):
-        raise ParamError(method, "", "an object", params) from None
-    return params
-
-
-def params_null(method: str, params: Any) -> None:
-    """Methods that take no params accept ``null`` (and, leniently, ``{}``)."""
-    if params is not None and params != {}:
-        raise ParamError(method, "", "null", params)
-
-
-def require_str(method: str, params: dict, key: str, *, allow_empty: bool = False) -> str:
-    if key not in params:
-        raise ParamError(method, key, "a string (missing)")
-    value = params[key]
-    if not isinstance(value, str):
-        raise ParamError(method, key, "a string", value)
-    if not allow_empty and not value:
-        raise ParamError(method, key, "a non-empty string", value)
-    return value
-
-
-def require_path(method: str, params: dict, key: str) -> str:
-    value = require_str(method, params, key)
-    if "\x00" in value:
-        raise ParamError(method, key, "a filesystem path without NUL bytes", value)
-    try:
-        os.fsencode(value)
-    except UnicodeEncodeError:
-        raise ParamError(
-            method, key, "a path the filesystem encoding can represent (no lone surrogates)", value
-        ) from None
-    return value
-
-
-def optional_path(method: str, params: dict, key: str) -> str | None:
-    if params.get(key) is None:
-        return None
-    return require_path(method, params, key)
-
-
-def require_uint(method: str, params: dict, key: str, maximum: int = U32_MAX) -> int:
-    if key not in params:
-        raise ParamError(method, key, f"an integer in 0..={maximum} (missing)")
-    value = params[key]
-    if type(value) is not int or not 0 <= value <= maximum:
-        raise ParamError(method, key, f"an integer in 0..={maximum}", value)
-    return value
-
-
-def require_bool(method: str, params: dict, key: str) -> bool:
-    if key not in params:
-        raise ParamError(method, key, "a boolean (missing)")
-    value = params[key]
-    if type(value) is not bool:
-        raise ParamError(method, key, "a boolean", value)
-    return value
-
-
-def require_number(method: str, params: dict, key: str) -> float:
-    if key not in params:
-        raise ParamError(method, key, "a finite number (missing)")
-    value = params[key]
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise ParamError(method, key, "a finite number", value)
-    return float(value)
-
-
-def require_list(method: str, params: dict, key: str) -> list:
-    if key not in params:
-        raise ParamError(method, key, "a list (missing)")
-    value = params[key]
-    if not isinstance(value, list):
-        raise ParamError(method, key, "a list", value)
-    return value
+"""The result of methods that only acknowledge (the Rust side decodes an empty struct)."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +128,7 @@ class StateFilter:
             return False
         return not any(fnmatch.fnmatchcase(name, g) for g in self.exclude_globs)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, list[str]]:
         return {
             "include_globs": list(self.include_globs),
             "exclude_globs": list(self.exclude_globs),
@@ -222,119 +138,57 @@ class StateFilter:
 NO_FILTER = StateFilter()
 
 
-def parse_filter(method: str, value: Any, param: str = "state_dict_filter") -> StateFilter:
-    """Validate a Filter object; ``None`` means no filter."""
-    if value is None:
-        return NO_FILTER
-    if not isinstance(value, dict):
-        raise ParamError(
-            method, param, "an object {include_globs: [str], exclude_globs: [str]}", value
-        )
-    unknown = set(value) - {"include_globs", "exclude_globs"}
-    if unknown:
-        raise ParamError(method, param, "only include_globs and exclude_globs", sorted(unknown))
-    globs = []
-    for key in ("include_globs", "exclude_globs"):
-        patterns = value.get(key, [])
-        if patterns is None:
-            patterns = []
-        if not isinstance(patterns, list):
-            raise ParamError(method, f"{param}.{key}", "a list of glob strings", patterns)
-        for i, pattern in enumerate(patterns):
-            if not isinstance(pattern, str) or not pattern.strip() or "\x00" in pattern:
-                raise ParamError(
-                    method, f"{param}.{key}[{i}]", "a non-blank glob string without NUL", pattern
-                )
-        globs.append(tuple(patterns))
-    return StateFilter(globs[0], globs[1])
-
-
-def optional_filter(method: str, params: dict) -> StateFilter:
-    return parse_filter(method, params.get("state_dict_filter"))
-
-
-def check_eval_split(method: str, value: Any, param: str = "split") -> Any:
-    if value in EVAL_SPLITS and isinstance(value, str):
-        return value
-    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("Custom"), str):
-        return value
-    raise ParamError(method, param, '"Train", "Validation", "Test" or {"Custom": str}', value)
-
-
-def check_merge_policy(method: str, value: Any, param: str = "policy") -> Any:
-    if isinstance(value, str) and value in MERGE_POLICIES:
-        return value
-    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("Custom"), str):
-        return value
-    raise ParamError(
-        method, param, f'one of {", ".join(MERGE_POLICIES)} or {{"Custom": str}}', value
-    )
-
-
-def check_reconcile(method: str, value: Any, param: str = "strategy") -> Any:
-    if value == "Replace":
-        return value
-    if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("RootEma"), dict):
-        weight = value["RootEma"].get("canonical_weight")
-        if type(weight) in (int, float) and math.isfinite(weight):
-            return value
-    raise ParamError(method, param, '"Replace" or {"RootEma": {"canonical_weight": float}}', value)
-
-
-def check_batches(method: str, params: dict, key: str = "batches") -> list:
-    """A list of BatchRef objects, each with a string ``kind``.
-
-    Deliberately shallow: refs are the workload's business, and a deep check
-    of 10k refs would cost more than decoding them.
-    """
-    batches = require_list(method, params, key)
-    for i, ref in enumerate(batches):
-        if type(ref) is not dict or type(ref.get("kind")) is not str:
-            raise ParamError(method, f"{key}[{i}]", 'a BatchRef object with a string "kind"', ref)
-    return batches
-
-
-def check_patch(method: str, params: Any) -> dict:
-    patch = params_object(method, params)
-    require_str(method, patch, "patch_id", allow_empty=True)
-    if patch.get("class") not in PATCH_CLASSES:
-        raise ParamError(method, "class", '"Hot", "Warm" or "Cold"', patch.get("class"))
-    if not isinstance(patch.get("values", {}), dict):
-        raise ParamError(method, "values", "an object of PatchValues", patch.get("values"))
-    return patch
-
-
 # ---------------------------------------------------------------------------
 # Result shaping: what hooks return -> what the Rust side decodes
 
 
-def metric_value(hook: str, key: str, value: Any) -> int | float | bool | str:
-    """Convert one metric to a MetricValue; raises :class:`WorkloadError`.
+def finite_float(value: Any) -> float | None:
+    """``value`` as a finite float if it is an int or float that has one, else None
+    (an integer too large for a float is refused, never an OverflowError)."""
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is int:
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    return None
+
+
+MetricValue = int | float | bool | str
+
+
+def metric_value(method: str, key: str, value: Any) -> MetricValue:
+    """Convert one metric of ``method``'s hook to a MetricValue; raises :class:`WorkloadError`.
 
     ints, floats, bools and strings pass; numpy scalars and 0-d torch tensors
     become plain numbers; non-finite floats and anything else are refused.
     """
-    kind = type(value)
-    if kind is bool or kind is str:
-        return value
-    if kind is not int and kind is not float:
-        plain = _plain_scalar(value)
-        if plain is None:
+    plain: MetricValue
+    if type(value) in (bool, str, int, float):
+        plain = value
+    else:
+        converted = _plain_scalar(value)
+        if converted is None:
             raise WorkloadError(
-                f"{hook}: metric {key!r} must be an int, float, bool or str "
-                f"(numpy and 0-d torch scalars are converted), got {describe(value)}"
+                f"metric {key!r} must be an int, float, bool or str "
+                f"(numpy and 0-d torch scalars are converted), got {describe(value)}",
+                method=method,
             )
-        value, kind = plain, type(plain)
-    if kind is int and not I64_MIN <= value <= I64_MAX:
+        plain = converted
+    if type(plain) is int and not I64_MIN <= plain <= I64_MAX:
         raise WorkloadError(
-            f"{hook}: metric {key!r} = {value} does not fit a signed 64-bit integer"
+            f"metric {key!r} = {describe(plain, typed=False)} does not fit a signed 64-bit integer",
+            method=method,
         )
-    if kind is float and not math.isfinite(value):
+    if type(plain) is float and not math.isfinite(plain):
         raise WorkloadError(
-            f"{hook}: metric {key!r} is {value}, which JSON cannot carry to the coordinator; "
-            "report a finite number (or a string such as 'nan')"
+            f"metric {key!r} is {plain}, which JSON cannot carry to the coordinator; "
+            "report a finite number (or a string such as 'nan')",
+            method=method,
         )
-    return value
+    return plain
 
 
 def _plain_scalar(value: Any) -> Any:
@@ -359,53 +213,61 @@ def _plain_scalar(value: Any) -> Any:
     return None
 
 
-def metrics_map(hook: str, metrics: Any) -> dict:
-    """Convert a hook's metrics dict; raises :class:`WorkloadError` naming the key."""
+def metrics_map(method: str, metrics: Any) -> dict[str, MetricValue]:
+    """Convert the metrics dict ``method``'s hook returned; raises :class:`WorkloadError`
+    naming the key.  None means no metrics."""
     if metrics is None:
         return {}
     if not isinstance(metrics, dict):
         raise WorkloadError(
-            f"{hook}: expected a metrics dict of str -> MetricValue, got {describe(metrics)}"
+            f"expected a metrics dict of str -> MetricValue, got {describe(metrics)}",
+            method=method,
         )
     out = {}
     for key, value in metrics.items():
         if not isinstance(key, str):
-            raise WorkloadError(f"{hook}: metric keys must be strings, got {describe(key)}")
-        out[key] = metric_value(hook, key, value)
+            raise WorkloadError(f"metric keys must be strings, got {describe(key)}", method=method)
+        out[key] = metric_value(method, key, value)
     return out
 
 
 def check_patch_outcome(value: Any) -> Any:
+    """A PatchOutcome as the Rust side decodes it; raises :class:`WorkloadError`."""
     if isinstance(value, str) and value in PATCH_OUTCOMES:
         return value
     if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("Rejected"), str):
         return value
     raise WorkloadError(
-        'apply_patch: hook must return "Applied", "RequiresRestart" or {"Rejected": str}, '
-        f"got {describe(value)}"
+        'hook must return "Applied", "RequiresRestart" or {"Rejected": str}, '
+        f"got {describe(value)}",
+        method="apply_patch",
     )
 
 
-def check_capability(value: Any) -> dict:
-    """Validate a CapabilityEstimate as the Rust side decodes it."""
-    hook = "capability_probe"
+def check_capability(value: Any) -> dict[str, Any]:
+    """A CapabilityEstimate as the Rust side decodes it; raises :class:`WorkloadError`."""
+    method = "capability_probe"
     if not isinstance(value, dict):
         raise WorkloadError(
-            f"{hook}: hook must return a CapabilityEstimate object, got {describe(value)}"
+            f"hook must return a CapabilityEstimate object, got {describe(value)}", method=method
         )
     backends = value.get("preferred_backends")
     if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
         raise WorkloadError(
-            f"{hook}: preferred_backends must be a list of strings, got {describe(backends)}"
+            f"preferred_backends must be a list of strings, got {describe(backends)}",
+            method=method,
         )
-    wups = value.get("work_units_per_second")
-    if type(wups) not in (int, float) or not math.isfinite(wups):
+    wups = finite_float(value.get("work_units_per_second"))
+    if wups is None:
         raise WorkloadError(
-            f"{hook}: work_units_per_second must be a finite number, got {describe(wups)}"
+            "work_units_per_second must be a finite number, got "
+            f"{describe(value.get('work_units_per_second'))}",
+            method=method,
         )
     window = value.get("target_window_seconds")
     if type(window) is not int or not 0 <= window <= U64_MAX:
         raise WorkloadError(
-            f"{hook}: target_window_seconds must be a non-negative integer, got {describe(window)}"
+            f"target_window_seconds must be a non-negative integer, got {describe(window)}",
+            method=method,
         )
-    return {**value, "work_units_per_second": float(wups)}
+    return {**value, "work_units_per_second": wups}

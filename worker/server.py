@@ -1,5 +1,8 @@
-"""The thin socket layer: connect out, read frames, answer them, exit.
+"""The socket shell: connect out, move bytes between the socket and the
+:class:`~worker.connection.Connection`, handle signals, drain, exit.
 
+Every decision (what to answer, when to stop, with which exit code and log
+line) is the connection's; this module only does the I/O it asks for.
 Exit codes: 0 after ``shutdown``, at EOF on a frame boundary, or on
 SIGTERM/SIGINT; 1 when the connection breaks inside a frame, a frame is
 over the limit, or the coordinator cannot be reached.
@@ -12,14 +15,15 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from types import FrameType
 
-from .errors import FrameTooLarge
-from .framing import DEFAULT_MAX_FRAME_BYTES, HEADER_SIZE, decode_header, encode_frame
-from .protocol import NO_ID, error_response
-from .service import Worker, WorkerStop
+from .connection import Close, Connection, NeedData, Reply
+from .errors import WorkerStop
+from .framing import DEFAULT_MAX_FRAME_BYTES, READ_SIZE
+from .service import Worker
 
-READ_BUFFER = 1 << 16
+CONNECT_TIMEOUT = 10.0
+DRAIN_SECONDS = 2.0
 
 
 def log(message: str) -> None:
@@ -27,7 +31,7 @@ def log(message: str) -> None:
     print(f"burn-p2p worker: {message}", file=sys.stderr, flush=True)
 
 
-def _raise_stop(signum: int, _frame: Any) -> None:
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     # One stop is enough: a second Ctrl-C must not interrupt the cleanup
     # (temporary files being removed) that the first one started.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -36,11 +40,13 @@ def _raise_stop(signum: int, _frame: Any) -> None:
 
 
 def install_signal_handlers() -> None:
+    """Make SIGTERM and SIGINT raise :class:`~worker.errors.WorkerStop`."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_stop)
 
 
-def connect(host: str, port: int, timeout: float = 10.0) -> socket.socket:
+def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
+    """Connect to the coordinator; raises ``OSError``."""
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.settimeout(None)
     # One frame is one sendall, so Nagle would only add a delayed-ACK stall.
@@ -48,81 +54,54 @@ def connect(host: str, port: int, timeout: float = 10.0) -> socket.socket:
     return sock
 
 
-def _read_exact(stream: Any, size: int) -> bytes | None:
-    """Read exactly ``size`` bytes, or return what came before EOF (shorter)."""
-    if size <= READ_BUFFER:
-        return stream.read(size)
-    buf = bytearray(size)
-    view = memoryview(buf)
-    filled = 0
-    while filled < size:
-        got = stream.readinto(view[filled:])
-        if not got:
-            return bytes(view[:filled])
-        filled += got
-    return buf
-
-
 def serve(
     sock: socket.socket, worker: Worker, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> int:
-    """Serve requests on ``sock`` until EOF, ``shutdown`` or a signal; return the exit code."""
-    stream = sock.makefile("rb", buffering=READ_BUFFER)
-    request_count = 0
+    """Serve requests on ``sock`` until the connection decides to close; return
+    its exit code.  Leaves closing ``sock`` to the caller."""
+    connection = Connection(max_frame_bytes)
     try:
-        while True:
-            header = stream.read(HEADER_SIZE)
-            if not header:
-                log(
-                    f"the coordinator closed the connection after {request_count} requests; exiting"
-                )
-                return 0
-            if len(header) < HEADER_SIZE:
-                log(f"connection closed inside a frame header ({len(header)} of 8 bytes); exiting")
-                return 1
-            try:
-                length = decode_header(header, max_frame_bytes)
-            except FrameTooLarge as exc:
-                log(str(exc))
-                if _send(sock, encode_frame(error_response(NO_ID, f"request: {exc}"))):
-                    _drain_and_close(sock)
-                return 1
-            body = _read_exact(stream, length)
-            if len(body) < length:
-                log(
-                    f"connection closed inside a frame ({len(body)} of {length} body bytes); exiting"
-                )
-                return 1
-            request_count += 1
-            if not _send(sock, worker.respond(body)):
-                return 1
-            if worker.shutdown_requested:
-                return 0
+        close = _exchange(sock, worker, connection)
     except WorkerStop as stop:
-        log(f"received {stop}; stopped after {request_count} requests")
-        return 0
+        close = connection.stopped(str(stop))
     except OSError as exc:
-        log(f"connection to the coordinator failed: {exc}")
-        return 1
-    finally:
-        stream.close()
+        close = connection.receive_failed(exc)
+    if close.log:
+        log(close.log)
+    if close.reply:
+        try:
+            sock.sendall(close.reply)
+        except OSError:
+            return close.exit_code
+        if close.drain:
+            _drain(sock)
+    return close.exit_code
 
 
-def _send(sock: socket.socket, frame: bytes) -> bool:
-    try:
-        sock.sendall(frame)
-        return True
-    except OSError as exc:
-        log(f"coordinator went away while the worker was answering ({exc}); exiting")
-        return False
+def _exchange(sock: socket.socket, worker: Worker, connection: Connection) -> Close:
+    while True:
+        event = connection.next_event()
+        if isinstance(event, NeedData):
+            connection.received(sock.recv_into(connection.receive_buffer()))
+            continue
+        if isinstance(event, Close):
+            return event
+        if isinstance(event, Reply):
+            data = event.data
+        else:
+            data = connection.send_answer(worker.handle(event))
+        try:
+            sock.sendall(data)
+        except OSError as exc:
+            return connection.send_failed(exc)
 
 
-def _drain_and_close(sock: socket.socket, seconds: float = 2.0) -> None:
+def _drain(sock: socket.socket, seconds: float = DRAIN_SECONDS) -> None:
     """Half-close, then discard (never buffer) what the peer still sends for a
     while, so the kernel does not answer the unread bytes with a reset that
     would destroy our error answer before the peer reads it."""
     deadline = time.monotonic() + seconds
-    scratch = bytearray(READ_BUFFER)
+    scratch = bytearray(READ_SIZE)
     try:
         sock.shutdown(socket.SHUT_WR)
         while (left := deadline - time.monotonic()) > 0:
@@ -133,7 +112,9 @@ def _drain_and_close(sock: socket.socket, seconds: float = 2.0) -> None:
         pass
 
 
-def run(workload: Any, host: str, port: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> int:
+def run(
+    workload: object, host: str, port: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> int:
     """Connect to the coordinator and serve ``workload``; returns the exit code."""
     worker = Worker(workload)
     # Everything alive now (torch, the workload's imports) is long-lived:

@@ -1,70 +1,30 @@
-"""The worker's request handling: one table of methods over a model table.
-
-:class:`Worker` turns a frame body into a response frame and never raises
-for bad input: every refusal becomes an ``ok: false`` answer naming the
-method, the parameter and what was expected.  No sockets here.
+"""The worker's request handling: the dispatcher over the method table, the
+model table, and the calls into the workload.  No sockets and no bytes here
+(see ``connection.py``); the methods themselves are in ``methods.py``.
 """
 
 from __future__ import annotations
 
-import gc
 import inspect
-import os
 import traceback
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from . import PROTOCOL_VERSION, artifacts, packs
+from . import PROTOCOL_VERSION, packs
 from .errors import (
-    LayoutError,
+    EnvironmentFault,
+    InternalFault,
     ParamError,
     RequestError,
-    UnknownModelError,
+    UnknownMethod,
+    WorkerStop,
     WorkloadError,
-    describe,
 )
-from .framing import encode_frame
-from .layout import compute_layout
-from .protocol import (
-    ACK,
-    NO_ID,
-    BadRequest,
-    Request,
-    StateFilter,
-    check_batches,
-    check_capability,
-    check_eval_split,
-    check_merge_policy,
-    check_patch,
-    check_patch_outcome,
-    check_reconcile,
-    error_response,
-    metrics_map,
-    ok_response,
-    optional_filter,
-    optional_path,
-    params_null,
-    params_object,
-    parse_request,
-    require_bool,
-    require_list,
-    require_number,
-    require_path,
-    require_str,
-    require_uint,
-)
-
-
-class WorkerStop(BaseException):
-    """Raised by the worker's own SIGINT/SIGTERM handlers: stop serving now.
-
-    A BaseException that is *not* KeyboardInterrupt/SystemExit, so a hook
-    raising those is reported as a hook error, never taken for a stop.
-    """
+from .methods import METHODS, Method
+from .protocol import Answer, Request, StateFilter
 
 
 def workload_has(workload: Any, *hooks: str) -> bool:
+    """True when ``workload`` has at least one of ``hooks`` as a callable."""
     return any(callable(getattr(workload, h, None)) for h in hooks)
 
 
@@ -81,134 +41,112 @@ def capabilities(workload: Any) -> list[str]:
 
 
 class Worker:
-    """Serves one workload.  Use :meth:`respond` per frame body."""
+    """Serves one workload: :meth:`handle` per request."""
 
     def __init__(self, workload: Any) -> None:
         self.workload = workload
         self.models: dict[str, Any] = {}
         self._next_model = 1
-        self.shutdown_requested = False
         name = getattr(workload, "workload_name", None)
         if not isinstance(name, str) or not name:
             name = type(workload).__name__
-        # What hello answers cannot change while the workload lives.
-        self._hello = {
+        self.hello_result: dict[str, Any] = {
             "protocol_version": PROTOCOL_VERSION,
             "workload_name": name,
             "capabilities": capabilities(workload),
         }
+        """What ``hello`` answers: it cannot change while the workload lives."""
 
-    # -- entry points ------------------------------------------------------
+    # -- dispatch --------------------------------------------------------------
 
-    def respond(self, body: bytes) -> bytes:
-        """Handle one frame body; return the response frame (never raises, except WorkerStop)."""
-        # Decoding and encoding create no reference cycles: keep the
-        # collector out of them (10k batch refs would trigger several passes).
-        gc_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            request = parse_request(body)
-        except BadRequest as exc:
-            return encode_frame(error_response(exc.request_id, str(exc)))
-        finally:
-            if gc_enabled:
-                gc.enable()
-        response = self.handle(request)
-        try:
-            return _encode_without_gc(response)
-        except (TypeError, ValueError, RecursionError) as exc:
-            return encode_frame(
-                error_response(
-                    request.id,
-                    f"{request.method}: the result cannot be encoded as standard JSON ({exc}); "
-                    "hooks must return JSON-serializable values without NaN or Infinity",
-                )
-            )
+    def handle(self, request: Request) -> Answer:
+        """Run one request; every refusal becomes an answer carrying the error.
 
-    def handle(self, request: Request) -> dict:
-        """Run one parsed request; returns the response object."""
-        handler = METHODS.get(request.method)
-        if handler is None:
-            return error_response(
-                request.id,
-                f"unknown method {request.method!r}; this worker (protocol {PROTOCOL_VERSION}) "
-                f"serves: {', '.join(METHODS)}",
-            )
+        Never raises, except :class:`~worker.errors.WorkerStop`.
+        """
+        spec = METHODS.get(request.method)
         try:
-            return ok_response(request.id, handler(self, request.params))
+            if spec is None:
+                raise UnknownMethod(request.method, list(METHODS), PROTOCOL_VERSION)
+            result = self._run(spec, request.params)
         except RequestError as exc:
-            message = str(exc)
-            if not message.startswith(request.method):
-                message = f"{request.method}: {message}"
-            return error_response(request.id, message)
+            return Answer(request.id, request.method, error=exc)
         except WorkerStop:
             raise
         except BaseException as exc:  # a bug in the worker or code it called outside a hook
-            return error_response(
-                request.id,
-                f"{request.method}: internal error {type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+            fault = InternalFault(
+                f"internal error {type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+                method=request.method,
             )
+            return Answer(request.id, request.method, error=fault)
+        return Answer(request.id, request.method, result, ends_session=spec.ends_session)
 
-    # -- helpers -----------------------------------------------------------
+    def call(self, method: str, params: Any) -> Any:
+        """Run ``method`` on raw JSON ``params`` exactly as a request would; returns
+        its result.  Raises a :class:`~worker.errors.RequestError` naming the method."""
+        spec = METHODS.get(method)
+        if spec is None:
+            raise UnknownMethod(method, list(METHODS), PROTOCOL_VERSION)
+        return self._run(spec, params)
 
-    def call_hook(self, method: str, hook: str, *args: Any, **kwargs: Any) -> Any:
-        """Call a workload hook; anything it raises becomes a :class:`WorkloadError`."""
+    def _run(self, spec: Method, params: Any) -> Any:
+        """Decode ``params`` with the method's schema, then run its handler."""
+        try:
+            return spec.handler(self, spec.params.decode(params, "", self.models))
+        except RequestError as exc:
+            if exc.method is None:
+                exc.method = spec.name
+            raise
+        except OSError as exc:
+            raise EnvironmentFault(str(exc), method=spec.name) from exc
+
+    # -- the workload ------------------------------------------------------------
+
+    def has(self, *hooks: str) -> bool:
+        return workload_has(self.workload, *hooks)
+
+    def call_hook(self, hook: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a workload hook.  Anything it raises (SystemExit and
+        KeyboardInterrupt too) becomes a :class:`~worker.errors.WorkloadError`
+        with the traceback; a missing hook is one too."""
         fn = getattr(self.workload, hook, None)
         if not callable(fn):
-            raise WorkloadError(
-                f"{method}: the workload has no {hook}() hook; add it to use {method}"
-            )
+            raise WorkloadError(f"the workload has no {hook}() hook; add it to use this method")
         try:
             return fn(*args, **kwargs)
         except WorkerStop:
             raise
         except BaseException as exc:
             raise WorkloadError(
-                f"{method}: workload hook {hook} raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+                f"workload hook {hook} raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
             ) from None
 
-    def has(self, *hooks: str) -> bool:
-        return workload_has(self.workload, *hooks)
+    # -- the model table ---------------------------------------------------------
 
-    def add_model(self, method: str, hook: str, state: Any) -> str:
+    def add_model(self, hook: str, state: Any) -> str:
+        """Give ``state`` (returned by ``hook``) a new handle; raises WorkloadError for None."""
         if state is None:
-            raise WorkloadError(
-                f"{method}: workload hook {hook} returned None; it must return a model state"
-            )
+            raise WorkloadError(f"workload hook {hook} returned None; it must return a model state")
         model_id = f"m{self._next_model}"
         self._next_model += 1
         self.models[model_id] = state
         return model_id
 
-    def model(self, method: str, params: dict, key: str) -> tuple[str, Any]:
-        model_id = require_str(method, params, key)
-        if model_id not in self.models:
-            ids = list(self.models)
-            live = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
-            live = live or "none"
-            raise UnknownModelError(
-                f"{method}: params.{key}: unknown model id {model_id!r} (live models: {live}); "
-                "handles are valid from the call that returned them until release_model"
-            )
-        return model_id, self.models[model_id]
+    # -- packs -------------------------------------------------------------------
 
-    def export(
-        self, method: str, state: Any, path: str, schema_hash: str, state_filter: StateFilter
-    ) -> None:
-        if self.has("export_parameter_pack_path"):
-            self.call_hook(
-                method,
-                "export_parameter_pack_path",
-                state,
-                path,
-                schema_hash,
-                **self._filter_kwarg(method, "export_parameter_pack_path", state_filter),
-            )
+    def export(self, state: Any, path: str, schema_hash: str, state_filter: StateFilter) -> None:
+        """Export ``state`` as a pack at ``path``: the custom hook if the
+        workload has one, else the generic torch layout."""
+        hook = "export_parameter_pack_path"
+        if self.has(hook):
+            kwargs = self.filter_kwarg(hook, state_filter)
+            self.call_hook(hook, state, path, schema_hash, **kwargs)
         else:
             packs.export_pack(state, path, schema_hash, state_filter)
 
-    def _filter_kwarg(self, method: str, hook: str, state_filter: StateFilter) -> dict:
-        """Pass a filter to a custom pack hook only if it asks for one."""
+    def filter_kwarg(self, hook: str, state_filter: StateFilter) -> dict[str, Any]:
+        """Pass a filter to a custom pack hook only if it takes one; raises
+        ParamError for a non-trivial filter the hook cannot take."""
         try:
             accepts = (
                 "state_dict_filter" in inspect.signature(getattr(self.workload, hook)).parameters
@@ -219,293 +157,12 @@ class Worker:
             return {"state_dict_filter": state_filter.to_json()}
         if not state_filter.is_trivial:
             raise ParamError(
-                method, "state_dict_filter",
-                f"no filter, because the workload's custom {hook} hook takes no state_dict_filter argument",
+                "state_dict_filter",
+                f"no filter, because the workload's custom {hook} hook takes no "
+                "state_dict_filter argument",
                 state_filter.to_json(),
-            )  # fmt: skip
+            )
         return {}
 
-    # -- methods (PROTOCOL.md §2) -------------------------------------------
 
-    def hello(self, params: Any) -> dict:
-        params_null("hello", params)
-        return self._hello
-
-    def capability_probe(self, params: Any) -> dict:
-        params_null("capability_probe", params)
-        device = self.call_hook("capability_probe", "runtime_device")
-        if not isinstance(device, str):
-            raise WorkloadError(
-                f"capability_probe: runtime_device() must return a string, got {describe(device)}"
-            )
-        capability = check_capability(self.call_hook("capability_probe", "capability_probe"))
-        return {"runtime_device": device, "capability": capability}
-
-    def init_model(self, params: Any) -> dict:
-        p = params_object("init_model", params)
-        device = require_str("init_model", p, "device")
-        state = self.call_hook("init_model", "init_model", device)
-        return {"model_id": self.add_model("init_model", "init_model", state)}
-
-    def parameter_pack_plan(self, params: Any) -> dict:
-        method = "parameter_pack_plan"
-        p = params_object(method, params)
-        device = require_str(method, p, "device")
-        state_filter = optional_filter(method, p)
-        state = self.call_hook(method, "init_model", device)
-        custom = self.has("export_parameter_pack_path", "import_parameter_pack_path")
-        try:
-            plan = compute_layout(state, state_filter).plan()
-        except LayoutError as exc:
-            if not custom:
-                raise LayoutError(f"{method}: {exc}") from None
-            return {
-                "uses_custom_parameter_pack_hooks": True, "layout_hash": None, "included_keys": [],
-                "excluded_float_keys": [], "ignored_non_float_keys": [], "parameter_count": 0,
-                "generic_plan_error": str(exc),
-            }  # fmt: skip
-        plan["uses_custom_parameter_pack_hooks"] = custom
-        return plan
-
-    def train_window(self, params: Any) -> dict:
-        p = params_object("train_window", params)
-        _, state = self.model("train_window", p, "model_id")
-        batches = check_batches("train_window", p)
-        return {
-            "metrics": metrics_map(
-                "train_window", self.call_hook("train_window", "train_window", state, batches)
-            )
-        }
-
-    def evaluate(self, params: Any) -> dict:
-        p = params_object("evaluate", params)
-        _, state = self.model("evaluate", p, "model_id")
-        split = check_eval_split("evaluate", p.get("split"))
-        return {
-            "metrics": metrics_map("evaluate", self.call_hook("evaluate", "evaluate", state, split))
-        }
-
-    def apply_patch(self, params: Any) -> Any:
-        patch = check_patch("apply_patch", params)
-        if not self.has("apply_patch"):
-            return {
-                "Rejected": "python workload does not support runtime patches (it has no apply_patch hook)"
-            }
-        return check_patch_outcome(self.call_hook("apply_patch", "apply_patch", patch))
-
-    def load_model_artifact(self, params: Any) -> dict:
-        method = "load_model_artifact"
-        p = params_object(method, params)
-        model_id, state = self.model(method, p, "model_id")
-        path = require_path(method, p, "artifact_path")
-        if self.has("load_model_artifact_path"):
-            updated = self.call_hook(method, "load_model_artifact_path", state, path)
-        elif self.has("load_model_artifact"):
-            try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                raise ParamError(
-                    method, "artifact_path", "a readable file", f"{path} ({exc.strerror})"
-                ) from None
-            updated = self.call_hook(method, "load_model_artifact", state, data)
-        else:
-            artifacts.load_state(state, path)
-            updated = None
-        if updated is not None:
-            self.models[model_id] = updated
-        return ACK
-
-    def materialize_model_artifact(self, params: Any) -> dict:
-        method = "materialize_model_artifact"
-        p = params_object(method, params)
-        _, state = self.model(method, p, "model_id")
-        path = require_path(method, p, "artifact_path")
-        if self.has("materialize_model_artifact_path"):
-            self.call_hook(method, "materialize_model_artifact_path", state, path)
-        elif self.has("materialize_model_artifact"):
-            data = self.call_hook(method, "materialize_model_artifact", state)
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise WorkloadError(
-                    f"{method}: hook materialize_model_artifact must return bytes, got {describe(data)}"
-                )
-            _write_atomically(method, path, data)
-        else:
-            artifacts.save_state(state, path)
-        return ACK
-
-    def export_parameter_pack(self, params: Any) -> dict:
-        method = "export_parameter_pack"
-        p = params_object(method, params)
-        _, state = self.model(method, p, "model_id")
-        path = require_path(method, p, "parameter_pack_path")
-        schema_hash = require_str(method, p, "model_schema_hash", allow_empty=True)
-        self.export(method, state, path, schema_hash, optional_filter(method, p))
-        return ACK
-
-    def import_parameter_pack(self, params: Any) -> dict:
-        method = "import_parameter_pack"
-        p = params_object(method, params)
-        device = require_str(method, p, "device")
-        path = require_path(method, p, "parameter_pack_path")
-        state_filter = optional_filter(method, p)
-        if self.has("import_parameter_pack_path"):
-            hook = "import_parameter_pack_path"
-            kwargs = self._filter_kwarg(method, hook, state_filter)
-            state = self.call_hook(method, hook, device, path, **kwargs)
-        else:
-            hook = "init_model"
-            state = packs.import_pack(
-                path, lambda: self.call_hook(method, hook, device), state_filter
-            )
-        return {"model_id": self.add_model(method, hook, state)}
-
-    def run_inner_loop(self, params: Any) -> dict:
-        method = "run_inner_loop"
-        job = params_object(method, params)
-        model_id, state = self.model(method, job, "model_id")
-        check_batches(method, job)
-        steps = require_uint(method, job, "num_inner_steps")
-        optional_path(method, job, "inner_optimizer_state_path")
-        output = require_path(method, job, "output_parameter_pack_path")
-        schema_hash = require_str(method, job, "model_schema_hash", allow_empty=True)
-        exact = require_bool(method, job, "require_exact_steps")
-        state_filter = optional_filter(method, job)
-        before = _stat_or_none(Path(output, packs.MANIFEST_NAME))
-
-        result = self.call_hook(method, "run_inner_loop", state, job)
-        if result is None:
-            result = {}
-        if not isinstance(result, dict):
-            raise WorkloadError(
-                f"{method}: hook run_inner_loop must return a dict or None, got {describe(result)}"
-            )
-        done = result.get("steps_completed", steps)
-        if type(done) is not int or not 0 <= done <= 2**32 - 1:
-            raise WorkloadError(
-                f"{method}: steps_completed must be an integer in 0..=4294967295, got {describe(done)}"
-            )
-        if exact and done != steps:
-            raise WorkloadError(
-                f"{method}: the inner loop completed {done} steps but {steps} were requested with "
-                "require_exact_steps; run exactly num_inner_steps steps"
-            )
-        metrics = metrics_map("run_inner_loop", result.get("metrics"))
-        out: dict[str, Any] = {"steps_completed": done, "metrics": metrics}
-        for key in ("inner_optimizer_state_path", "inner_optimizer_state_encoding"):
-            value = result.get(key)
-            if value is not None and not isinstance(value, str):
-                raise WorkloadError(
-                    f"{method}: {key} must be a string or None, got {describe(value)}"
-                )
-            out[key] = value
-        if result.get("state") is not None:
-            state = self.models[model_id] = result["state"]
-        after = _stat_or_none(Path(output, packs.MANIFEST_NAME))
-        if after is None or after == before:
-            self.export(method, state, output, schema_hash, state_filter)
-        return out
-
-    def merge_candidate_models(self, params: Any) -> dict:
-        method = "merge_candidate_models"
-        p = params_object(method, params)
-        _, base = self.model(method, p, "base_model_id")
-        candidates = []
-        for i, raw in enumerate(require_list(method, p, "candidates")):
-            if not isinstance(raw, dict):
-                raise ParamError(method, f"candidates[{i}]", "a Candidate object", raw)
-            candidate = {k: v for k, v in raw.items() if k != "model_id"}
-            where = f"{method}: candidates[{i}]"
-            for key in ("peer_id", "head_id", "artifact_id"):
-                if key in raw:
-                    require_str(where, raw, key, allow_empty=True)
-            _, candidate["model"] = self.model(where, raw, "model_id")
-            for key in ("sample_weight", "quality_weight"):
-                candidate[key] = require_number(where, raw, key)
-            candidates.append(candidate)
-        policy = check_merge_policy(method, p.get("policy"))
-        merged = self.call_hook(method, "merge_candidate_models", base, candidates, policy)
-        if merged is None:
-            return {"model_id": None}
-        return {"model_id": self.add_model(method, "merge_candidate_models", merged)}
-
-    def apply_single_root_ema(self, params: Any) -> dict:
-        method = "apply_single_root_ema"
-        p = params_object(method, params)
-        _, base = self.model(method, p, "base_model_id")
-        merged_id, merged = self.model(method, p, "merged_model_id")
-        policy = check_merge_policy(method, p.get("policy"))
-        updated = self.call_hook(method, "apply_single_root_ema", base, merged, policy)
-        if updated is not None:
-            self.models[merged_id] = updated
-        return {"model_id": merged_id}
-
-    def reconcile_canonical_model(self, params: Any) -> dict:
-        method = "reconcile_canonical_model"
-        p = params_object(method, params)
-        _, local = self.model(method, p, "local_model_id")
-        canonical_id, canonical = self.model(method, p, "canonical_model_id")
-        strategy = check_reconcile(method, p.get("strategy"))
-        updated = self.call_hook(method, "reconcile_canonical_model", local, canonical, strategy)
-        if updated is not None:
-            self.models[canonical_id] = updated
-        return {"model_id": canonical_id}
-
-    def release_model(self, params: Any) -> dict:
-        p = params_object("release_model", params)
-        self.models.pop(require_str("release_model", p, "model_id", allow_empty=True), None)
-        return ACK
-
-    def shutdown(self, params: Any) -> dict:
-        self.shutdown_requested = True
-        return ACK
-
-
-METHODS: dict[str, Callable[[Worker, Any], Any]] = {
-    name: getattr(Worker, name)
-    for name in (
-        "hello", "capability_probe", "init_model", "parameter_pack_plan", "train_window",
-        "evaluate", "apply_patch", "load_model_artifact", "materialize_model_artifact",
-        "export_parameter_pack", "import_parameter_pack", "run_inner_loop",
-        "merge_candidate_models", "apply_single_root_ema", "reconcile_canonical_model",
-        "release_model", "shutdown",
-    )
-}  # fmt: skip
-"""The one table of protocol methods: name -> handler(worker, params)."""
-
-
-def _encode_without_gc(response: dict) -> bytes:
-    gc_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return encode_frame(response)
-    finally:
-        if gc_enabled:
-            gc.enable()
-
-
-def _stat_or_none(path: Path) -> tuple | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_ino, info.st_mtime_ns, info.st_size)
-
-
-def _write_atomically(method: str, path: str, data: bytes | bytearray | memoryview) -> None:
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise ParamError(
-            method, "artifact_path", "a writable path", f"{path} ({exc.strerror})"
-        ) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-__all__ = ["METHODS", "NO_ID", "Worker", "WorkerStop", "capabilities"]
+__all__ = ["METHODS", "Worker", "capabilities", "workload_has"]

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import io
 import os
 import sys
 from typing import Any, BinaryIO
+
+from .files import write_all
 
 CHUNK_ELEMENTS = 1 << 20  # 4 MiB of float32 per staged chunk
 LITTLE_ENDIAN = sys.byteorder == "little"
@@ -59,16 +62,7 @@ def preallocate(fd: int, nbytes: int) -> None:
         # EOPNOTSUPP, ENOSYS, EINVAL...: the filesystem cannot reserve; just write.
 
 
-def write_all(raw: BinaryIO, view: memoryview) -> None:
-    """Write every byte of ``view`` to an unbuffered file (short writes are retried)."""
-    while view:
-        written = raw.write(view)
-        if not written:
-            raise OSError("write returned 0 bytes")
-        view = view[written:]
-
-
-def read_exact_into(raw: BinaryIO, view: memoryview) -> None:
+def read_exact_into(raw: io.RawIOBase, view: memoryview) -> None:
     """Fill ``view`` from an unbuffered file; raises ``EOFError`` if the file ends first."""
     while view:
         got = raw.readinto(view)
@@ -90,7 +84,7 @@ def write_tensor_as_f32(raw: BinaryIO, tensor: Any) -> int:
     """Write ``tensor`` as little-endian float32; returns the element count."""
     import torch
 
-    numel = tensor.numel()
+    numel = int(tensor.numel())
     if numel == 0:
         return 0
     if _direct(tensor, torch.float32):
@@ -108,7 +102,7 @@ def write_tensor_as_f32(raw: BinaryIO, tensor: Any) -> int:
     return numel
 
 
-def read_f32_into_tensor(raw: BinaryIO, tensor: Any) -> None:
+def read_f32_into_tensor(raw: io.RawIOBase, tensor: Any) -> None:
     """Fill ``tensor`` (any float dtype, device, strides) from little-endian float32."""
     import torch
 
