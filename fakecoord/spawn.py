@@ -15,8 +15,10 @@ benchmarks.  It does what the Rust coordinator does (PROTOCOL.md §1):
 
 Beyond the Rust coordinator, the accept refuses connections that do not
 come from this user (see SECURITY.md): on Linux the peer's uid is looked up
-in ``/proc/net/tcp``.  A refused connection is closed with one line on our
-stderr, and the accept keeps waiting for the worker.
+in ``/proc/net/tcp``, and a connection whose uid cannot be determined (for
+instance one reset before the lookup) is refused too, so nobody can take
+the listener from the worker with a decoy.  A refused connection is closed
+with one line on our stderr, and the accept keeps waiting for the worker.
 """
 
 from __future__ import annotations
@@ -147,11 +149,15 @@ def refusal(sock: socket.socket, uid: int | None = None) -> str | None:
     """Why the accepted ``sock`` must be dropped, or None when it is ours to serve.
 
     A process of our own uid could ptrace the worker anyway, so the uid is
-    the boundary worth checking.
+    the boundary worth checking; an unknown uid fails closed.
     """
     uid = os.getuid() if uid is None else uid
+    if not uid_check_available():
+        return None
     peer = peer_uid(sock)
-    if peer is not None and peer != uid:
+    if peer is None:
+        return "whose owner cannot be determined (reset, or gone from /proc/net/tcp)"
+    if peer != uid:
         return f"from uid {peer}; the worker runs as uid {uid}"
     return None
 
