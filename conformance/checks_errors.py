@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fakecoord import examples
+from fakecoord import examples, files
 
 from .errors import CheckFailed, describe, one_line
 from .options import UNKNOWN_MODEL
@@ -126,10 +126,10 @@ def bad_files(s: Session) -> str:
     root = s.path("bad-files")
     root.mkdir()
     blocker = root / "a-regular-file"
-    blocker.write_bytes(b"not a directory")
-    template.values.astype("<f4").tofile(root / "escaped.f32le")  # a valid file, outside
+    files.write_bytes(blocker, b"not a directory")
+    files.write_bytes(root / "escaped.f32le", template.values.astype("<f4").tobytes())  # outside
     garbage = root / "garbage.safetensors"
-    garbage.write_bytes(b"this is not a model artifact")
+    files.write_bytes(garbage, b"this is not a model artifact")
 
     def pack(name: str, **overrides: Any) -> Path:
         overrides.setdefault("layout_hash", template.layout_hash)

@@ -243,8 +243,9 @@ class Session:
         try:
             return spec.decode_result(method, result)
         except DecodeError as exc:
+            field = exc.field or ""
             for prefix, owner in (hooks or {}).items():
-                if exc.field == prefix or exc.field.startswith((f"{prefix}.", f"{prefix}[")):
+                if field == prefix or field.startswith((f"{prefix}.", f"{prefix}[")):
                     hook = owner
             raise CheckFailed(
                 f"{what} with {exc.field} {exc.expected}",

@@ -26,8 +26,8 @@ import os
 import subprocess
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import spec, transport, wire
 from .errors import (
@@ -157,6 +157,11 @@ class WorkerClient:
     def stderr_tail(self) -> str:
         """The end of what the worker wrote on stderr so far (see :mod:`fakecoord.stderr`)."""
         return self._worker.stderr_tail()
+
+    if TYPE_CHECKING:
+        # The typed protocol methods are made from fakecoord.spec at import
+        # (see the bottom of this module); type checkers see them as this.
+        def __getattr__(self, method: str) -> Callable[..., Any]: ...
 
     def __enter__(self) -> WorkerClient:
         return self

@@ -111,7 +111,7 @@ class DecodeError(ProtocolViolation):
     def at(self, method: str | None = None, field: str | None = None) -> DecodeError:
         """The same error for ``method`` and/or another path (the original is unchanged)."""
         return DecodeError(
-            self.field if field is None else field,
+            (self.field or "") if field is None else field,
             self.expected,
             self.got,
             method=self.method if method is None else method,

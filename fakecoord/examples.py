@@ -280,11 +280,11 @@ def mutations(t: Type, value: Any, path: str = "result") -> list[tuple[str, Any]
     elif isinstance(inner, (Vec, Map)) and value:
         items = list(enumerate(value)) if isinstance(value, list) else list(value.items())
         key, item = items[0]
-        where = f"{path}[{key}]" if isinstance(value, list) else join(path, key)
+        where = f"{path}[{key}]" if isinstance(value, list) else join(path, str(key))
         for sub, bad in mutations(
             inner.item if isinstance(inner, Vec) else inner.value, item, where
         ):
-            copy = _copy(value)
+            copy: Any = _copy(value)
             copy[key] = bad
             out.append((sub, copy))
     elif isinstance(inner, Enum) and isinstance(value, dict) and len(value) == 1:

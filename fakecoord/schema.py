@@ -149,9 +149,13 @@ class Str(Type):
 class Int(Type):
     """A Rust integer type: ``u32``, ``u64`` (``usize`` on 64-bit) or ``i64``."""
 
-    rust: str
+    name: str
     low: int
     high: int
+
+    @property
+    def rust(self) -> str:  # type: ignore[override]
+        return self.name
 
     @property
     def expected(self) -> str:  # type: ignore[override]
@@ -482,8 +486,8 @@ class Enum(Type):
         for v in self.variants:
             if v.payload is None:
                 forms.append(f'"{v.name}"')
-            elif v.is_struct:
-                inner = ", ".join(f"{f.name}: {f.type.rust}" for f in v.payload.fields)  # type: ignore[union-attr]
+            elif isinstance(v.payload, Struct):
+                inner = ", ".join(f"{f.name}: {f.type.rust}" for f in v.payload.fields)
                 forms.append(f'{{"{v.name}": {{{inner}}}}}')
             else:
                 forms.append(f'{{"{v.name}": {v.payload.rust}}}')

@@ -605,7 +605,7 @@ def decode_response(body: bytes | bytearray | memoryview) -> Response:
     """
     try:
         tree = wire.parse_json(body)
-        envelope = RPC_RESPONSE.decode(tree, "", schema.from_bytes(body), 0)
+        envelope: Any = RPC_RESPONSE.decode(tree, "", schema.from_bytes(body), 0)
     except DecodeError as exc:
         raise exc.at(field=_envelope_path(exc.field or "")) from None
     given = set(tree) if isinstance(tree, dict) else set(RPC_RESPONSE.names[: len(tree)])
@@ -659,7 +659,7 @@ def decode_result(name: str, result: Any, *, validated: bool = False) -> Any:
         if result is MISSING:
             raise DecodeError("result", m.result.expected, MISSING)
         ctx = schema.FROM_CHECKED_VALUE if validated else schema.FROM_VALUE
-        decoded = schema.decode(m.result, result, "result", ctx=ctx)
+        decoded: Any = schema.decode(m.result, result, "result", ctx=ctx)
     except DecodeError as exc:
         raise exc.at(method=name) from None
     if m.result is ACK:

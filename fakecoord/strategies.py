@@ -14,7 +14,7 @@ hypothesis, so nothing else in fakecoord imports this module).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypothesis import strategies as st
@@ -88,14 +88,14 @@ def values(
     if isinstance(t, Struct):
         return _struct(t, sub, serde_forms)
     if isinstance(t, Enum):
-        options = []
+        options: list[st.SearchStrategy[Any]] = []
         for v in t.variants:
             if v.payload is None:
                 options.append(st.just(v.name))
                 if serde_forms:
                     options.append(st.just({v.name: None}))
             else:
-                options.append(sub(v.payload).map(lambda p, n=v.name: {n: p}))
+                options.append(sub(v.payload).map(_wrapped_in(v.name)))
         return st.one_of(options)
     if isinstance(t, Untagged):
         integers = [v for _, v in t.variants if isinstance(v, Int)]
@@ -109,13 +109,19 @@ def values(
     if isinstance(t, Tagged):
         return st.one_of(
             [
-                _struct(s, sub, serde_forms, sequence=False).map(
-                    lambda body, tag=tag: {t.tag: tag, **body}
-                )
+                _struct(s, sub, serde_forms, sequence=False).map(_tagged(t.tag, tag))
                 for tag, s in t.variants
             ]
         )
     raise TypeError(f"no strategy for {t!r}")
+
+
+def _wrapped_in(name: str) -> Callable[[Any], dict[str, Any]]:
+    return lambda payload: {name: payload}
+
+
+def _tagged(key: str, tag: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda body: {key: tag, **body}
 
 
 def _struct(

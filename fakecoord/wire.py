@@ -188,6 +188,7 @@ class BigInteger(float):
     """
 
     json_kind = "integer beyond 64 bits, read as a float"
+    text: str
 
     def __new__(cls, text: str) -> BigInteger:
         value = super().__new__(cls, float(text))
