@@ -406,6 +406,9 @@ class Struct(Type):
                         got_text=f"duplicate key {f.name!r} (serde: duplicate field "
                         f"`{f.name}` in struct {self.name})",
                     )
+        if ctx.check_strings:  # serde_json parses every key, known or not
+            for key in obj:
+                wire.check_string(key, path)
         changed: dict[str, builtins.object] = {}
         for f in self.fields:
             where = join(path, f.name)
@@ -514,6 +517,8 @@ class Enum(Type):
         if len(value) != 1 or duplicated:
             raise self.refuse(value, path, " (an object with a single key)")
         ((name, payload),) = value.items()
+        if ctx.check_strings:
+            wire.check_string(name, path)
         variant = self.variant(name)
         if variant is None:
             raise self.refuse(value, path, " (unknown variant)")

@@ -231,6 +231,13 @@ def test_surrogate_pairs_are_one_character_and_ignored_fields_are_not_checked() 
     assert hello["workload_name"] == "\U0001f600"
 
 
+def test_every_key_of_a_struct_is_parsed_so_a_lone_surrogate_key_is_refused() -> None:
+    """serde_json reads each map key with ``parse_str`` (``MapKey``) to match it
+    against the field names, so even an unknown key must be a valid string."""
+    with pytest.raises(DecodeError, match="surrogate"):
+        spec.decode_response(envelope(HELLO, ', "\\udc00": 1'))
+
+
 # ---------------------------------------------------------------------------
 # Duplicate keys
 
