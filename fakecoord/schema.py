@@ -222,7 +222,7 @@ class Value(Type):
 
     def decode(self, value: builtins.object, path: str, ctx: Ctx, depth: int) -> builtins.object:
         if ctx.limit_depth:
-            return wire.validate_value(value, path, depth=depth)
+            return wire.validate_value(value, path, depth=depth, strings=ctx.check_strings)
         if ctx.check_strings:
             return wire.validate_value(value, path, max_depth=None)
         return value
@@ -559,7 +559,10 @@ class Untagged(Type):
 
     def decode(self, value: builtins.object, path: str, ctx: Ctx, depth: int) -> builtins.object:
         if ctx.from_bytes:  # serde buffers the whole value first
-            wire.validate_value(value, path, depth=depth if ctx.limit_depth else -(2**62))
+            limit = wire.MAX_DEPTH if ctx.limit_depth else None
+            wire.validate_value(
+                value, path, depth=depth, max_depth=limit, strings=ctx.check_strings
+            )
             ctx = BUFFERED
         if self.lossless_integers and (type(value) is int or isinstance(value, BigInteger)):
             ints = [t for _, t in self.variants if isinstance(t, Int)]
@@ -604,7 +607,10 @@ class Tagged(Type):
 
     def decode(self, value: builtins.object, path: str, ctx: Ctx, depth: int) -> builtins.object:
         if ctx.from_bytes:  # serde buffers the whole value first
-            wire.validate_value(value, path, depth=depth if ctx.limit_depth else -(2**62))
+            limit = wire.MAX_DEPTH if ctx.limit_depth else None
+            wire.validate_value(
+                value, path, depth=depth, max_depth=limit, strings=ctx.check_strings
+            )
             ctx = BUFFERED
         where = join(path, self.tag)
         if isinstance(value, list):

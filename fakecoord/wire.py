@@ -371,21 +371,28 @@ def f64_of(value: Any) -> float | None:
 
 
 def validate_value(
-    value: Any, path: str = "", *, depth: int = 0, max_depth: int | None = MAX_DEPTH
+    value: Any,
+    path: str = "",
+    *,
+    depth: int = 0,
+    max_depth: int | None = MAX_DEPTH,
+    strings: bool = True,
 ) -> Any:
     """Refuse what ``serde_json::Value`` cannot hold; return ``value`` unchanged.
 
     ``depth`` is the number of arrays/objects enclosing ``value`` in its
     document (serde_json counts from the document root); ``max_depth=None``
-    drops the nesting limit (for values that were never bytes).  Also refuses
-    Python values JSON has no form for (sets, tuples, non-string keys).
-    Raises :class:`DecodeError` naming the dotted path.
+    drops the nesting limit (for values that were never bytes);
+    ``strings=False`` skips the lone-surrogate check (see
+    :func:`may_hold_escapes`).  Also refuses Python values JSON has no form
+    for (sets, tuples, non-string keys).  Raises :class:`DecodeError` naming
+    the dotted path.
     """
     stack: list[tuple[str, Any, int]] = [(path, value, depth)]
     while stack:
         where, node, level = stack.pop()
         if node is None or isinstance(node, (bool, str)):
-            if isinstance(node, str):
+            if strings and isinstance(node, str):
                 check_string(node, where)
             continue
         if isinstance(node, (int, float)):
@@ -406,7 +413,8 @@ def validate_value(
             for key, item in node.items():
                 if not isinstance(key, str):
                     raise DecodeError(where, "an object with string keys", got_text=repr(key))
-                check_string(key, where)
+                if strings:
+                    check_string(key, where)
                 stack.append((join(where, key), item, level))
             continue
         raise number_error(node, where, "a JSON value")
