@@ -362,11 +362,13 @@ def _copy(value: builtins.object) -> builtins.object:
 
 @dataclass(frozen=True)
 class Struct(Type):
-    """A ``#[derive(Deserialize)]`` struct (unknown fields accepted, as without
-    ``deny_unknown_fields``)."""
+    """A ``#[derive(Deserialize)]`` struct: unknown fields are accepted unless
+    ``deny_unknown_fields`` (``#[serde(deny_unknown_fields)]``; no type of
+    this protocol sets it)."""
 
     name: str
     fields: tuple[Field, ...] = ()
+    deny_unknown_fields: bool = False
 
     @property
     def rust(self) -> str:  # type: ignore[override]
@@ -409,6 +411,14 @@ class Struct(Type):
         if ctx.check_strings:  # serde_json parses every key, known or not
             for key in obj:
                 wire.check_string(key, path)
+        if self.deny_unknown_fields:
+            for key in obj:
+                if key not in self.names:
+                    raise DecodeError(
+                        join(path, key),
+                        f"one of the fields of {self.name} ({', '.join(self.names)})",
+                        got_text=f"unknown field {key!r} (deny_unknown_fields)",
+                    )
         changed: dict[str, builtins.object] = {}
         for f in self.fields:
             where = join(path, f.name)

@@ -135,7 +135,7 @@ def _struct(
     objects = st.fixed_dictionaries(required, optional=optional)
     if not serde_forms:
         return objects
-    extras = st.dictionaries(UNKNOWN_KEYS, JSON, max_size=2)
+    extras = st.dictionaries(UNKNOWN_KEYS, JSON, max_size=0 if t.deny_unknown_fields else 2)
     objects = st.tuples(objects, extras).map(lambda pair: {**pair[1], **pair[0]})
     if not sequence or not t.fields:
         return objects

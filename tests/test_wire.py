@@ -304,7 +304,8 @@ def test_nesting_is_limited_to_127_levels_where_serde_json_parses() -> None:
 
 
 def test_fields_missing_unknown_null_and_defaulted_as_serde_derive_does() -> None:
-    """Unknown fields are ignored (no ``deny_unknown_fields`` on these types);
+    """Unknown fields are ignored (no ``deny_unknown_fields`` on these types;
+    with it, serde_derive has no ignore arm and refuses them);
     a missing ``Option`` is None (``missing_field`` calls ``visit_none``); a
     missing ``#[serde(default)]`` field gets its default; ``null`` is not a
     Vec even when the field has a default."""
@@ -321,6 +322,10 @@ def test_fields_missing_unknown_null_and_defaulted_as_serde_derive_does() -> Non
     for body in (b'{"b": "x"}', b'{"a": 1, "c": null}', b"null", b'"a"'):
         with pytest.raises(DecodeError):
             schema.decode_bytes(t, body)
+    strict = Struct("S", t.fields, deny_unknown_fields=True)
+    assert schema.decode_bytes(strict, b'{"a": 1}')["c"] == []
+    with pytest.raises(DecodeError, match="unknown field 'zzz'"):
+        schema.decode_bytes(strict, b'{"a": 1, "zzz": [1]}')
     assert accepted(envelope("{}"), "merge_candidate_models") is None
     assert accepted(envelope("{}"), "parameter_pack_plan")["parameter_count"] == 0
 
