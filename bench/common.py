@@ -18,16 +18,19 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fakecoord import wire
+from fakecoord.errors import FakecoordError, WorkerExited, WorkerTimeout
+from fakecoord.spawn import child_environment, launch
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REFERENCE = Path("/work/shared/reference/seed_worker.py")
 PYTHON = sys.executable
-HEADER = struct.Struct(">Q")
+HEADER = wire.HEADER
 LOOPBACK = "127.0.0.1"
 
 
@@ -327,22 +330,17 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def frame(message: Any) -> bytes:
-    """One frame: 8-byte big-endian length, then compact JSON."""
-    body = json.dumps(message, separators=(",", ":")).encode("utf-8")
-    return HEADER.pack(len(body)) + body
+    """One frame: 8-byte big-endian length, then compact JSON (fakecoord.wire's framing)."""
+    return wire.encode_frame(message)
 
 
 def request_frame(request_id: int, method: str, params: Any) -> bytes:
-    return frame({"id": request_id, "method": method, "params": params})
+    return wire.encode_request(request_id, method, params)
 
 
 def worker_env() -> dict[str, str]:
     """The environment the coordinator gives a worker, with this repo importable."""
-    env = dict(os.environ)
-    paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return child_environment(None, [REPO_ROOT])
 
 
 def worker_argv(factory: str, config: Any, port: int, reference: Path | None = None) -> list[str]:
@@ -385,29 +383,21 @@ class Peer:
         self.name = name
         self.next_id = 1
         self._stderr = tempfile.TemporaryFile()
-        with socket.create_server((LOOPBACK, 0)) as listener:
-            listener.settimeout(0.02)
-            port = listener.getsockname()[1]
-            self.proc = subprocess.Popen(
-                argv_for_port(port), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=self._stderr, env=worker_env(), cwd=REPO_ROOT,
-            )  # fmt: skip
-            self._watchdog = threading.Timer(lifetime, self._kill)
-            self._watchdog.daemon = True
-            self._watchdog.start()
-            deadline = time.monotonic() + connect_timeout
-            while True:
-                try:
-                    sock, _ = listener.accept()
-                    break
-                except TimeoutError:
-                    pass
-                if self.proc.poll() is not None:
-                    self._fail(f"exited with status {self.proc.returncode} before connecting")
-                if time.monotonic() > deadline:
-                    self._fail(f"did not connect within {connect_timeout:.0f} s")
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            started = launch(argv_for_port, env=worker_env(), cwd=REPO_ROOT, stderr=self._stderr)
+        except FakecoordError as exc:
+            self._stderr.close()
+            raise BenchError(f"{name} cannot start: {exc}") from None
+        self.proc = started.process
+        self._watchdog = threading.Timer(lifetime, self._kill)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        try:
+            sock = started.accept(connect_timeout).sock
+        except WorkerExited:
+            self._fail(f"exited with status {self.proc.returncode} before connecting")
+        except WorkerTimeout:
+            self._fail(f"did not connect within {connect_timeout:.0f} s")
         _set_io_timeout(sock, io_timeout)
         self.sock = sock
         self.reader = sock.makefile("rb", buffering=1 << 16)
@@ -422,7 +412,7 @@ class Peer:
         header = self.reader.read(8)
         if not header or len(header) < 8:
             self._fail("closed the connection (or timed out) instead of answering")
-        (length,) = HEADER.unpack(header)
+        (length,) = wire.HEADER.unpack(header)
         body = self.reader.read(length)
         if body is None or len(body) < length:
             self._fail(f"sent {0 if body is None else len(body)} of {length} body bytes")

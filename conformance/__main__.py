@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
+
+from fakecoord import wire
+from fakecoord.errors import DecodeError
 
 from .errors import UsageError
 
@@ -117,8 +119,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from .session import Options
 
     try:
-        config = json.loads(args.config_json)
-    except ValueError as exc:
+        config = wire.decode_value(args.config_json.encode("utf-8", "surrogatepass"))
+    except DecodeError as exc:
         raise UsageError(f"--config-json is not valid JSON ({exc})") from None
     roots = [*args.pythonpath, os.getcwd()]
     try:

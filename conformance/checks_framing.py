@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import shapes, wire
-from .errors import CheckFailed, ShapeError, WireError, describe, one_line
-from .rawworker import NoAnswer, RawWorker, WorkerGone
-from .session import Session, for_examples
+from fakecoord import spec, wire
+from fakecoord.errors import DecodeError
+
+from .errors import CheckFailed, NoAnswer, WorkerGone, describe, one_line
+from .properties import for_examples
+from .rawworker import RawWorker
+from .session import Session
 
 FRAMING = "the worker's framing (python -m worker or --worker-cmd), not a workload hook"
 EXIT_PATH = (
@@ -16,32 +19,25 @@ EXIT_PATH = (
 )
 
 
-def _response(raw: RawWorker, timeout: float, expected: str, hook: str = FRAMING) -> dict:
-    """The next response on ``raw``, strictly decoded, as an object with id and ok."""
+def _response(raw: RawWorker, timeout: float, expected: str, hook: str = FRAMING) -> spec.Response:
+    """The next response on ``raw``, decoded as the Rust coordinator decodes the envelope;
+    beyond that, ``ok: true`` must carry a result and ``ok: false`` a non-empty error."""
     try:
-        message = raw.read_message(timeout)
+        response = raw.read_response(timeout)
     except WorkerGone as exc:
         status = raw.wait_exit(2.0)
         got = f"{exc} (exit status {status}); stderr: {one_line(raw.stderr_tail(), 200)}"
         raise CheckFailed(expected, got, hook) from None
     except NoAnswer as exc:
         raise CheckFailed(expected, f"no response: {exc}", hook) from None
-    except WireError as exc:
+    except DecodeError as exc:
         raise CheckFailed(expected, f"an invalid response frame: {exc}", hook) from None
-    if not isinstance(message, dict):
-        raise CheckFailed(expected, f"a response that is {describe(message)}", hook)
-    ok = message.get("ok")
-    if type(ok) is not bool:
-        raise CheckFailed(expected, f"a response whose ok is {describe(ok)}", hook)
-    if not shapes.is_int(message.get("id")):
-        raise CheckFailed(expected, f"a response whose id is {describe(message.get('id'))}", hook)
-    if ok and "result" not in message:
+    if response.ok and response.result is spec.MISSING:
         raise CheckFailed(expected, "an ok:true response without a result", hook)
-    if not ok and not (isinstance(message.get("error"), str) and message["error"].strip()):
-        raise CheckFailed(
-            expected, f"an ok:false response whose error is {describe(message.get('error'))}", hook
-        )
-    return message
+    if not response.ok and not (isinstance(response.error, str) and response.error.strip()):
+        error = None if response.error is spec.MISSING else response.error
+        raise CheckFailed(expected, f"an ok:false response whose error is {describe(error)}", hook)
+    return response
 
 
 def _send(
@@ -60,8 +56,8 @@ def _send(
         raise CheckFailed(expected, got, FRAMING) from None
 
 
-def _ask(raw: RawWorker, message: dict, timeout: float, expected: str) -> dict:
-    _send(raw, wire.encode(message), expected)
+def _ask(raw: RawWorker, message: dict, timeout: float, expected: str) -> spec.Response:
+    _send(raw, wire.encode_frame(message), expected)
     return _response(raw, timeout, expected)
 
 
@@ -105,9 +101,9 @@ def requests_roundtrip(s: Session) -> str:
 
     def body(request: dict) -> None:
         expected = f"one well-formed response with id {request['id']} to a {request['method']!r}"
-        message = _ask(raw, request, s.options.call_timeout, expected)
-        if message["id"] != request["id"]:
-            raise CheckFailed(expected, f"a response with id {message['id']}", FRAMING)
+        response = _ask(raw, request, s.options.call_timeout, expected)
+        if response.id != request["id"]:
+            raise CheckFailed(expected, f"a response with id {response.id}", FRAMING)
 
     count = for_examples(requests, body, s.options.max_examples, explicit)
     return f"{count} requests (big ids, unicode, nested params) each answered with their own id"
@@ -118,20 +114,20 @@ def split_frames(s: Session) -> str:
 
     raw = s.raw()
     hello = {"id": 1, "method": "hello", "params": None}
-    expected_result = _ask(raw, hello, s.options.call_timeout, "hello to be answered")["result"]
+    expected_result = _ask(raw, hello, s.options.call_timeout, "hello to be answered").result
     ids = iter(range(100, 10**9))
-    length = len(wire.encode({"id": 100, "method": "hello", "params": None}))
+    length = len(wire.encode_request(100, "hello", None))
     cuts = st.lists(st.integers(min_value=1, max_value=length - 1), max_size=5, unique=True)
 
     def body(points: list[int]) -> None:
         request_id = next(ids)
-        data = wire.encode({"id": request_id, "method": "hello", "params": None})
+        data = wire.encode_request(request_id, "hello", None)
         pieces = wire.split(data, points)
         expected = f"the same hello answer for a frame sent in {len(pieces)} pieces"
         _send(raw, pieces, expected, pause=0.002 if len(pieces) > 8 else 0.01)
-        message = _response(raw, s.options.call_timeout, expected)
-        if message["id"] != request_id or message.get("result") != expected_result:
-            got = f"id {message['id']} with {one_line(describe(message.get('result')))}"
+        response = _response(raw, s.options.call_timeout, expected)
+        if response.id != request_id or response.result != expected_result:
+            got = f"id {response.id} with {one_line(describe(response.result))}"
             raise CheckFailed(expected, got, FRAMING)
 
     explicit = [[1], [4], [7], [8], [9], list(range(1, length))]
@@ -139,9 +135,9 @@ def split_frames(s: Session) -> str:
     # Two requests in one write: both answered, in order.
     first, second = next(ids), next(ids)
     expected = f"answers {first} then {second} to two requests sent in one write"
-    pair = [wire.encode({"id": i, "method": "hello", "params": None}) for i in (first, second)]
+    pair = [wire.encode_request(i, "hello", None) for i in (first, second)]
     _send(raw, b"".join(pair), expected)
-    got = [_response(raw, s.options.call_timeout, expected)["id"] for _ in range(2)]
+    got = [_response(raw, s.options.call_timeout, expected).id for _ in range(2)]
     if got != [first, second]:
         raise CheckFailed(expected, f"answers with ids {got}", FRAMING)
     return f"{count} split frames (down to one byte per write) and a pipelined pair answered"
@@ -166,10 +162,10 @@ GARBAGE = [
 
 def _is_request(body: bytes) -> bool:
     try:
-        value = wire.decode(body)
-    except WireError:
+        value = wire.decode_value(body)
+    except DecodeError:
         return False
-    return isinstance(value, dict) and shapes.is_int(value.get("id")) and "method" in value
+    return isinstance(value, dict) and type(value.get("id")) is int and "method" in value
 
 
 def garbage_refused(s: Session) -> str:
@@ -182,15 +178,15 @@ def garbage_refused(s: Session) -> str:
             return
         expected = f"an ok:false answer to the non-request frame {data[:40]!r}"
         _send(raw, wire.frame(data), expected)
-        message = _response(raw, s.options.exit_timeout, expected)
-        if message["ok"]:
-            raise CheckFailed(expected, f"ok:true with {describe(message.get('result'))}", FRAMING)
+        response = _response(raw, s.options.exit_timeout, expected)
+        if response.ok:
+            raise CheckFailed(expected, f"ok:true with {describe(response.result)}", FRAMING)
         after = f"the worker to keep serving after the frame {data[:40]!r}"
         answer = _ask(raw, {"id": 424242, "method": "hello"}, s.options.exit_timeout, after)
-        if answer["id"] != 424242 or not answer["ok"]:
+        if answer.id != 424242 or not answer.ok:
             raise CheckFailed(
                 f"hello to be answered after the frame {data[:40]!r}",
-                f"id {answer['id']}, ok {answer['ok']}",
+                f"id {answer.id}, ok {answer.ok}",
                 FRAMING,
             )
 
@@ -203,12 +199,12 @@ def shutdown_acks_and_exits(s: Session) -> str:
     try:
         expected = 'shutdown answered ok:true with an object result ({"ok": true})'
         shutdown = {"id": 9, "method": "shutdown", "params": None}
-        message = _ask(raw, shutdown, s.options.exit_timeout, expected)
-        if not message["ok"]:
-            raise CheckFailed(expected, f"ok:false: {one_line(message['error'])}", FRAMING)
+        response = _ask(raw, shutdown, s.options.exit_timeout, expected)
+        if not response.ok:
+            raise CheckFailed(expected, f"ok:false: {one_line(response.error)}", FRAMING)
         try:
-            shapes.ack(message.get("result"), "result")
-        except ShapeError as exc:
+            spec.decode_result("shutdown", response.result, validated=True)
+        except DecodeError as exc:
             raise CheckFailed(expected, str(exc), FRAMING) from None
         expected = "the worker to exit with status 0 after answering shutdown"
         status = _exit_status(raw, s, expected, "after shutdown")
@@ -265,10 +261,10 @@ def oversized_frame_refused(s: Session) -> str:
     )
     try:
         _send(raw, wire.HEADER.pack(2**64 - 1) + b'{"id": 1, "method": "hello"', expected)
-        answers = []
+        answers: list = []
         while True:
             try:
-                answers.append(wire.decode(raw.read_body(s.options.exit_timeout)))
+                answers.append(wire.decode_value(raw.read_body(s.options.exit_timeout)))
             except WorkerGone:
                 raw.close_write()  # the worker drains until we close too
                 break
@@ -279,7 +275,7 @@ def oversized_frame_refused(s: Session) -> str:
                     + (f" (after answering {one_line(describe(answers[-1]))})" if answers else ""),
                     FRAMING,
                 ) from None
-            except WireError as exc:
+            except DecodeError as exc:
                 raise CheckFailed(expected, f"an invalid frame: {exc}", FRAMING) from None
             if len(answers) > 1 or not isinstance(answers[0], dict) or answers[0].get("ok"):
                 raise CheckFailed(expected, f"the answer {one_line(describe(answers))}", FRAMING)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import stat
 from typing import Any
 
-from . import shapes
-from .errors import CheckFailed, CheckSkipped, ShapeError, describe
-from .session import Session, for_examples
-from .values import describe_difference, exact_values, same_bits, selects
+from fakecoord import packs
+from fakecoord.errors import PackError
+
+from .errors import CheckFailed, CheckSkipped, describe
+from .layout import selects
+from .properties import for_examples
+from .session import Session
+from .values import describe_difference, exact_values, same_bits
 
 INIT = "init_model() (the layout comes from its state)"
 LAYOUT = "the worker's layout computation (PROTOCOL.md §3), or init_model() state"
@@ -22,7 +23,7 @@ def plan_shape(s: Session) -> str:
     if plan["layout_hash"] is None:
         if not plan["uses_custom_parameter_pack_hooks"]:
             raise CheckFailed("a layout_hash (null only with custom pack hooks)", "null", INIT)
-        return f"no generic layout (custom pack hooks): {plan.get('generic_plan_error', '')}"
+        return f"no generic layout (custom pack hooks): {plan['generic_plan_error'] or ''}"
     if not plan["uses_custom_parameter_pack_hooks"]:
         template = s.template()
         if template.parameter_count != plan["parameter_count"]:
@@ -273,48 +274,36 @@ def manifest_valid(s: Session) -> str:
     path = s.path("manifest-pack")
     for schema in ("conformance-schema-one", "conformance-schema-two"):
         what = f"a pack whose manifest records model_schema_hash {schema!r}"
-        result = s.call(
+        params = {
+            "model_id": model_id,
+            "parameter_pack_path": str(path),
+            "model_schema_hash": schema,
+        }
+        result = s.call("export_parameter_pack", params, expected=what, hook=s.export_hook)
+        s.decode(
             "export_parameter_pack",
-            {"model_id": model_id, "parameter_pack_path": str(path), "model_schema_hash": schema},
-            expected=what,
-            hook=s.export_hook,
-        )
-        s.shape(
-            shapes.ack,
             result,
             what="export_parameter_pack to answer an ack object",
             hook=s.export_hook,
         )
         try:
-            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-            shapes.manifest(manifest)
-        except (OSError, ValueError) as exc:
-            raise CheckFailed(what, f"an unreadable manifest.json ({exc})", s.export_hook) from None
-        except ShapeError as exc:
+            # The five fields, a plain values file inside the pack of 4 * count bytes.
+            pack = packs.open_pack(path, in_memory=True)
+        except PackError as exc:
             raise CheckFailed(what, str(exc), s.export_hook) from None
-        if manifest["model_schema_hash"] != schema:
-            raise CheckFailed(what, repr(manifest["model_schema_hash"]), s.export_hook)
-        values = path / manifest["values_f32_le"]
-        try:
-            info = os.lstat(values)
-        except OSError:
-            raise CheckFailed(
-                what, f"no values file {manifest['values_f32_le']!r}", s.export_hook
-            ) from None
-        if not stat.S_ISREG(info.st_mode) or info.st_size != 4 * manifest["parameter_count"]:
-            raise CheckFailed(
-                f"a plain values file of {4 * manifest['parameter_count']} bytes",
-                f"{stat.filemode(info.st_mode)} of {info.st_size} bytes",
-                s.export_hook,
-            )
+        manifest = pack.manifest
+        if manifest.model_schema_hash != schema:
+            raise CheckFailed(what, repr(manifest.model_schema_hash), s.export_hook)
+        if not manifest.layout_hash:
+            raise CheckFailed(f"{what} and a non-empty layout_hash", "''", s.export_hook)
         plan = s.plan()
         if not plan["uses_custom_parameter_pack_hooks"] and (
-            manifest["layout_hash"],
-            manifest["parameter_count"],
+            manifest.layout_hash,
+            manifest.parameter_count,
         ) != (plan["layout_hash"], plan["parameter_count"]):
             raise CheckFailed(
                 f"manifest layout {plan['layout_hash']} with {plan['parameter_count']} values",
-                f"{manifest['layout_hash']} with {manifest['parameter_count']} values",
+                f"{manifest.layout_hash} with {manifest.parameter_count} values",
                 s.export_hook,
             )
     return "manifest fields valid; re-export into the same directory replaced it"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from . import shapes
+from fakecoord import spec
+
 from .errors import CheckFailed, CheckSkipped
 from .session import Session
 
@@ -10,8 +11,7 @@ CAPABILITY_HOOKS = "runtime_device() / capability_probe()"
 
 
 def hello(s: Session) -> str:
-    result = s.call("hello", None, expected="hello to answer", hook="the worker (hello)")
-    hello = s.shape(shapes.hello, result, what="a hello result", hook="the worker (hello)")
+    hello = s.hello()
     return (
         f"protocol {hello['protocol_version']}, workload {hello['workload_name']!r}, "
         f"capabilities {hello['capabilities']}"
@@ -21,19 +21,8 @@ def hello(s: Session) -> str:
 def capability_probe(s: Session) -> str:
     what = "a capability_probe result {runtime_device: str, capability: CapabilityEstimate}"
     result = s.call("capability_probe", None, expected=what, hook=CAPABILITY_HOOKS)
-    obj = s.shape(shapes.obj, result, what=what, hook=CAPABILITY_HOOKS)
-    s.shape(
-        lambda v, p: shapes.string(shapes.field(v, "runtime_device", p), f"{p}.runtime_device"),
-        obj,
-        what=what,
-        hook="runtime_device()",
-    )
-    s.shape(
-        lambda v, p: shapes.capability(shapes.field(v, "capability", p), f"{p}.capability"),
-        obj,
-        what=what,
-        hook="capability_probe()",
-    )
+    hooks = {"result.runtime_device": "runtime_device()", "result.capability": "capability_probe()"}
+    obj = s.decode("capability_probe", result, what=what, hook=CAPABILITY_HOOKS, hooks=hooks)
     cap = obj["capability"]
     return (
         f"device {obj['runtime_device']!r}, backends {cap['preferred_backends']}, "
@@ -59,12 +48,7 @@ def train_window_metrics(s: Session) -> str:
         raise CheckSkipped(probe.skip)
     if probe.error:
         raise CheckFailed(what + f" for {probe.source}", probe.error, "train_window()")
-    metrics = s.shape(
-        lambda v, p: shapes.metrics(shapes.field(shapes.obj(v, p), "metrics", p), f"{p}.metrics"),
-        probe.metrics,
-        what=what,
-        hook="train_window()",
-    )
+    metrics = s.decode("train_window", probe.metrics, what=what, hook="train_window()")
     return f"metrics {sorted(metrics)} for {probe.source}"
 
 
@@ -72,23 +56,15 @@ def evaluate_metrics(s: Session) -> str:
     model_id = s.new_model()
     seen = []
     custom = {"Custom": s.options.custom_split}
-    for split in (*shapes.EVAL_SPLITS, custom):
+    units = [v.name for v in spec.EVAL_SPLIT.variants if v.payload is None]
+    for split in (*units, custom):
         what = f'evaluate(split={split!r}) to answer {{"metrics": {{str: MetricValue}}}}'
         hook = "evaluate()"
         if split is custom:
             hook += " (if it serves only named custom splits, pass --custom-split NAME)"
-        result = s.call(
-            "evaluate", {"model_id": model_id, "split": split}, expected=what, hook=hook
-        )
-        s.shape(
-            lambda v, p: shapes.metrics(
-                shapes.field(shapes.obj(v, p), "metrics", p), f"{p}.metrics"
-            ),
-            result,
-            what=what,
-            hook=hook,
-        )
-        seen.append(len(result["metrics"]))
+        params = {"model_id": model_id, "split": split}
+        metrics = s.request("evaluate", params, expected=what, hook=hook)
+        seen.append(len(metrics))
     return f"valid metrics for Train, Validation, Test and Custom ({seen} keys)"
 
 
@@ -134,8 +110,7 @@ def apply_patch_outcome(s: Session) -> str:
     outcomes = []
     for patch in PATCHES:
         what = f"a PatchOutcome for patch {patch['patch_id']!r}"
-        result = s.call("apply_patch", patch, expected=what, hook="apply_patch()")
-        outcome = s.shape(shapes.patch_outcome, result, what=what, hook="apply_patch()")
+        outcome = s.request("apply_patch", patch, expected=what, hook="apply_patch()")
         outcomes.append(outcome if isinstance(outcome, str) else "Rejected")
     return f"outcomes {outcomes} for Hot/Warm/Cold/empty patches"
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import shapes
+from fakecoord.packs import Pack
+
 from .errors import CheckFailed, CheckSkipped, describe, one_line
-from .session import Session, candidate
-from .values import Pack, describe_difference, same_bits, tolerance
+from .options import candidate
+from .session import Session
+from .values import describe_difference, same_bits, tolerance
 
 MERGE = "merge_candidate_models()"
 EMA = "apply_single_root_ema()"
@@ -54,17 +56,16 @@ def _first_outside(values: Any, low: Any, high: Any, slack: Any) -> str:
 
 def _merge(s: Session, base: str, candidates: list[dict], policy: Any = "WeightedMean") -> str:
     what = 'merge_candidate_models to answer {"model_id": str} (a new merged model)'
-    result = s.call(
+    model_id = s.request(
         "merge_candidate_models",
         {"base_model_id": base, "candidates": candidates, "policy": policy},
         expected=what,
         hook=MERGE,
     )
-    model_id = s.shape(
-        lambda v, p: shapes.model_handle(v, p, nullable=True), result, what=what, hook=MERGE
-    )
     if model_id is None:
         raise CheckFailed(what, "model_id null (no merge)", MERGE)
+    if not model_id:
+        raise CheckFailed(what, "model_id '' (an empty handle)", MERGE)
     return s.track(model_id)
 
 
@@ -87,13 +88,8 @@ def artifacts_roundtrip(s: Session) -> str:
         ("load_model_artifact", target),
     ):
         what = f"{method} to answer an ack object"
-        result = s.call(
-            method,
-            {"model_id": model_id, "artifact_path": str(path)},
-            expected=what,
-            hook=ARTIFACTS,
-        )
-        s.shape(shapes.ack, result, what=what, hook=ARTIFACTS)
+        params = {"model_id": model_id, "artifact_path": str(path)}
+        s.request(method, params, expected=what, hook=ARTIFACTS)
         if method == "materialize_model_artifact" and not path.exists():
             raise CheckFailed(f"an artifact file at {path}", "no file", ARTIFACTS)
     after = s.export(target)
@@ -175,14 +171,10 @@ def ema_between(s: Session) -> str:
     base, pbase = s.crafted(501)
     merged, pmerged = s.crafted(502)
     what = f'apply_single_root_ema to answer {{"model_id": {merged!r}}} (the merged handle)'
-    result = s.call(
-        "apply_single_root_ema",
-        {"base_model_id": base, "merged_model_id": merged, "policy": "Ema"},
-        expected=what,
-        hook=EMA,
-    )
-    if s.shape(shapes.model_handle, result, what=what, hook=EMA) != merged:
-        raise CheckFailed(what, describe(result), EMA)
+    params = {"base_model_id": base, "merged_model_id": merged, "policy": "Ema"}
+    answered = s.handle("apply_single_root_ema", params, what=what, hook=EMA)
+    if answered != merged:
+        raise CheckFailed(what, describe(answered), EMA)
     got = s.export(merged)
     slack = _slack(s, pbase, pmerged)
     if _outside(got.values, pbase.values, pmerged.values, slack):
@@ -232,14 +224,10 @@ def reconcile_root_ema(s: Session) -> str:
 
 def _reconcile(s: Session, local: str, canonical: str, strategy: Any) -> Pack:
     what = f'reconcile_canonical_model({strategy}) to answer {{"model_id": {canonical!r}}}'
-    result = s.call(
-        "reconcile_canonical_model",
-        {"local_model_id": local, "canonical_model_id": canonical, "strategy": strategy},
-        expected=what,
-        hook=RECONCILE,
-    )
-    if s.shape(shapes.model_handle, result, what=what, hook=RECONCILE) != canonical:
-        raise CheckFailed(what, describe(result), RECONCILE)
+    params = {"local_model_id": local, "canonical_model_id": canonical, "strategy": strategy}
+    answered = s.handle("reconcile_canonical_model", params, what=what, hook=RECONCILE)
+    if answered != canonical:
+        raise CheckFailed(what, describe(answered), RECONCILE)
     return s.export(canonical)
 
 
@@ -251,12 +239,7 @@ def release_model(s: Session) -> str:
     hook = "the worker's model table (release_model)"
     for model_id in (gone, gone, "conformance-never-issued"):
         what = f"release_model({model_id!r}) to answer an ack object (unknown ids included)"
-        s.shape(
-            shapes.ack,
-            s.call("release_model", {"model_id": model_id}, expected=what, hook=hook),
-            what=what,
-            hook=hook,
-        )
+        s.request("release_model", {"model_id": model_id}, expected=what, hook=hook)
     for model_id, live in ((gone, False), (kept, True)):
         params = {
             "model_id": model_id,
@@ -303,8 +286,7 @@ def _needs_inner_loop(s: Session) -> None:
 
 def _run_inner(s: Session, job: dict) -> dict:
     what = "run_inner_loop to answer an InnerLoopResult reporting num_inner_steps=2"
-    result = s.call("run_inner_loop", job, expected=what, hook=INNER)
-    return s.shape(shapes.inner_loop_result, result, what=what, hook=INNER)
+    return s.request("run_inner_loop", job, expected=what, hook=INNER)
 
 
 def inner_loop_exact_steps(s: Session) -> str:
@@ -336,8 +318,8 @@ def inner_loop_updates_pack(s: Session) -> str:
         raise CheckFailed(
             what, f"layout {out.layout_hash} with {out.parameter_count} values", INNER
         )
-    if out.manifest["model_schema_hash"] != job["model_schema_hash"]:
-        raise CheckFailed(what, f"model_schema_hash {out.manifest['model_schema_hash']!r}", INNER)
+    if out.manifest.model_schema_hash != job["model_schema_hash"]:
+        raise CheckFailed(what, f"model_schema_hash {out.manifest.model_schema_hash!r}", INNER)
     if not bool(np.isfinite(out.values).all()):
         raise CheckFailed("finite parameters after the inner loop", "NaN or infinity", INNER)
     if same_bits(out.values, before.values):

@@ -2,8 +2,22 @@
 
 A check reports its verdict by raising :class:`CheckFailed` (what was
 expected, what came back, which hook to fix) or :class:`CheckSkipped` (why
-it could not run); returning normally means it passed.  :class:`UsageError`
-is a bad invocation (exit status 2 on the command line).
+it could not run); returning normally means it passed.  Every class the
+suite raises on purpose lives here::
+
+    ConformanceError
+    ├── UsageError          the caller's bad invocation (exit status 2 on the command line)
+    ├── CheckFailed         the workload or worker under test broke a rule (an AssertionError)
+    ├── ConformanceFailure  a failed check, as the pytest plugin's item raises it
+    ├── CheckSkipped        a check could not run here
+    ├── RawWorkerError      a raw-socket worker could not start, or its stream broke
+    │   ├── WorkerGone        the connection closed
+    │   └── NoAnswer          nothing (or part of a frame) arrived in time
+    └── LayoutUnavailable   the workload's state has no generic torch layout
+
+Bytes and values the worker sends are judged with fakecoord's decoder, so
+its :class:`~fakecoord.errors.DecodeError` (and ``PackError`` for packs on
+disk) are what the checks turn into :class:`CheckFailed`.
 """
 
 from __future__ import annotations
@@ -53,6 +67,15 @@ class CheckFailed(ConformanceError, AssertionError):
         return f"expected {self.expected}; got {self.got}; fix: {self.hook}"
 
 
+class ConformanceFailure(ConformanceError):
+    """A failing check item of the pytest plugin; ``args`` are its reason and details."""
+
+    def __init__(self, reason: str, details: str = "") -> None:
+        super().__init__(reason, details)
+        self.reason = reason
+        self.details = details
+
+
 class CheckSkipped(ConformanceError):
     """A check could not run here; ``reason`` says why (and how to make it run)."""
 
@@ -61,35 +84,36 @@ class CheckSkipped(ConformanceError):
         super().__init__(self.reason)
 
 
-class WireError(ConformanceError):
-    """Bytes from the worker are not a valid frame or not standard JSON."""
+class RawWorkerError(ConformanceError):
+    """A raw-socket worker could not start, or its stream broke where an answer was due."""
 
 
-class ShapeError(ConformanceError):
-    """A value does not decode into the shape the Rust coordinator expects.
+class WorkerGone(RawWorkerError):
+    """The connection closed (at a frame boundary when ``mid_frame`` is False)."""
 
-    ``path`` is a dotted location such as ``result.metrics.loss``.
-    """
-
-    def __init__(self, path: str, expected: str, got: object) -> None:
-        self.path = path
-        self.expected = expected
-        self.got = got
-        super().__init__(f"{path}: expected {expected}, got {describe(got)}")
+    def __init__(self, message: str, mid_frame: bool) -> None:
+        super().__init__(message)
+        self.mid_frame = mid_frame
 
 
-class PackProblem(ConformanceError):
-    """A parameter pack on disk is missing, malformed or inconsistent."""
+class NoAnswer(RawWorkerError):
+    """Nothing (or only part of a frame) arrived before the timeout."""
+
+
+class LayoutUnavailable(ConformanceError):
+    """The workload's state is not one of the generic layout's shapes (PROTOCOL.md §3)."""
 
 
 __all__ = [
     "CheckFailed",
     "CheckSkipped",
     "ConformanceError",
-    "PackProblem",
-    "ShapeError",
+    "ConformanceFailure",
+    "LayoutUnavailable",
+    "NoAnswer",
+    "RawWorkerError",
     "UsageError",
-    "WireError",
+    "WorkerGone",
     "describe",
     "one_line",
 ]

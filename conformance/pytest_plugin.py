@@ -14,7 +14,6 @@ reason; ids in ``--workload-xfails-file`` are marked xfail.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -45,10 +44,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="hypothesis examples per property check (default 10)")  # fmt: skip
 
 
-class ConformanceFailure(Exception):
-    """Raised by a failing check item; shown as its one-line reason."""
-
-
 class ConformanceItem(pytest.Item):
     def __init__(self, *, check: Any, xfail_reason: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -57,6 +52,7 @@ class ConformanceItem(pytest.Item):
             self.add_marker(pytest.mark.xfail(reason=xfail_reason, strict=False))
 
     def runtest(self) -> None:
+        from .errors import ConformanceFailure
         from .runner import FAIL, SKIP, execute
 
         outcome = execute(self.config.stash[_SESSION_KEY].get(), self.check)
@@ -66,6 +62,8 @@ class ConformanceItem(pytest.Item):
             raise ConformanceFailure(outcome.reason, outcome.details)
 
     def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
+        from .errors import ConformanceFailure
+
         if isinstance(excinfo.value, ConformanceFailure):
             reason, details = excinfo.value.args
             return f"FAIL {self.check.id} {reason}" + (f"\n\n{details}" if details else "")
@@ -98,13 +96,17 @@ class _LazySession:
 def _options(config: pytest.Config) -> Any:
     import shlex
 
+    from fakecoord import wire
+    from fakecoord.errors import DecodeError
+
     from .errors import UsageError
     from .runner import load_batches
     from .session import Options
 
     try:
-        workload_config = json.loads(config.getoption("workload_config"))
-    except ValueError as exc:
+        text = config.getoption("workload_config")
+        workload_config = wire.decode_value(text.encode("utf-8", "surrogatepass"))
+    except DecodeError as exc:
         raise UsageError(f"--workload-config is not valid JSON ({exc})") from None
     batches = config.getoption("workload_batches")
     cmd = config.getoption("workload_worker_cmd")

@@ -2,80 +2,34 @@
 
 The fakecoord client only sends well-formed frames; these checks need to send
 split, garbage, truncated and oversized ones and watch how the worker exits.
-The process is started exactly as the coordinator starts it (PROTOCOL.md §1).
+The process is started and accepted by :mod:`fakecoord.spawn`, exactly as
+the coordinator starts it (PROTOCOL.md §1); frames are :mod:`fakecoord.wire`'s.
 Every wait is bounded by a timeout.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import wire
-from .errors import ConformanceError, WireError
+from fakecoord import spec, wire
+from fakecoord.errors import FakecoordError
+from fakecoord.spawn import Spawned, kill, spawn_worker
 
-ACCEPT_POLL = 0.05
-
-
-class RawWorkerError(ConformanceError):
-    """The raw worker could not start, or its stream broke where an answer was due."""
-
-
-class WorkerGone(RawWorkerError):
-    """The connection closed (at a frame boundary when ``mid_frame`` is False)."""
-
-    def __init__(self, message: str, mid_frame: bool) -> None:
-        super().__init__(message)
-        self.mid_frame = mid_frame
-
-
-class NoAnswer(RawWorkerError):
-    """Nothing (or only part of a frame) arrived before the timeout."""
-
-
-def worker_root() -> str | None:
-    """The directory holding the ``worker`` package, if it is importable here."""
-    spec = importlib.util.find_spec("worker")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return str(Path(next(iter(spec.submodule_search_locations))).parent)
-
-
-def worker_argv(worker_cmd: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """The command prefix and the extra PYTHONPATH entries for it."""
-    if worker_cmd:
-        return list(worker_cmd), []
-    root = worker_root()
-    return [sys.executable, "-m", "worker"], [root] if root else []
-
-
-def child_env(
-    env: Mapping[str, str] | None, pythonpath: Iterable[str], extra: Iterable[str] = ()
-) -> dict[str, str]:
-    out = dict(os.environ if env is None else env)
-    paths = [*map(os.fspath, pythonpath), *extra]
-    if out.get("PYTHONPATH"):
-        paths.append(out["PYTHONPATH"])
-    if paths:
-        out["PYTHONPATH"] = os.pathsep.join(paths)
-    out["PYTHONUNBUFFERED"] = "1"
-    return out
+from .errors import NoAnswer, RawWorkerError, WorkerGone
 
 
 class RawWorker:
     """One worker process and its socket.  Use :meth:`spawn`; always :meth:`close`."""
 
-    def __init__(self, process: subprocess.Popen, sock: socket.socket, log_path: Path) -> None:
-        self.process = process
-        self.sock = sock
+    def __init__(self, worker: Spawned, log_path: Path) -> None:
+        self.worker = worker
+        self.process: subprocess.Popen = worker.process
+        self.sock = worker.sock
         self.log_path = log_path
         self.reader = wire.FrameReader()
         self._eof = False
@@ -94,51 +48,20 @@ class RawWorker:
         accept_timeout: float = 30.0,
     ) -> RawWorker:
         """Start the worker and accept its connection; raises :class:`RawWorkerError`."""
-        prefix, extra = worker_argv(worker_cmd)
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        process = None
         try:
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(1)
-            port = listener.getsockname()[1]
-            argv = [*prefix, "--factory", factory, "--config-json", json.dumps(config or {})]
-            argv += ["--connect-host", "127.0.0.1", "--connect-port", str(port)]
-            with open(log_path, "ab") as log:
-                try:
-                    process = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=log,
-                        env=child_env(env, pythonpath, extra),
-                        cwd=cwd,
-                    )
-                except OSError as exc:
-                    raise RawWorkerError(f"cannot start the worker {argv[0]!r}: {exc}") from None
-            deadline = time.monotonic() + accept_timeout
-            while True:
-                if process.poll() is not None:
-                    raise RawWorkerError(
-                        f"the worker exited (status {process.returncode}) before connecting: "
-                        f"{log_tail(log_path)}"
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RawWorkerError(f"the worker did not connect within {accept_timeout:g} s")
-                listener.settimeout(min(ACCEPT_POLL, remaining))
-                try:
-                    sock, _ = listener.accept()
-                    break
-                except TimeoutError:
-                    continue
-        except BaseException:
-            if process is not None:
-                _kill(process)
-            raise
-        finally:
-            listener.close()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(process, sock, log_path)
+            worker = spawn_worker(
+                factory,
+                config or {},
+                worker_cmd=worker_cmd,
+                env=env,
+                cwd=cwd,
+                pythonpath=pythonpath,
+                stderr=log_path,
+                accept_timeout=accept_timeout,
+            )
+        except FakecoordError as exc:
+            raise RawWorkerError(str(exc)) from None
+        return cls(worker, log_path)
 
     # -- sending -------------------------------------------------------------
 
@@ -195,13 +118,16 @@ class RawWorker:
             else:
                 self._eof = True
 
-    def read_message(self, timeout: float) -> Any:
-        """The next frame, strictly decoded; raises :class:`WireError` for a bad body."""
-        return wire.decode(self.read_body(timeout))
+    def read_response(self, timeout: float) -> spec.Response:
+        """The next frame, decoded as the Rust coordinator decodes a response envelope.
 
-    def request(self, message: dict, timeout: float) -> Any:
-        self.send(wire.encode(message))
-        return self.read_message(timeout)
+        Raises :class:`~fakecoord.errors.DecodeError` for a body it would refuse.
+        """
+        return spec.decode_response(self.read_body(timeout))
+
+    def request(self, message: dict, timeout: float) -> spec.Response:
+        self.send(wire.encode_frame(message))
+        return self.read_response(timeout)
 
     # -- the process ---------------------------------------------------------
 
@@ -216,23 +142,11 @@ class RawWorker:
         return log_tail(self.log_path)
 
     def close(self) -> None:
-        """Close the socket, give the worker a moment to exit, then kill and reap it."""
-        try:
-            self.sock.close()
-        finally:
-            if self.wait_exit(2.0) is None:
-                _kill(self.process)
-
-
-def _kill(process: subprocess.Popen) -> None:
-    try:
-        process.kill()
-    except OSError:
-        pass
-    try:
-        process.wait(10.0)
-    except subprocess.TimeoutExpired:
-        pass
+        """Close the socket, give the worker 2 s to exit, then kill and reap it."""
+        self.sock.close()
+        if self.wait_exit(2.0) is None:
+            kill(self.process)
+        self.worker.capture.close(wait=0.5)
 
 
 def log_tail(path: Path, limit: int = 2000) -> str:
@@ -244,4 +158,4 @@ def log_tail(path: Path, limit: int = 2000) -> str:
     return data.decode("utf-8", errors="replace").strip()
 
 
-__all__ = ["NoAnswer", "RawWorker", "RawWorkerError", "WireError", "WorkerGone"]
+__all__ = ["NoAnswer", "RawWorker", "RawWorkerError", "WorkerGone", "log_tail"]

@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fakecoord import files, wire
+from fakecoord.errors import DecodeError
+
 from .checks import BY_ID, CHECKS, Check, resolve
 from .errors import CheckFailed, CheckSkipped, UsageError, one_line
 from .session import Options, Session
@@ -99,7 +102,8 @@ class Report:
         }
 
     def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        """The JSON report, published atomically (fakecoord.files)."""
+        files.write_bytes(path, (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8"))
 
     def write_junit(self, path: str | Path) -> None:
         """JUnit XML as CI systems read it: XFAIL and SKIP are ``<skipped>``."""
@@ -126,7 +130,8 @@ class Report:
             elif outcome.status in (SKIP, XFAIL):
                 kind = "xfail" if outcome.status == XFAIL else "skip"
                 ET.SubElement(case, "skipped", type=kind, message=outcome.reason)
-        ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+        with files.staged_file(path) as out:
+            ET.ElementTree(suite).write(out, encoding="utf-8", xml_declaration=True)
 
 
 def execute(session: Session, check: Check, xfail_reason: str | None = None) -> Outcome:
@@ -268,12 +273,15 @@ def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
 
 
 def load_batches(path: str | Path) -> list:
-    """A ``--batches`` file: a JSON array of BatchRef objects; raises :class:`UsageError`."""
+    """A ``--batches`` file: a JSON array of BatchRef objects; raises :class:`UsageError`.
+
+    Read as standard JSON (fakecoord.wire): refs the coordinator could not send are refused here.
+    """
     try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
+        value = wire.decode_value(Path(path).read_bytes())
     except OSError as exc:
         raise UsageError(f"--batches {str(path)!r}: cannot read ({exc.strerror})") from None
-    except ValueError as exc:
+    except DecodeError as exc:
         raise UsageError(f"--batches {str(path)!r}: not JSON ({exc})") from None
     if isinstance(value, dict) and "batches" in value:
         value = value["batches"]

@@ -1,10 +1,12 @@
-"""What the checks of one run share: options, worker processes, scratch files.
+"""What the checks of one run share: worker processes, decoded answers, packs, scratch files.
 
 One :class:`Session` keeps one fakecoord :class:`~fakecoord.WorkerClient`
 for every check that speaks the protocol, and starts a new one when a check
 killed it.  Its helpers turn every way a call can go wrong (``ok: false``, a
-dead or hung worker, a result of the wrong shape) into a
-:class:`~conformance.errors.CheckFailed` naming the hook to fix.
+dead or hung worker, a result the Rust coordinator could not decode) into a
+:class:`~conformance.errors.CheckFailed` naming the hook to fix.  Results
+are decoded by :func:`fakecoord.spec.decode_result` (the one spec), packs
+read and written by :mod:`fakecoord.packs`.
 """
 
 from __future__ import annotations
@@ -14,101 +16,55 @@ import itertools
 import os
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import shapes
+from fakecoord import packs, spec
+from fakecoord.errors import (
+    DecodeError,
+    FakecoordError,
+    PackError,
+    RemoteError,
+    WorkerExited,
+    WorkerTimeout,
+)
+from fakecoord.packs import Pack
+
 from .errors import (
     CheckFailed,
     CheckSkipped,
-    PackProblem,
-    ShapeError,
-    UsageError,
+    LayoutUnavailable,
+    RawWorkerError,
     describe,
     one_line,
 )
-from .values import LayoutUnavailable, LocalLayout, Pack, local_layout, read_pack, write_pack
+from .layout import LocalLayout, local_layout
+from .options import (
+    DEFAULT_SCHEMA_HASH,
+    GENERATOR,
+    UNKNOWN_MODEL,
+    Options,
+    candidate,
+    generated_batches,
+)
+from .properties import for_examples
+from .rawworker import RawWorker
 
-GENERATOR = "burn-p2p-conformance"
-"""``payload["generator"]`` of the micro_epoch refs the suite generates."""
-DEFAULT_SCHEMA_HASH = "burn-p2p-conformance-schema"
-UNKNOWN_MODEL = "conformance-unknown-model"
-
-
-def generated_batches(count: int, seed: int = 0) -> list[dict]:
-    """``count`` micro_epoch BatchRefs whose payload describes generated data.
-
-    A workload that can train on them builds its own batch from
-    ``payload["seed"]`` and ``payload["examples"]`` (see docs/workload-authors.md).
-    """
-    return [
-        {
-            "kind": "micro_epoch",
-            "lease_id": f"conformance-lease-{seed + i}",
-            "microshard_ids": [f"conformance-microshard-{seed + i}"],
-            "ordinals": [i],
-            "bytes_len": 0,
-            "pipeline_kind": "generated-dataset",
-            "payload": {"generator": GENERATOR, "seed": seed + i, "examples": 16},
-        }
-        for i in range(count)
-    ]
+PLAN_KEY_LISTS = ("included_keys", "excluded_float_keys", "ignored_non_float_keys")
 
 
-@dataclass
-class Options:
-    """How to start and exercise the workload under test.
-
-    Raises :class:`~conformance.errors.UsageError` for a malformed value.
-    """
-
-    factory: str
-    config: Any = None
-    device: str = "cpu"
-    batches: list | None = None
-    worker_cmd: Sequence[str] | None = None
-    pythonpath: Sequence[str] = ()
-    cwd: str | None = None
-    env: Mapping[str, str] | None = None
-    max_examples: int = 10
-    call_timeout: float = 120.0
-    accept_timeout: float = 60.0
-    exit_timeout: float = 10.0
-    """Seconds a worker gets to answer a refusal, or to exit after EOF or ``shutdown``."""
-    model_schema_hash: str = DEFAULT_SCHEMA_HASH
-    custom_split: str = "conformance-holdout"
-    """The name sent as ``{"Custom": name}`` to evaluate."""
-
-    def __post_init__(self) -> None:
-        module, colon, attr = self.factory.partition(":")
-        if not colon or not module.strip() or not attr.strip():
-            raise UsageError(
-                f"factory must be MODULE:ATTR with both parts non-empty "
-                f"(e.g. my_pkg.train:make_workload), got {self.factory!r}"
-            )
-        if self.config is None:
-            self.config = {}
-        if type(self.max_examples) is not int or self.max_examples < 1:
-            raise UsageError(f"max_examples must be a positive integer, got {self.max_examples!r}")
-        for name in ("call_timeout", "accept_timeout", "exit_timeout"):
-            if not getattr(self, name) > 0:
-                raise UsageError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.batches is not None:
-            if not isinstance(self.batches, list) or not self.batches:
-                raise UsageError("batches must be a non-empty JSON array of BatchRef objects")
-            for i, ref in enumerate(self.batches):
-                if not isinstance(ref, dict) or not isinstance(ref.get("kind"), str):
-                    raise UsageError(
-                        f'batches[{i}] must be a BatchRef object with a string "kind", got {ref!r}'
-                    )
-        if self.worker_cmd is not None:
-            self.worker_cmd = tuple(self.worker_cmd)
-            if not self.worker_cmd:
-                raise UsageError("worker_cmd must name a program")
-        self.pythonpath = tuple(os.fspath(p) for p in self.pythonpath)
+def repeated_plan_key(plan: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """``(list, key, first list)`` for a key a Plan lists twice across its three
+    key lists (they must be disjoint), or None."""
+    seen: dict[str, str] = {}
+    for field in PLAN_KEY_LISTS:
+        for name in plan[field]:
+            if name in seen:
+                return field, name, seen[name]
+            seen[name] = field
+    return None
 
 
 @dataclass
@@ -135,7 +91,7 @@ class Session:
         self.root.mkdir(parents=True, exist_ok=True)
         self._client: Any = None
         self._client_dead = False
-        self._raw: Any = None
+        self._raw: RawWorker | None = None
         self._counter = itertools.count(1)
         self._models: list[str] = []
         self._cache: dict[str, Any] = {}
@@ -167,8 +123,6 @@ class Session:
         models, self._models = self._models, []
         if self._client is None or self._client_dead:
             return
-        from fakecoord.errors import FakecoordError
-
         for model_id in models:
             try:
                 self._client.call("release_model", {"model_id": model_id}, timeout=10.0)
@@ -203,7 +157,6 @@ class Session:
             self.drop_client()
         if self._client is None:
             from fakecoord import WorkerClient
-            from fakecoord.errors import FakecoordError
 
             self.spawns += 1
             log = self.root / f"worker-{self.spawns}.log"
@@ -238,8 +191,6 @@ class Session:
             client.close()
 
     def _failure(self, method: str, exc: Exception, expected: str, hook: str) -> CheckFailed:
-        from fakecoord.errors import RemoteError, WorkerExited, WorkerTimeout
-
         if isinstance(exc, RemoteError):
             got = f"ok:false from {method}: {one_line(exc.message) or '(empty message)'}"
             if "unknown method" in one_line(exc.message).lower():
@@ -258,8 +209,6 @@ class Session:
         self, method: str, params: Any, *, expected: str, hook: str, timeout: float | None = None
     ) -> Any:
         """Call ``method``; any failure becomes :class:`CheckFailed` (``expected``, ``hook``)."""
-        from fakecoord.errors import FakecoordError
-
         client = self.client()
         try:
             return client.call(method, params, timeout=timeout)
@@ -271,8 +220,6 @@ class Session:
     ) -> tuple[bool, Any]:
         """``(True, result)`` or ``(False, error text)``; a dead or hung worker,
         or a broken response, raises :class:`CheckFailed`."""
-        from fakecoord.errors import FakecoordError, RemoteError
-
         client = self.client()
         try:
             return True, client.call(method, params, timeout=timeout)
@@ -281,58 +228,98 @@ class Session:
         except FakecoordError as exc:
             raise self._failure(method, exc, expected, hook) from None
 
+    def decode(
+        self,
+        method: str,
+        result: Any,
+        *,
+        what: str,
+        hook: str,
+        hooks: Mapping[str, str] | None = None,
+    ) -> Any:
+        """``result`` decoded as the Rust coordinator decodes ``method``'s
+        (:func:`fakecoord.spec.decode_result`); a refusal is a :class:`CheckFailed`
+        naming ``hook``, or ``hooks[prefix]`` for a field under that path prefix."""
+        try:
+            return spec.decode_result(method, result)
+        except DecodeError as exc:
+            field = exc.field or ""
+            for prefix, owner in (hooks or {}).items():
+                if field == prefix or field.startswith((f"{prefix}.", f"{prefix}[")):
+                    hook = owner
+            raise CheckFailed(
+                f"{what} with {exc.field} {exc.expected}",
+                f"{exc.field} = {one_line(exc.got_text)}",
+                hook,
+            ) from None
+
+    def request(
+        self, method: str, params: Any, *, expected: str, hook: str, timeout: float | None = None
+    ) -> Any:
+        """:meth:`call`, then :meth:`decode` the result against ``expected``."""
+        result = self.call(method, params, expected=expected, hook=hook, timeout=timeout)
+        return self.decode(method, result, what=expected, hook=hook)
+
+    def handle(self, method: str, params: Any, *, what: str, hook: str) -> str:
+        """A model handle answered by ``method``: a non-empty string (beyond what serde checks)."""
+        model_id = self.request(method, params, expected=what, hook=hook)
+        if not model_id:
+            raise CheckFailed(
+                f"{what} with result.model_id a non-empty string", repr(model_id), hook
+            )
+        return model_id
+
     def still_serves(self, after: str, hook: str) -> None:
         """The same worker process still answers ``hello``."""
-        from fakecoord.errors import FakecoordError
-
         expected = f"the worker to keep serving after {after}"
         if self._client is None or self._client_dead or self._client.returncode is not None:
             raise CheckFailed(expected, "the worker process is gone", hook)
         try:
-            shapes.hello(self._client.call("hello", None, timeout=self.options.exit_timeout))
-        except (FakecoordError, ShapeError) as exc:
-            if isinstance(exc, FakecoordError):
-                raise self._failure("hello", exc, expected, hook) from None
+            self._client.hello(timeout=self.options.exit_timeout)
+        except DecodeError as exc:
             raise CheckFailed(expected, f"a broken hello answer ({exc})", hook) from None
-
-    def shape(self, validator: Callable[..., Any], value: Any, *, what: str, hook: str) -> Any:
-        """Run a :mod:`~conformance.shapes` validator; a mismatch is a :class:`CheckFailed`."""
-        try:
-            return validator(value, "result")
-        except ShapeError as exc:
-            raise CheckFailed(
-                f"{what} with {exc.path} {exc.expected}",
-                f"{exc.path} = {one_line(describe(exc.got))}",
-                hook,
-            ) from None
+        except FakecoordError as exc:
+            raise self._failure("hello", exc, expected, hook) from None
 
     # -- cached facts about the workload ---------------------------------------
 
     def hello(self) -> dict:
         if "hello" not in self._cache:
-            result = self.call("hello", None, expected="hello to answer", hook="the worker (hello)")
-            self._cache["hello"] = self.shape(
-                shapes.hello, result, what="a hello result", hook="the worker (hello)"
-            )
+            what, hook = "a hello result", "the worker (hello)"
+            hello = self.request("hello", None, expected=what, hook=hook)
+            if not hello["workload_name"]:
+                raise CheckFailed(
+                    f"{what} with result.workload_name a non-empty string", "''", hook
+                )
+            self._cache["hello"] = hello
         return self._cache["hello"]
 
     def capabilities(self) -> list[str]:
         return self.hello()["capabilities"]
 
     def plan(self, state_filter: dict | None = None, *, fresh: bool = False) -> dict:
-        """``parameter_pack_plan`` (cached for the empty filter unless ``fresh``)."""
+        """``parameter_pack_plan`` (cached for the empty filter unless ``fresh``).
+
+        Beyond decoding, its three key lists must be disjoint and list each key once.
+        """
         key = "plan" if state_filter is None and not fresh else None
         if key and key in self._cache:
             return self._cache[key]
         params = {
             "device": self.options.device,
-            "state_dict_filter": state_filter or {"include_globs": [], "exclude_globs": []},
+            "state_dict_filter": state_filter or dict(spec.EMPTY_FILTER),
         }
         hook = "init_model() (the plan is computed on a fresh init_model state)"
-        result = self.call(
-            "parameter_pack_plan", params, expected="a parameter pack plan", hook=hook
-        )
-        plan = self.shape(shapes.plan, result, what="a Plan", hook=hook)
+        plan = self.request("parameter_pack_plan", params, expected="a Plan", hook=hook)
+        repeated = repeated_plan_key(plan)
+        if repeated is not None:
+            field, name, first = repeated
+            raise CheckFailed(
+                f"a Plan with result.{field} keys listed once across the plan "
+                f"({name!r} is also in {first})",
+                f"result.{field} = {one_line(describe(plan[field]))}",
+                hook,
+            )
         if key:
             self._cache[key] = plan
         return plan
@@ -365,10 +352,8 @@ class Session:
     def new_model(self) -> str:
         """A fresh ``init_model`` handle (released after the check)."""
         what = 'init_model to answer {"model_id": str}'
-        result = self.call(
-            "init_model", {"device": self.options.device}, expected=what, hook="init_model()"
-        )
-        return self.track(self.shape(shapes.model_handle, result, what=what, hook="init_model()"))
+        params = {"device": self.options.device}
+        return self.track(self.handle("init_model", params, what=what, hook="init_model()"))
 
     def export(
         self,
@@ -388,14 +373,14 @@ class Session:
         if state_dict_filter is not None:
             params["state_dict_filter"] = state_dict_filter
         what = "export_parameter_pack to write a pack and answer an ack object"
-        result = self.call("export_parameter_pack", params, expected=what, hook=self.export_hook)
-        self.shape(shapes.ack, result, what=what, hook=self.export_hook)
+        self.request("export_parameter_pack", params, expected=what, hook=self.export_hook)
         return self.read(path, self.export_hook)
 
     def read(self, path: Path, hook: str) -> Pack:
+        """The pack at ``path``, validated and read into memory (fakecoord.packs)."""
         try:
-            return read_pack(path)
-        except PackProblem as exc:
+            return packs.open_pack(path, in_memory=True)
+        except PackError as exc:
             raise CheckFailed("a valid parameter pack on disk", str(exc), hook) from None
 
     def import_pack(self, path: Path, state_dict_filter: dict | None = None) -> str:
@@ -403,8 +388,9 @@ class Session:
         if state_dict_filter is not None:
             params["state_dict_filter"] = state_dict_filter
         what = 'import_parameter_pack to answer {"model_id": str}'
-        result = self.call("import_parameter_pack", params, expected=what, hook=self.import_hook)
-        return self.track(self.shape(shapes.model_handle, result, what=what, hook=self.import_hook))
+        return self.track(
+            self.handle("import_parameter_pack", params, what=what, hook=self.import_hook)
+        )
 
     def template(self) -> Pack:
         """The pack of a fresh model (cached): its layout hash, count and values."""
@@ -412,15 +398,13 @@ class Session:
             self._cache["template"] = self.export(self.new_model(), path=self.path("template"))
         return self._cache["template"]
 
-    def write(self, values: Any, name: str, **overrides: Any) -> Path:
+    def write(self, values: Any, name: str) -> Path:
         """Write ``values`` as a pack with the template's layout hash."""
-        template = self.template()
-        return write_pack(
+        return packs.write_pack(
             self.path(name),
             values,
-            overrides.pop("layout_hash", template.layout_hash),
-            self.options.model_schema_hash,
-            **overrides,
+            layout_hash=self.template().layout_hash,
+            model_schema_hash=self.options.model_schema_hash,
         )
 
     def crafted(self, seed: int) -> tuple[str, Pack]:
@@ -493,8 +477,6 @@ class Session:
             source = "2 generated micro_epoch refs (no --batches given)"
         probe = TrainProbe(source)
         model_id = self.new_model()
-        from fakecoord.errors import FakecoordError, RemoteError
-
         try:
             probe.metrics = self.client().call(
                 "train_window", {"model_id": model_id, "batches": batches}
@@ -529,10 +511,8 @@ class Session:
 
     # -- raw worker processes (framing checks) ---------------------------------------
 
-    def spawn_raw(self) -> Any:
+    def spawn_raw(self) -> RawWorker:
         """A new worker process on a raw socket (the caller closes it)."""
-        from .rawworker import RawWorker, RawWorkerError
-
         self.spawns += 1
         o = self.options
         try:
@@ -548,16 +528,19 @@ class Session:
             )
         except RawWorkerError as exc:
             raise CheckFailed(
-                "the worker to start and connect", str(exc), "the factory or the worker command"
+                "the worker to start and connect",
+                str(exc),
+                "the factory or the worker command",
+                details=str(exc),
             ) from None
 
-    def take_raw(self) -> Any:
+    def take_raw(self) -> RawWorker:
         """The shared raw worker, handed over (or a new one); the caller closes it."""
         raw = self.raw() if self._raw is not None else self.spawn_raw()
         self._raw = None
         return raw
 
-    def raw(self) -> Any:
+    def raw(self) -> RawWorker:
         """The shared raw worker (started again if it has exited)."""
         if self._raw is not None and self._raw.process.poll() is not None:
             self.drop_raw()
@@ -571,85 +554,15 @@ class Session:
             raw.close()
 
 
-def candidate(model_id: str, sample_weight: float, quality_weight: float = 1.0) -> dict:
-    """A merge Candidate as the coordinator sends it."""
-    return {
-        "peer_id": f"conformance-peer-{model_id}",
-        "head_id": f"conformance-head-{model_id}",
-        "artifact_id": f"conformance-artifact-{model_id}",
-        "model_id": model_id,
-        "sample_weight": sample_weight,
-        "quality_weight": quality_weight,
-    }
-
-
-def for_examples(
-    strategy: Any, body: Callable[[Any], None], max_examples: int, explicit: Sequence[Any] = ()
-) -> int:
-    """Run ``body`` on ``explicit`` values, then on up to ``max_examples`` drawn from a
-    hypothesis ``strategy``; return how many ran.
-
-    Stops at the first :class:`CheckFailed` and re-raises it with the example
-    in ``details``.  There is no shrinking: every example costs worker calls,
-    and a hang would cost a timeout per shrink step.  Generation is
-    derandomized, so a run is reproducible.
-    """
-    with _HYPOTHESIS_LOCK:
-        return _for_examples(strategy, body, max_examples, explicit)
-
-
-_HYPOTHESIS_LOCK = threading.Lock()
-"""Hypothesis is not thread-safe; runs on separate threads take turns here."""
-
-
-def _for_examples(
-    strategy: Any, body: Callable[[Any], None], max_examples: int, explicit: Sequence[Any]
-) -> int:
-    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
-
-    failures: list[tuple[CheckFailed, Any]] = []
-    ran = [0]
-
-    def run(value: Any) -> None:
-        if failures:
-            return
-        ran[0] += 1
-        try:
-            body(value)
-        except CheckFailed as exc:
-            failures.append((exc, value))
-
-    for value in explicit:
-        run(value)
-    if not failures:
-
-        @settings(
-            max_examples=max_examples,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            phases=[Phase.generate],
-            suppress_health_check=list(HealthCheck),
-            verbosity=Verbosity.quiet,
-        )
-        @given(strategy)
-        def prop(value: Any) -> None:
-            run(value)
-
-        prop()
-    if failures:
-        exc, value = failures[0]
-        exc.details = f"falsifying example: {value!r}\n{exc.details}".rstrip()
-        raise exc
-    return ran[0]
-
-
 __all__ = [
+    "DEFAULT_SCHEMA_HASH",
     "GENERATOR",
+    "UNKNOWN_MODEL",
     "Options",
     "Session",
     "TrainProbe",
     "candidate",
     "for_examples",
     "generated_batches",
+    "repeated_plan_key",
 ]

@@ -1,119 +1,19 @@
-"""Parameter values seen from outside the worker: packs read and written with
-numpy, crafted values, and an independent recomputation of the layout hash.
+"""Parameter values seen from outside the worker: crafted values and numeric helpers.
 
-Nothing here imports ``worker``: the checks compare the worker's answers with
-code that does not share its bugs.  numpy and torch are imported on use.
+Values the suite writes into packs to learn how the worker treats them
+(special values exact in each dtype, seeded perturbations), comparisons of
+exported values, and :func:`write_inconsistent_pack` for the error-path
+checks.  Packs themselves are read and written with :mod:`fakecoord.packs`,
+the coordinator side's one copy of the format.  numpy is imported on use.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import json
 import os
-import stat
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PackProblem, ShapeError
-from .shapes import PACK_FORMAT, manifest
-
-MANIFEST_NAME = "manifest.json"
-VALUES_NAME = "values.f32le"
-LAYOUT_PREFIX = "torch-layout-"
-
-
-@dataclass
-class Pack:
-    """A pack read from disk: its manifest and its values as float32."""
-
-    path: Path
-    manifest: dict
-    values: Any  # numpy float32 array
-
-    @property
-    def layout_hash(self) -> str:
-        return self.manifest["layout_hash"]
-
-    @property
-    def parameter_count(self) -> int:
-        return self.manifest["parameter_count"]
-
-    @property
-    def bits(self) -> Any:
-        """The values as uint32 bit patterns (compare these for bit-identity)."""
-        return self.values.view("<u4")
-
-
-def read_pack(path: str | os.PathLike) -> Pack:
-    """Read and validate the pack at ``path``; raises :class:`PackProblem`."""
-    import numpy as np
-
-    root = Path(path)
-    where = f"pack {str(root)!r}"
-    try:
-        raw = (root / MANIFEST_NAME).read_bytes()
-    except OSError as exc:
-        raise PackProblem(f"{where}: no readable {MANIFEST_NAME} ({exc.strerror})") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PackProblem(f"{where}: {MANIFEST_NAME} is not UTF-8 JSON ({exc})") from None
-    try:
-        manifest(data, MANIFEST_NAME)
-    except ShapeError as exc:
-        raise PackProblem(f"{where}: {exc}") from None
-    values_path = root / data["values_f32_le"]
-    try:
-        info = os.lstat(values_path)
-    except OSError as exc:
-        raise PackProblem(
-            f"{where}: values file {data['values_f32_le']!r} is missing ({exc.strerror})"
-        ) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise PackProblem(f"{where}: values file {data['values_f32_le']!r} is not a plain file")
-    expected = data["parameter_count"] * 4
-    if info.st_size != expected:
-        raise PackProblem(
-            f"{where}: values file holds {info.st_size} bytes but parameter_count "
-            f"{data['parameter_count']} needs {expected}"
-        )
-    values = np.fromfile(values_path, dtype="<f4").astype(np.float32, copy=False)
-    return Pack(root, data, values)
-
-
-def write_pack(
-    path: str | os.PathLike,
-    values: Any,
-    layout_hash: str,
-    model_schema_hash: str,
-    *,
-    parameter_count: int | None = None,
-    fmt: str = PACK_FORMAT,
-    values_name: str = VALUES_NAME,
-) -> Path:
-    """Write a pack (values first, manifest last).  The keyword arguments let
-    checks write deliberately inconsistent packs."""
-    import numpy as np
-
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    array = np.ascontiguousarray(values, dtype="<f4")
-    target = root / values_name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    array.tofile(target)
-    count = int(array.size) if parameter_count is None else parameter_count
-    text = {
-        "format": fmt,
-        "model_schema_hash": model_schema_hash,
-        "layout_hash": layout_hash,
-        "parameter_count": count,
-        "values_f32_le": values_name,
-    }
-    (root / MANIFEST_NAME).write_text(json.dumps(text, indent=2), encoding="utf-8")
-    return root
+from fakecoord import files, packs
 
 
 def same_bits(a: Any, b: Any) -> bool:
@@ -200,111 +100,43 @@ def exact_values(spans: list[tuple[int, str]] | None, count: int, seed: int) -> 
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-# ---------------------------------------------------------------------------
-# Independent layout recomputation (PROTOCOL.md §3)
+def write_inconsistent_pack(
+    path: str | os.PathLike,
+    values: Any,
+    *,
+    layout_hash: str,
+    model_schema_hash: str,
+    parameter_count: int | None = None,
+    fmt: str = packs.PACK_FORMAT,
+    values_name: str = packs.VALUES_NAME,
+) -> Path:
+    """A pack whose manifest may lie, for the error-path checks (published atomically).
 
+    The values go to ``values.f32le`` inside the pack; the manifest claims
+    ``parameter_count`` (default: the real count), ``fmt`` and ``values_name``,
+    which may point elsewhere (``../escaped.f32le``).  Raises ``OSError``.
+    """
+    import numpy as np
 
-@dataclass
-class LocalLayout:
-    """The generic layout of a state, computed in the conformance process."""
-
-    entries: list[dict] = field(default_factory=list)
-    excluded: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-
-    @property
-    def names(self) -> list[str]:
-        return [e["name"] for e in self.entries]
-
-    @property
-    def parameter_count(self) -> int:
-        return sum(e["numel"] for e in self.entries)
-
-    @property
-    def hash(self) -> str:
-        text = json.dumps(self.entries, sort_keys=True, separators=(",", ":"))
-        return LAYOUT_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-    @property
-    def spans(self) -> list[tuple[int, str]]:
-        return [(e["numel"], e["dtype"]) for e in self.entries]
-
-    def offsets(self) -> dict[str, tuple[int, int]]:
-        out, start = {}, 0
-        for e in self.entries:
-            out[e["name"]] = (start, start + e["numel"])
-            start += e["numel"]
-        return out
-
-
-def selects(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    """The Filter rule: kept when some include glob matches (or there are none) and no exclude glob."""
-    if include and not any(fnmatch.fnmatchcase(name, g) for g in include):
-        return False
-    return not any(fnmatch.fnmatchcase(name, g) for g in exclude)
-
-
-class LayoutUnavailable(Exception):
-    """The state is not one of the generic layout's shapes."""
-
-
-def named_modules(state: Any) -> list[tuple[str, Any]]:
-    """``[(name, module)]`` in walk order: a module, ``{"model": m}`` or ``{"modules": {...}}``."""
-    import torch
-
-    if isinstance(state, torch.nn.Module):
-        return [("", state)]
-    if isinstance(state, dict) and isinstance(state.get("model"), torch.nn.Module):
-        return [("", state["model"])]
-    if isinstance(state, dict) and isinstance(state.get("modules"), dict) and state["modules"]:
-        modules = state["modules"]
-        if all(isinstance(k, str) and isinstance(v, torch.nn.Module) for k, v in modules.items()):
-            return [(name, modules[name]) for name in sorted(modules)]
-    raise LayoutUnavailable(
-        f"init_model returned a {type(state).__name__}, not a torch.nn.Module, "
-        "{'model': module} or {'modules': {...}}"
-    )
-
-
-def local_layout(
-    state: Any, include: Sequence[str] = (), exclude: Sequence[str] = ()
-) -> LocalLayout:
-    """The layout of ``state`` under a filter; raises :class:`LayoutUnavailable`."""
-    import torch
-
-    layout = LocalLayout()
-    for module_name, module in named_modules(state):
-        tensors = module.state_dict()
-        for key in sorted(tensors):
-            name = f"{module_name}.{key}" if module_name else key
-            tensor = tensors[key]
-            if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
-                layout.ignored.append(name)
-            elif not selects(name, include, exclude):
-                layout.excluded.append(name)
-            else:
-                layout.entries.append(
-                    {
-                        "name": name,
-                        "shape": list(tensor.shape),
-                        "dtype": str(tensor.dtype),
-                        "numel": tensor.numel(),
-                    }
-                )
-    return layout
+    array = np.ascontiguousarray(values, dtype="<f4")
+    manifest = {
+        "format": fmt,
+        "model_schema_hash": model_schema_hash,
+        "layout_hash": layout_hash,
+        "parameter_count": int(array.size) if parameter_count is None else parameter_count,
+        "values_f32_le": values_name,
+    }
+    with files.staged_directory(path) as staging:
+        array.tofile(staging / packs.VALUES_NAME)
+        (staging / packs.MANIFEST_NAME).write_bytes(packs.manifest_bytes(manifest))
+    return Path(path)
 
 
 __all__ = [
-    "LocalLayout",
-    "LayoutUnavailable",
-    "Pack",
     "describe_difference",
     "exact_values",
-    "local_layout",
     "perturbed",
-    "read_pack",
     "same_bits",
-    "selects",
     "tolerance",
-    "write_pack",
+    "write_inconsistent_pack",
 ]

@@ -1,22 +1,125 @@
-"""The fake coordinator's one error hierarchy.
+"""The fake coordinator's one error hierarchy, split by who is at fault.
 
-Every error :mod:`fakecoord` raises on purpose is a :class:`FakecoordError`.
-Messages name the method (and, for decoding errors, the offending field) so a
-failing test or simulation says what the worker got wrong.
+Every error :mod:`fakecoord` raises on purpose is a :class:`FakecoordError`
+(the simulation's own errors live with the simulation)::
+
+    FakecoordError
+    ├── CallerError          the caller's bad input or misuse
+    │   ├── InvalidParams      params or config that cannot be sent (not standard JSON)
+    │   └── ClientClosed       a call on a closed, shut down or broken client
+    ├── WorkerFault          the worker process broke its side of the contract
+    │   ├── ProtocolViolation  a bad frame, a wrong id, a result serde would refuse
+    │   │   └── DecodeError      ... with the dotted path, what was expected and what came
+    │   ├── WorkerExited       it exited (before connecting, or during a call)
+    │   └── WorkerTimeout      it did not connect or answer in time (it was killed)
+    ├── RemoteError          the worker answered ``ok: false`` (a hook raised, or it refused params)
+    ├── SpawnError           the environment: the worker program or its stderr target cannot be opened
+    ├── PackError            a parameter pack on disk is missing, invalid or cannot be written
+    └── PlanRefused          a parameter pack plan the coordinator would refuse to train with
+
+Messages name the method and, where there is one, the field or parameter
+and what was expected, so a failing test or simulation says what went wrong.
 """
 
 from __future__ import annotations
 
 import signal
+from typing import Any
 
-_MISSING = object()
+_MISSING: Any = object()
+"""Stands for an absent field in :class:`DecodeError` and :func:`describe`."""
 
 
 class FakecoordError(Exception):
     """Base class of every error fakecoord raises on purpose."""
 
 
-class WorkerExited(FakecoordError):
+# ---------------------------------------------------------------------------
+# The caller's fault
+
+
+class CallerError(FakecoordError):
+    """The caller gave input fakecoord cannot use, or used a client it should not."""
+
+
+class InvalidParams(CallerError):
+    """Params (or a spawn config) that cannot be sent as standard JSON: NaN, sets, objects.
+
+    ``method`` is the protocol method (``"spawn"`` for the config); ``field``
+    the parameter when one is to blame.
+    """
+
+    def __init__(self, message: str, method: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.method = method
+        self.field = field
+
+
+class ClientClosed(CallerError):
+    """A call on a client that is closed, shut down, or broken by an earlier error."""
+
+    def __init__(self, message: str, method: str | None = None) -> None:
+        super().__init__(message)
+        self.method = method
+
+
+# ---------------------------------------------------------------------------
+# The worker's fault
+
+
+class WorkerFault(FakecoordError):
+    """The worker process broke the contract: bad bytes, a crash, a hang."""
+
+    method: str | None = None
+
+
+class ProtocolViolation(WorkerFault):
+    """The worker broke the wire contract: a bad frame, a wrong response id, or a
+    result the Rust coordinator could not decode.  ``method`` and ``field``
+    (a dotted path such as ``result.metrics.loss``) say where."""
+
+    def __init__(self, message: str, method: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.method = method
+        self.field = field
+
+
+class DecodeError(ProtocolViolation):
+    """JSON that serde (as the Rust coordinator uses it) would refuse.
+
+    ``field`` is the dotted path of the offending value (``result.capability``,
+    ``response.id``; ``""`` for a whole document), ``expected`` what the Rust
+    type wanted, ``got`` the value that came (``_MISSING`` for an absent
+    field).  ``got_text``, when given, replaces the rendering of ``got``.
+    """
+
+    def __init__(
+        self,
+        field: str,
+        expected: str,
+        got: Any = _MISSING,
+        *,
+        method: str | None = None,
+        got_text: str | None = None,
+    ) -> None:
+        self.expected = expected
+        self.got = got
+        self.got_text = got_text if got_text is not None else describe(got)
+        text = f"{field or 'the document'}: expected {expected}, got {self.got_text}"
+        super().__init__(f"{method}: {text}" if method else text, method, field)
+
+    def at(self, method: str | None = None, field: str | None = None) -> DecodeError:
+        """The same error for ``method`` and/or another path (the original is unchanged)."""
+        return DecodeError(
+            (self.field or "") if field is None else field,
+            self.expected,
+            self.got,
+            method=self.method if method is None else method,
+            got_text=self.got_text,
+        )
+
+
+class WorkerExited(WorkerFault):
     """The worker process exited: before it connected, or during a call.
 
     ``returncode`` is the exit status (negative: killed by that signal);
@@ -47,7 +150,7 @@ class WorkerExited(FakecoordError):
         self.method = method
 
 
-class WorkerTimeout(FakecoordError):
+class WorkerTimeout(WorkerFault):
     """The worker did not connect, or did not answer a call, in time; it has been killed."""
 
     def __init__(
@@ -58,19 +161,16 @@ class WorkerTimeout(FakecoordError):
         self.timeout = timeout
 
 
-class ProtocolViolation(FakecoordError):
-    """The worker broke the wire contract: a bad frame, a wrong response id, or a
-    result the Rust coordinator could not decode.  ``method`` and ``field``
-    (a dotted path such as ``result.metrics.loss``) say where."""
-
-    def __init__(self, message: str, method: str | None = None, field: str | None = None) -> None:
-        super().__init__(message)
-        self.method = method
-        self.field = field
+# ---------------------------------------------------------------------------
+# The workload's refusal, the environment, data and policy
 
 
 class RemoteError(FakecoordError):
-    """The worker answered ``ok: false``; ``message`` is its error text verbatim."""
+    """The worker answered ``ok: false``; ``message`` is its error text verbatim.
+
+    Usually the workload's refusal (a hook raised, with its traceback); it is
+    also how a worker refuses params it finds invalid.
+    """
 
     def __init__(self, method: str, message: str) -> None:
         first_line = message.splitlines()[0] if message else "(empty error text)"
@@ -79,12 +179,9 @@ class RemoteError(FakecoordError):
         self.message = message
 
 
-class ClientClosed(FakecoordError):
-    """A call on a client that is closed, shut down, or broken by an earlier error."""
-
-
-class InvalidParams(FakecoordError):
-    """The caller's params cannot be sent (not standard JSON: NaN, sets, objects...)."""
+class SpawnError(FakecoordError):
+    """The worker cannot be started here: its program is missing or not executable,
+    or its stderr target cannot be opened."""
 
 
 class PackError(FakecoordError):
@@ -93,6 +190,10 @@ class PackError(FakecoordError):
 
 class PlanRefused(FakecoordError):
     """A parameter pack plan the coordinator would refuse to train with (see ``handling``)."""
+
+
+# ---------------------------------------------------------------------------
+# Rendering values and exit statuses in messages
 
 
 def describe_returncode(returncode: int | None) -> str:
@@ -107,34 +208,43 @@ def describe_returncode(returncode: int | None) -> str:
     return f"status {returncode}"
 
 
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    kind = getattr(value, "json_kind", None)  # fakecoord.wire's number markers
+    if isinstance(kind, str):
+        return kind
+    for cls, name in ((int, "integer"), (float, "float"), (str, "string"), (list, "array")):
+        if isinstance(value, cls):
+            return name
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
 def describe(value: object, limit: int = 80) -> str:
     """A short rendering of ``value`` with its JSON type, for error messages."""
     if value is _MISSING:
         return "nothing (the field is missing)"
-    kind = {
-        type(None): "null",
-        bool: "boolean",
-        int: "integer",
-        float: "float",
-        str: "string",
-        list: "array",
-        dict: "object",
-    }.get(type(value), type(value).__name__)
     text = repr(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
-    return f"{text} ({kind})"
+    return f"{text} ({_json_kind(value)})"
 
 
 __all__ = [
+    "CallerError",
     "ClientClosed",
+    "DecodeError",
     "FakecoordError",
     "InvalidParams",
     "PackError",
     "PlanRefused",
     "ProtocolViolation",
     "RemoteError",
+    "SpawnError",
     "WorkerExited",
+    "WorkerFault",
     "WorkerTimeout",
     "describe",
     "describe_returncode",

@@ -9,16 +9,16 @@ useless DiLoCo plan refused.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import wire
 from .client import WorkerClient
-from .errors import PlanRefused, ProtocolViolation, RemoteError
+from .errors import DecodeError, PlanRefused, ProtocolViolation, RemoteError
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = "manifest.json"  # as fakecoord.packs (which needs numpy; this module does not)
 
 _REF_COUNTS = (("examples_processed", "examples"), ("tokens_processed", "tokens"))
 
@@ -100,8 +100,8 @@ def export_checked(
     client.export_parameter_pack(model_id, path, model_schema_hash, state_dict_filter)
     manifest_path = Path(path, MANIFEST_NAME)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        manifest = wire.decode_value(manifest_path.read_bytes())
+    except (OSError, DecodeError) as exc:
         raise ProtocolViolation(
             f"{method}: the worker acked but {manifest_path} is not a readable JSON manifest ({exc})",
             method,

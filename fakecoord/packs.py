@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PackError
+from . import wire
+from .errors import DecodeError, PackError
 from .files import staged_directory
 
 PACK_FORMAT = "burn-p2p-python-flattened-parameter-pack-v1"
@@ -75,24 +76,6 @@ class Manifest:
         }
 
 
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-_MANIFEST_DECODER = json.JSONDecoder(
-    object_pairs_hook=_refuse_duplicates, parse_constant=_reject_constant
-)
-
-
 def check_values_name(name: str, where: str) -> None:
     """Refuse a ``values_f32_le`` that is not a relative path inside the pack."""
     parts = name.split("/")
@@ -104,20 +87,33 @@ def check_values_name(name: str, where: str) -> None:
         )
 
 
+_FIELDS = ("format", "model_schema_hash", "layout_hash", "parameter_count", "values_f32_le")
+
+
 def parse_manifest(data: bytes, where: str = MANIFEST_NAME) -> Manifest:
-    """Validate manifest bytes; raises :class:`PackError` naming the bad field."""
+    """Validate manifest bytes; raises :class:`PackError` naming the bad field.
+
+    Read as the Rust coordinator reads it (``serde_json::from_slice`` into a
+    derived struct): a duplicated field, NaN or a lone surrogate in a field
+    is refused; fields it does not know are ignored.
+    """
     try:
-        raw = _MANIFEST_DECODER.decode(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raw = wire.parse_json(data)
+    except DecodeError as exc:
         raise PackError(f"{where}: not a UTF-8 JSON object ({str(exc)[:200]})") from None
     if not isinstance(raw, dict):
         raise PackError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    duplicated = [key for key in _FIELDS if key in getattr(raw, "duplicates", ())]
+    if duplicated:
+        raise PackError(f"{where}: duplicate key {duplicated[0]!r}")
     if raw.get("format") != PACK_FORMAT:
         got = str(raw.get("format"))[:80]
         raise PackError(f"{where}: format is {got!r}, expected {PACK_FORMAT!r}")
     for key in ("model_schema_hash", "layout_hash", "values_f32_le"):
         if not isinstance(raw.get(key), str):
             raise PackError(f"{where}: {key} must be a string, got {str(raw.get(key))[:80]!r}")
+        if wire.has_lone_surrogate(raw[key]):
+            raise PackError(f"{where}: {key} holds a lone UTF-16 surrogate escape")
     count = raw.get("parameter_count")
     if type(count) is not int or not 0 <= count <= U64_MAX:
         raise PackError(

@@ -5,19 +5,17 @@ Hypothesis profiles: ``dev`` (the default) and ``ci`` (selected when the
 ``HYPOTHESIS_PROFILE`` wins over both.
 
 Process fixtures spawn ``python -m worker`` (or any other command line) with
-the four coordinator flags against a listening socket the test owns, the way
-the Rust coordinator does, and hand back a small raw-frame connection.
+the four coordinator flags through :mod:`fakecoord.spawn`, the way the Rust
+coordinator does, and hand back a small raw-frame connection.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import socket
 import struct
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +24,9 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from fakecoord import spawn
+from fakecoord.errors import WorkerExited, WorkerTimeout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACCEPT_TIMEOUT = 60.0
@@ -240,12 +241,12 @@ def worker_process(tmp_path: Path) -> Iterator[SpawnWorker]:
     ``connect=True`` it waits for the connection (failing the test with the
     worker's stderr if it exits first) and sets ``.conn``; with
     ``connect=False`` it waits for the process to exit and asserts that it
-    never connected.
+    never connected.  Spawning and accepting are fakecoord.spawn's.
     """
     spawned: list[WorkerProcess] = []
-    listeners: list[socket.socket] = []
+    launches: list[spawn.Launch] = []
 
-    def spawn(
+    def spawn_one(
         factory: str,
         config: Any = None,
         *,
@@ -256,64 +257,36 @@ def worker_process(tmp_path: Path) -> Iterator[SpawnWorker]:
         connect: bool = True,
         config_json: str | None = None,
     ) -> WorkerProcess:
-        listener = socket.create_server(("127.0.0.1", 0))
-        listeners.append(listener)
-        port = listener.getsockname()[1]
-        argv = list(command or [sys.executable, "-m", "worker"])
-        argv += [
-            "--factory", factory,
-            "--config-json", config_json if config_json is not None else json.dumps(config or {}),
-            "--connect-host", "127.0.0.1",
-            "--connect-port", str(port),
-            *extra_args,
-        ]  # fmt: skip
-        child_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        child_env.update(env or {})
-        child_env["PYTHONUNBUFFERED"] = "1"
-        paths = [os.fspath(p) for p in pythonpath] + [str(REPO_ROOT)]
-        if os.environ.get("PYTHONPATH"):
-            paths.append(os.environ["PYTHONPATH"])
-        child_env["PYTHONPATH"] = os.pathsep.join(paths)
+        text = config_json if config_json is not None else json.dumps(config or {})
+        prefix = list(command or spawn.default_command())
+        base = {**os.environ, **(env or {}), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
         stderr_path = tmp_path / f"worker-{len(spawned)}.stderr"
         with open(stderr_path, "wb") as stderr:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=child_env,
+            started = spawn.launch(
+                lambda port: spawn.worker_argv(prefix, factory, text, port, extra_args),
+                env=spawn.child_environment(base, [*pythonpath, REPO_ROOT]),
                 cwd=tmp_path,
+                stderr=stderr,
             )
-        worker = WorkerProcess(proc, stderr_path)
+        launches.append(started)
+        worker = WorkerProcess(started.process, stderr_path)
         spawned.append(worker)
         if connect:
-            worker.conn = RawConnection(_accept(listener, worker))
+            try:
+                connected = started.accept(ACCEPT_TIMEOUT)
+            except (WorkerExited, WorkerTimeout) as exc:
+                pytest.fail(f"worker did not connect ({exc}); stderr:\n{worker.stderr}")
+            worker.conn = RawConnection(connected.sock)
         else:
             worker.wait()
-            readable, _, _ = select.select([listener], [], [], 0)
-            assert not readable, "the worker connected although it should have failed first"
+            assert not started.connection_pending(), (
+                "the worker connected although it should have failed first"
+            )
         return worker
 
-    yield spawn
+    yield spawn_one
 
     for worker in spawned:
         worker.stop()
-    for listener in listeners:
-        listener.close()
-
-
-def _accept(listener: socket.socket, worker: WorkerProcess) -> socket.socket:
-    """Accept the worker's connection, polling the child like the coordinator does."""
-    deadline = time.monotonic() + ACCEPT_TIMEOUT
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([listener], [], [], 0.05)
-        if readable:
-            sock, _ = listener.accept()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        if worker.proc.poll() is not None:
-            pytest.fail(
-                f"worker exited with {worker.proc.returncode} before connecting; "
-                f"stderr:\n{worker.stderr}"
-            )
-    pytest.fail(f"worker did not connect within {ACCEPT_TIMEOUT} s; stderr:\n{worker.stderr}")
+    for started in launches:
+        started.listener.close()

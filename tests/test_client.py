@@ -22,7 +22,7 @@ from fakecoord import (
     WorkerExited,
     WorkerTimeout,
     handling,
-    results,
+    spec,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -455,7 +455,7 @@ def test_batch_counts_only_report_what_every_ref_tells():
 
 
 # ---------------------------------------------------------------------------
-# results.py: pure decoding
+# spec.py: pure decoding
 
 
 @pytest.mark.parametrize(
@@ -468,7 +468,7 @@ def test_batch_counts_only_report_what_every_ref_tells():
 )
 def test_metric_values_outside_the_rust_enum(metrics, field):
     with pytest.raises(ProtocolViolation) as info:
-        results.decode_result("evaluate", {"metrics": metrics})
+        spec.decode_result("evaluate", {"metrics": metrics})
     assert info.value.field == field
 
 
@@ -478,16 +478,16 @@ def test_decoders_accept_what_serde_accepts():
         "excluded_float_keys": [], "ignored_non_float_keys": [], "parameter_count": 0,
         "generic_plan_error": "opaque state", "future_field": [1],
     }  # fmt: skip
-    assert results.decode_result("parameter_pack_plan", plan) is plan
-    loop = results.decode_result("run_inner_loop", {"steps_completed": 0, "metrics": {"b": True}})
+    assert spec.decode_result("parameter_pack_plan", plan) is plan
+    loop = spec.decode_result("run_inner_loop", {"steps_completed": 0, "metrics": {"b": True}})
     assert loop["inner_optimizer_state_path"] is None
     probe = {"runtime_device": "cpu", "capability": {"preferred_backends": [],
              "work_units_per_second": 3, "target_window_seconds": 0}}  # fmt: skip
-    assert results.decode_result("capability_probe", probe) is probe
-    assert results.decode_result("merge_candidate_models", {}) is None
-    assert results.decode_result("shutdown", {"ok": True, "extra": 1}) is None
+    assert spec.decode_result("capability_probe", probe) is probe
+    assert spec.decode_result("merge_candidate_models", {}) is None
+    assert spec.decode_result("shutdown", {"ok": True, "extra": 1}) is None
     with pytest.raises(ProtocolViolation, match="target_window_seconds"):
-        results.decode_result(
+        spec.decode_result(
             "capability_probe",
             {**probe, "capability": {**probe["capability"], "target_window_seconds": True}},
         )

@@ -26,16 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from conformance import shapes, wire
 from conformance.__main__ import main as cli_main
 from conformance.checks import BY_ID, CHECKS
-from conformance.errors import CheckFailed, ShapeError, UsageError, WireError
+from conformance.errors import CheckFailed, UsageError
 from conformance.helpers import checks_for, close_all
+from conformance.options import Options, generated_batches
 from conformance.runner import FAIL, PASS, SKIP, XFAIL, parse_xfails, run_checks
-from conformance.session import Options, generated_batches
+from conformance.session import repeated_plan_key
+from fakecoord import spec, wire
+from fakecoord.errors import DecodeError
 from tests import broken_workloads as bw
 
 pytest_plugins = ["pytester"]
@@ -502,74 +502,61 @@ def test_helper_refuses_unknown_ids_and_binds_checks() -> None:
 
 
 # ---------------------------------------------------------------------------
-# The suite's own sans-IO pieces
-
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(), c, max_size=4),
-    max_leaves=20,
-)  # fmt: skip
-
-
-@given(JSON, st.lists(st.integers(min_value=0, max_value=400), max_size=6))
-def test_wire_frames_survive_any_split(value: Any, cuts: list[int]) -> None:
-    data = wire.encode(value) + wire.encode([value])
-    reader = wire.FrameReader()
-    bodies = []
-    for piece in wire.split(data, cuts):
-        reader.feed(piece)
-        while (body := reader.next_body()) is not None:
-            bodies.append(wire.decode(body))
-    assert bodies == [value, [value]] and not reader.in_frame
+# The suite's own sans-IO pieces (frames and decoding are fakecoord's: tests/test_wire.py)
 
 
 @pytest.mark.parametrize(
     "body", [b"NaN", b'{"x": Infinity}', b"\xff", b'"\\ud800"', b"1e400", b"{", b""]
 )
 def test_wire_decode_refuses_what_the_rust_side_refuses(body: bytes) -> None:
-    with pytest.raises(WireError):
-        wire.decode(body)
+    with pytest.raises(DecodeError):
+        wire.decode_value(body)
+
+
+CAPABILITY = {"preferred_backends": ["cpu"], "work_units_per_second": 1.0}
 
 
 @pytest.mark.parametrize(
-    ("validator", "value", "path"),
+    ("method", "result", "path"),
     [
-        (shapes.metrics, {"loss": float("nan")}, "m.loss"),
-        (shapes.metrics, {"loss": [1.0]}, "m.loss"),
-        (shapes.metrics, {"loss": None}, "m.loss"),
-        (shapes.metrics, {"n": 2**63}, "m.n"),
-        (shapes.capability,
-         {"preferred_backends": ["cpu"], "work_units_per_second": 1.0, "target_window_seconds": 2.5},
-         "m.target_window_seconds"),
-        (shapes.capability,
-         {"preferred_backends": ["cpu"], "work_units_per_second": 1.0, "target_window_seconds": True},
-         "m.target_window_seconds"),
-        (shapes.patch_outcome, "applied", "m"),
-        (shapes.patch_outcome, {"Rejected": 5}, "m"),
-        (shapes.ack, None, "m"),
-        (shapes.plan, {"uses_custom_parameter_pack_hooks": False, "layout_hash": "h",
-                       "included_keys": ["a"], "excluded_float_keys": ["a"],
-                       "ignored_non_float_keys": [], "parameter_count": 1}, "m.excluded_float_keys"),
+        ("evaluate", {"metrics": {"loss": float("nan")}}, "result.metrics.loss"),
+        ("evaluate", {"metrics": {"loss": [1.0]}}, "result.metrics.loss"),
+        ("evaluate", {"metrics": {"loss": None}}, "result.metrics.loss"),
+        ("evaluate", {"metrics": {"n": 2**63}}, "result.metrics.n"),
+        ("capability_probe",
+         {"runtime_device": "cpu", "capability": {**CAPABILITY, "target_window_seconds": 2.5}},
+         "result.capability.target_window_seconds"),
+        ("capability_probe",
+         {"runtime_device": "cpu", "capability": {**CAPABILITY, "target_window_seconds": True}},
+         "result.capability.target_window_seconds"),
+        ("apply_patch", "applied", "result"),
+        ("apply_patch", {"Rejected": 5}, "result.Rejected"),
+        ("release_model", None, "result"),
     ],
 )  # fmt: skip
-def test_shape_validators_name_the_offending_path(validator: Any, value: Any, path: str) -> None:
-    with pytest.raises(ShapeError) as info:
-        validator(value, "m")
-    assert info.value.path == path
+def test_result_decoding_names_the_offending_path(method: str, result: Any, path: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        spec.decode_result(method, result)
+    assert info.value.field == path
 
 
-def test_shape_validators_accept_valid_values() -> None:
-    assert shapes.metrics({"a": 1, "b": 0.5, "c": True, "d": "x"}, "m")
-    assert shapes.patch_outcome({"Rejected": "no"}, "m") == {"Rejected": "no"}
-    assert shapes.hello({"protocol_version": 1, "workload_name": "w", "capabilities": []})
+def test_result_decoding_accepts_valid_values_and_plans_list_each_key_once() -> None:
+    assert spec.decode_result("evaluate", {"metrics": {"a": 1, "b": 0.5, "c": True, "d": "x"}})
+    assert spec.decode_result("apply_patch", {"Rejected": "no"}) == {"Rejected": "no"}
+    hello = {"protocol_version": 1, "workload_name": "w", "capabilities": []}
+    assert spec.decode_result("hello", hello) == hello
+    plan = {"uses_custom_parameter_pack_hooks": False, "layout_hash": "h", "included_keys": ["a"],
+            "excluded_float_keys": ["a"], "ignored_non_float_keys": [], "parameter_count": 1}  # fmt: skip
+    assert spec.decode_result("parameter_pack_plan", plan) == {**plan, "generic_plan_error": None}
+    assert repeated_plan_key(plan) == ("excluded_float_keys", "a", "included_keys")
+    assert repeated_plan_key({**plan, "excluded_float_keys": ["b"]}) is None
 
 
 def test_independent_layout_hash_matches_the_workers_on_several_states() -> None:
     import torch
     from torch import nn
 
-    from conformance.values import local_layout
+    from conformance.layout import local_layout
     from worker.layout import compute_layout
     from worker.protocol import StateFilter
 

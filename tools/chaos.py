@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fakecoord.errors import FakecoordError
+from fakecoord.spawn import spawn_worker
 from worker.packs import MANIFEST_NAME, PACK_FORMAT, VALUES_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,25 +108,16 @@ class Worker:
     """A spawned ``python -m worker`` and the coordinator's end of its connection."""
 
     def __init__(self, workdir: Path, config: dict) -> None:
-        listener = socket.create_server(("127.0.0.1", 0))
         self.stderr_path = workdir / "worker.stderr"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "worker", "--factory", FACTORY]
-        argv += ["--config-json", json.dumps(config), "--connect-host", "127.0.0.1"]
-        argv += ["--connect-port", str(listener.getsockname()[1])]
         with open(self.stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=env
-            )
-        try:
-            listener.settimeout(TIMEOUT)
-            self.sock, _ = listener.accept()
-        except TimeoutError:
-            self.kill()
-            raise ChaosError(f"the worker did not connect within {TIMEOUT:g} s") from None
-        finally:
-            listener.close()
+            try:
+                spawned = spawn_worker(
+                    FACTORY, config, pythonpath=[ROOT], stderr=stderr, accept_timeout=TIMEOUT
+                )
+            except FakecoordError as exc:
+                raise ChaosError(f"the worker did not start: {exc}") from None
+        self.proc = spawned.process
+        self.sock = spawned.sock
         self.sock.settimeout(TIMEOUT)
         self.next_id = 1
 

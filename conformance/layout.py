@@ -1,0 +1,106 @@
+"""The generic torch layout of a state, recomputed in the conformance process.
+
+Independent of the worker's code on purpose (PROTOCOL.md §3): walk the
+modules in sorted name order, their ``state_dict()`` keys in sorted order,
+keep float tensors the filter selects; the hash is :func:`fakecoord.packs.layout_hash`
+over ``{"name", "shape", "dtype", "numel"}`` entries.  torch is imported on use.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fakecoord.packs import layout_hash
+
+from .errors import LayoutUnavailable
+
+
+@dataclass
+class LocalLayout:
+    """The generic layout of a state, computed in the conformance process."""
+
+    entries: list[dict] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [e["name"] for e in self.entries]
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(e["numel"] for e in self.entries)
+
+    @property
+    def hash(self) -> str:
+        return layout_hash(self.entries)
+
+    @property
+    def spans(self) -> list[tuple[int, str]]:
+        return [(e["numel"], e["dtype"]) for e in self.entries]
+
+    def offsets(self) -> dict[str, tuple[int, int]]:
+        out, start = {}, 0
+        for e in self.entries:
+            out[e["name"]] = (start, start + e["numel"])
+            start += e["numel"]
+        return out
+
+
+def selects(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """The Filter rule: kept when some include glob matches (or there are none) and no exclude glob."""
+    if include and not any(fnmatch.fnmatchcase(name, g) for g in include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, g) for g in exclude)
+
+
+def named_modules(state: Any) -> list[tuple[str, Any]]:
+    """``[(name, module)]`` in walk order: a module, ``{"model": m}`` or ``{"modules": {...}}``."""
+    import torch
+
+    if isinstance(state, torch.nn.Module):
+        return [("", state)]
+    if isinstance(state, dict) and isinstance(state.get("model"), torch.nn.Module):
+        return [("", state["model"])]
+    if isinstance(state, dict) and isinstance(state.get("modules"), dict) and state["modules"]:
+        modules = state["modules"]
+        if all(isinstance(k, str) and isinstance(v, torch.nn.Module) for k, v in modules.items()):
+            return [(name, modules[name]) for name in sorted(modules)]
+    raise LayoutUnavailable(
+        f"init_model returned a {type(state).__name__}, not a torch.nn.Module, "
+        "{'model': module} or {'modules': {...}}"
+    )
+
+
+def local_layout(
+    state: Any, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> LocalLayout:
+    """The layout of ``state`` under a filter; raises :class:`LayoutUnavailable`."""
+    import torch
+
+    layout = LocalLayout()
+    for module_name, module in named_modules(state):
+        tensors = module.state_dict()
+        for key in sorted(tensors):
+            name = f"{module_name}.{key}" if module_name else key
+            tensor = tensors[key]
+            if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
+                layout.ignored.append(name)
+            elif not selects(name, include, exclude):
+                layout.excluded.append(name)
+            else:
+                layout.entries.append(
+                    {
+                        "name": name,
+                        "shape": list(tensor.shape),
+                        "dtype": str(tensor.dtype),
+                        "numel": tensor.numel(),
+                    }
+                )
+    return layout
+
+
+__all__ = ["LocalLayout", "local_layout", "named_modules", "selects"]
