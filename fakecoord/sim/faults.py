@@ -39,7 +39,7 @@ _CONDITION = re.compile(
 _FORMS = "KIND@PEER:ROUND (crash, hang, error) or KIND@PEER[:ROUNDS]=VALUE (slow, drop)"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Fault:
     """One ``--fault``: ``peer`` None means every peer; ``first``/``last`` None mean every round."""
 
@@ -112,7 +112,9 @@ class FaultPlan:
     """
 
     def __init__(self, faults: Iterable[Fault], peers: int, rounds: int, seed: int) -> None:
-        self.faults = sorted(faults)
+        self.faults = sorted(
+            faults, key=lambda f: (f.first or 0, -1 if f.peer is None else f.peer, f.kind, f.text)
+        )
         self.seed = seed
         for fault in self.faults:
             if fault.peer is not None and fault.peer >= peers:
