@@ -210,6 +210,7 @@ class DiLoCo(Strategy[DiLoCoState]):
         assert peer.peer is not None
         result = PeerResult(peer.peer)
         job_path, result_path = peer.dir / "job.json", peer.dir / "result.json"
+        peer.log = peer.dir / "job.log"
         base = peer.path(task.base)
         job: dict[str, Any] = {
             "protocol_version": 1,
@@ -248,7 +249,7 @@ class DiLoCo(Strategy[DiLoCoState]):
 
             t = time.monotonic()
             try:
-                peer.workers.run_job(argv, env, peer.dir / "job.log", c.call_timeout, started)
+                peer.workers.run_job(argv, env, peer.log, c.call_timeout, started)
             finally:
                 result.worker_seconds = time.monotonic() - t
             done = read_result(result_path, c.inner_steps)

@@ -27,6 +27,7 @@ list and process set are guarded by ``Workers.lock``).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -247,10 +248,14 @@ class Engine:
             try:
                 future.result()
             except FakecoordError as exc:
-                errors.setdefault(str(exc), []).append(label)
+                text = re.sub(r" \(log: [^()]*\)$", "", str(exc))
+                errors.setdefault(text, []).append(label)
         if errors and not any(s.alive for s in slots):
+            logs = self.out / "logs"
             lines = [f"{', '.join(labels)}: {text}" for text, labels in errors.items()]
-            raise SimError("no worker could start:\n  " + "\n  ".join(lines))
+            raise SimError(
+                "no worker could start:\n  " + "\n  ".join(lines) + f"\n  (worker logs: {logs})"
+            )
         for text, labels in errors.items():
             self.view.event(
                 f"[yellow]worker start failed[/] {', '.join(labels)}: {text} (retried when needed)"
@@ -349,6 +354,8 @@ class Engine:
         )
         result = self.strategy.train(ctx, task)
         result.peer, result.injected = p, ctx.injected
+        if result.error and "(log: " not in result.error:
+            result.error += f" (log: {ctx.log})"
         result.pid = result.pid or ctx.pid
         slow = self.plan.slowdown(r, p)
         if slow is not None and result.ok and slow.value is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +96,9 @@ class Recorder:
         """Refuse an ``eval_metric`` that the workload's evaluate does not return as a number."""
         if numeric(metrics.get(self.metric)):
             return
-        offered = sorted(k for k, v in metrics.items() if numeric(v))
+        offered = sorted(
+            (k for k, v in metrics.items() if numeric(v)), key=lambda k: (k in COUNT_METRICS, k)
+        )
         raise SettingsError(
             f"--eval-metric {self.metric!r}: the workload's evaluate returned "
             f"{', '.join(offered) or 'no numeric metric'}"
@@ -213,11 +216,18 @@ class Recorder:
     def stop_reason(self, streak: int) -> str:
         """Why the run stops: the last round's errors, grouped by text."""
         last = self.report["rounds"][-1]
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, list[tuple[str, str]]] = {}
         for p, entry in last["peers"].items():
             if entry["status"] == "failed":
-                errors.setdefault(entry.get("error") or "no error text", []).append(p)
-        lines = "\n  ".join(f"peer {', '.join(ps)}: {text}" for text, ps in errors.items())
+                text = entry.get("error") or "no error text"
+                match = re.search(r" \(log: ([^()]*)\)$", text)
+                log = match.group(1) if match else ""
+                errors.setdefault(text[: match.start()] if match else text, []).append((p, log))
+        lines = "\n  ".join(
+            f"peer {', '.join(p for p, _ in group)}: {text}"
+            + (f" (logs: {', '.join(log for _, log in group)})" if group[0][1] else "")
+            for text, group in errors.items()
+        )
         rounds = "round" if streak == 1 else f"{streak} rounds in a row, up to round"
         return (
             f"no peer contributed in {rounds} {last['round']} (--max-failed-rounds "

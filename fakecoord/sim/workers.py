@@ -216,12 +216,17 @@ class Workers:
         head = str(exc).split("; the end of its stderr:", 1)[0]
         line = failing_line(read_tail(slot.log) if slot.log.exists() else "")
         if line:
-            line = line.replace(repr(bootstrap.FACTORY), repr(self.config.workload_factory))
-            head += f": {line}"
+            head += f": {self.unwrap(line)}"
         explained = type(exc).__new__(type(exc))
         explained.__dict__.update(exc.__dict__)
         explained.args = (f"{head} (log: {self.rel(slot.log)})",)
         return explained
+
+    def unwrap(self, line: str) -> str:
+        """A worker's stderr line, naming the user's factory instead of the bootstrap wrapper."""
+        wrapper, factory = repr(bootstrap.FACTORY), repr(self.config.workload_factory)
+        line = line.replace(f"--factory {wrapper}: the factory raised FactoryError: ", "")
+        return line.replace(wrapper, factory)
 
     def rel(self, path: Path | str) -> str:
         """How messages name a file of the run: its absolute path."""
@@ -286,8 +291,7 @@ class Workers:
             with self.lock:
                 self.procs.discard(proc)
         if status != 0:
-            reason = failing_line(read_tail(log)) or ""
-            reason = reason.replace(repr(bootstrap.FACTORY), repr(self.config.workload_factory))
+            reason = self.unwrap(failing_line(read_tail(log)) or "")
             raise JobFailed(status, self.rel(log), reason)
 
     def slots(self) -> list[Slot]:
@@ -344,6 +348,8 @@ class PeerContext:
         self._dir = directory
         self.injected: str | None = None
         self.pid: int | None = None
+        self.log: Path = slot.log
+        """The log that explains this slot's failures (a job's own log for the command backend)."""
 
     @property
     def dir(self) -> Path:
