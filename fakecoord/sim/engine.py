@@ -214,7 +214,7 @@ class Engine:
                 peers=c.peers, steps=c.inner_steps, seed=c.seed, per_peer=self.batches
             )
             worker_config = c.config if c.config is not None else {}
-        self.workers = Workers(c, self.out, self.threads, worker_config, self._on_hello)
+        self.workers = Workers(c, self.out, self.threads, worker_config)
         if self.state is not None and self.state.completed_rounds >= c.rounds:
             self.view.event(f"{self.out}: all {c.rounds} rounds are done already")
             return
@@ -233,12 +233,16 @@ class Engine:
             return
         self._initialize(next(s for s in slots if s.alive))
 
-    def _on_hello(self, hello: dict) -> None:
-        self.report["workload"] = {
-            "workload_name": hello["workload_name"],
-            "protocol_version": hello["protocol_version"],
-            "capabilities": hello["capabilities"],
-        }
+    def _note_workload(self) -> None:
+        """The workload's ``hello`` into the report (main thread; workers only set slot.hello)."""
+        assert self.workers is not None
+        hello = next((s.hello for s in self.workers.slots() if s.hello is not None), None)
+        if hello is not None:
+            self.report["workload"] = {
+                "workload_name": hello["workload_name"],
+                "protocol_version": hello["protocol_version"],
+                "capabilities": hello["capabilities"],
+            }
 
     def _start(self, slots: list[Slot]) -> None:
         assert self.workers is not None
@@ -260,6 +264,7 @@ class Engine:
             self.view.event(
                 f"[yellow]worker start failed[/] {', '.join(labels)}: {text} (retried when needed)"
             )
+        self._note_workload()
         needed = self.strategy.required_capability(self.config)
         for slot in slots:
             if needed and slot.hello is not None and slot in self.workers.peers:

@@ -102,7 +102,6 @@ class Workers:
         out: Path,
         threads: ThreadChoice,
         worker_config: Any,
-        on_hello: Callable[[dict], None],
     ) -> None:
         self.config = config
         self.out = out
@@ -110,7 +109,6 @@ class Workers:
         self.factory_config = bootstrap.wrap(
             config.workload_factory, worker_config, threads.threads, config.seed
         )
-        self.on_hello = on_hello
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.intervals: list[tuple[float, float]] = []
@@ -192,7 +190,6 @@ class Workers:
             client.kill()
             raise SimStopped("the run is stopping")
         slot.hello = hello
-        self.on_hello(hello)
         return client
 
     def ensure(self, slot: Slot, round_index: int) -> WorkerClient:
