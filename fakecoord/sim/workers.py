@@ -63,10 +63,11 @@ def failing_line(stderr: str) -> str | None:
     return lines[-1] if lines else None
 
 
-def read_tail(path: Path, limit: int = 16384) -> str:
+def read_tail(path: Path, start: int = 0, limit: int = 16384) -> str:
+    """The last ``limit`` bytes of ``path`` after offset ``start`` ("" when unreadable)."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            f.seek(max(start, f.seek(0, os.SEEK_END) - limit))
             return f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
@@ -87,6 +88,8 @@ class Slot:
         self.client: WorkerClient | None = None
         self.pids: list[int] = []
         self.hello: dict | None = None
+        self.log_start = 0
+        """Where the current worker's stderr starts in ``log`` (earlier workers' lines are older)."""
 
     @property
     def alive(self) -> bool:
@@ -161,6 +164,7 @@ class Workers:
             raise SimStopped("the run is stopping")
         c = self.config
         started = time.monotonic()
+        slot.log_start = slot.log.stat().st_size if slot.log.exists() else 0
         try:
             try:
                 client = WorkerClient.spawn(
@@ -211,7 +215,7 @@ class Workers:
         if not isinstance(exc, (WorkerExited, WorkerTimeout)):
             return exc
         head = str(exc).split("; the end of its stderr:", 1)[0]
-        line = failing_line(read_tail(slot.log) if slot.log.exists() else "")
+        line = failing_line(read_tail(slot.log, slot.log_start))
         if line:
             head += f": {self.unwrap(line)}"
         explained = type(exc).__new__(type(exc))
