@@ -275,3 +275,30 @@ def test_the_python_api_takes_a_custom_aggregator_and_strategy(tmp_path: Path) -
     assert report["final_eval_value"] < report["initial_eval_value"]
     with pytest.raises(SettingsError, match="--aggregate must be one of"):
         run(SimConfig(aggregate="trimmed"))
+
+
+def test_a_v1_checkpoint_is_refused_with_a_reason(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "old"
+    out.mkdir()
+    settings = {**SimConfig().to_json(), "peers": 2}
+    (out / "checkpoint.json").write_text(
+        json.dumps({"format": "fakecoord-sim-checkpoint-v1", "config": settings})
+    )
+    assert main(["run", "--quiet", "--resume", str(out)]) == 2
+    assert "older fakecoord (fakecoord-sim-checkpoint-v1) and cannot be resumed" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_the_simulation_benchmark_still_runs() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_sim", "--quick"],
+        cwd=root, capture_output=True, text=True, timeout=E2E_TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "sim coordinator time per round" in done.stdout and "peak RSS" in done.stdout
