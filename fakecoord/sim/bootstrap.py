@@ -43,11 +43,9 @@ def prepare_process(threads: int | None, seed: int) -> None:
     import torch
 
     if threads is not None:
+        # Intra-op threads only: setting the inter-op pool here would make a workload's own
+        # later torch.set_num_interop_threads() raise.
         torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(threads)
-        except RuntimeError:  # already set, or parallel work already ran: keep going
-            pass
     random.seed(seed)
     try:
         import numpy
