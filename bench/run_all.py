@@ -12,13 +12,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import bench_packs, bench_rpc, bench_startup
+from . import bench_packs, bench_rpc, bench_sim, bench_startup
 from .common import BenchError, Row, add_common_arguments, print_table, report
 
 SECTIONS = {
     "packs": (bench_packs, "parameter packs"),
     "rpc": (bench_rpc, "RPC round trips"),
     "startup": (bench_startup, "start-up"),
+    "sim": (bench_sim, "simulation coordinator"),
 }
 
 

@@ -103,3 +103,24 @@ class BenchWorkload:
 
 def make_workload(config: dict | None) -> BenchWorkload:
     return BenchWorkload(config)
+
+
+class InnerLoopBenchWorkload(BenchWorkload):
+    """:class:`BenchWorkload` with a ``run_inner_loop`` that shifts every parameter by a small
+    constant taken from the first batch ref's ``payload["delta"]`` (default 1e-3): each peer's
+    pack differs, at the cost of one pass over the parameters."""
+
+    workload_name = "bench-inner-loop"
+
+    def run_inner_loop(self, state: Any, job: dict) -> dict:
+        batches = job.get("batches") or [{}]
+        delta = float((batches[0].get("payload") or {}).get("delta", 1e-3))
+        with torch.no_grad():
+            for block in state["model"].blocks:
+                block.add_(delta)
+        steps = int(job["num_inner_steps"])
+        return {"steps_completed": steps, "metrics": {"loss": delta}}
+
+
+def make_inner_loop_workload(config: dict | None) -> InnerLoopBenchWorkload:
+    return InnerLoopBenchWorkload(config)

@@ -1,7 +1,7 @@
 """The built-in demo workload of ``python -m fakecoord run`` (factory ``fakecoord.demo:make_workload``).
 
 A small MLP regressing a fixed random "teacher" function of 16 inputs
-(see :func:`fakecoord.sim_shards.write_demo_dataset`).  It runs inside the
+(see :func:`fakecoord.sim.shards.write_demo_dataset`).  It runs inside the
 worker process and needs only torch and the standard library.  Every hook of
 PROTOCOL.md §4 is implemented:
 
@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .sim_shards import FAULT_KEY, REF_KIND, ShardError, read_header, read_ref, read_rows
+from .files import staged_file
+from .sim.shards import FAULT_KEY, REF_KIND, ShardError, read_header, read_ref, read_rows
 
 OPTIMIZER_ENCODING = "fakecoord-demo-adamw-v1"
 WEIGHTED_POLICIES = ("WeightedMean", "NormClippedWeightedMean", "TrimmedMean", "Ema")
@@ -129,8 +130,8 @@ class DemoWorkload:
         self.root_ema_decay = float(config.get("root_ema_decay", 0.25))
         if not 0.0 <= self.root_ema_decay <= 1.0:
             raise ValueError(f"root_ema_decay must be in [0, 1], got {self.root_ema_decay}")
-        # Several workers share few cores: one thread each avoids oversubscription
-        # and makes every float operation's order (and so the losses) reproducible.
+        # The simulation passes its per-worker thread cap (one by default when peers
+        # outnumber cores), which also fixes every float operation's order.
         torch.set_num_threads(int(config.get("threads", 1)))
         self._headers: dict = {}
         self._features: int | None = None
@@ -376,14 +377,8 @@ def _assign(state: dict, flat: torch.Tensor) -> None:
 
 
 def _save_atomically(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with staged_file(path) as f:
+        torch.save(obj, f)
 
 
 __all__ = ["REF_KIND", "DemoWorkload", "InjectedFault", "ShardError", "make_workload"]

@@ -249,3 +249,60 @@ __all__ = [
     "describe",
     "describe_returncode",
 ]
+
+
+# ---------------------------------------------------------------------------
+# The simulation (``python -m fakecoord run``, :mod:`fakecoord.sim`)
+
+
+class SimError(FakecoordError):
+    """The simulation cannot run or go on: no worker starts, a bad checkpoint, a failed setup."""
+
+
+class SettingsError(SimError):
+    """An invalid setting or input (flag, config file, batches, device), found before anything
+    was created; ``python -m fakecoord run`` exits 2."""
+
+
+class FaultSpecError(SettingsError):
+    """A ``--fault`` spec that is malformed or names a peer or round that does not exist."""
+
+
+class RunFailed(SimError):
+    """The run stopped early: too many consecutive rounds without any contributing peer."""
+
+
+class SimStopped(FakecoordError):
+    """Raised inside peer threads once the run is being torn down (after Ctrl-C)."""
+
+
+class OuterError(FakecoordError):
+    """Bad input to the DiLoCo outer step: mismatched sizes, unknown names, non-finite values."""
+
+    def __init__(self, message: str, source: int | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+        """Which contributor's pack held the bad values (index into the locals), if known."""
+
+
+class JobFailed(FakecoordError):
+    """A checkpoint-command job exited with a non-zero status; the message quotes its log."""
+
+    def __init__(self, returncode: int, log: str, reason: str) -> None:
+        super().__init__(
+            f"job command exited ({describe_returncode(returncode)}): {reason or 'no output'} "
+            f"(log: {log})"
+        )
+        self.returncode = returncode
+        self.log = log
+
+
+__all__ += [
+    "FaultSpecError",
+    "JobFailed",
+    "OuterError",
+    "RunFailed",
+    "SettingsError",
+    "SimError",
+    "SimStopped",
+]

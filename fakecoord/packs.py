@@ -192,6 +192,29 @@ def open_pack(path: str | os.PathLike, *, in_memory: bool = False) -> Pack:
 
 def _open(path: str | os.PathLike, load_values: bool | None) -> Pack:
     root = Path(path)
+    if load_values is None:
+        manifest, dir_fd = _open_manifest(root)
+        os.close(dir_fd)
+        return Pack(root, manifest, np.empty(0, dtype=np.float32))
+    manifest, fd = _open_values(root)
+    where = f"parameter pack {str(root)!r}"
+    with open(fd, "rb", buffering=0) as values_file:
+        expected = manifest.parameter_count * 4
+        if expected == 0:
+            values = np.empty(0, dtype=np.float32)
+        elif load_values:
+            values = np.empty(manifest.parameter_count, dtype=np.float32)
+            if values_file.readinto(memoryview(values).cast("B")) != expected:
+                raise PackError(f"{where}: {manifest.values_f32_le} changed while it was read")
+        else:
+            values = np.memmap(
+                values_file, dtype=F32, mode="r", shape=(manifest.parameter_count,)
+            ).view(np.ndarray)
+    return Pack(root, manifest, values)
+
+
+def _open_manifest(root: Path) -> tuple[Manifest, int]:
+    """The validated manifest and an open descriptor of the pack directory (caller closes)."""
     where = f"parameter pack {str(root)!r}"
     try:
         dir_fd = os.open(root, _DIR_FLAGS)
@@ -207,30 +230,29 @@ def _open(path: str | os.PathLike, load_values: bool | None) -> Pack:
                     f"{MAX_MANIFEST_BYTES}"
                 )
             manifest = parse_manifest(f.read(MAX_MANIFEST_BYTES + 1), f"{where}: {MANIFEST_NAME}")
-        if load_values is None:
-            return Pack(root, manifest, np.empty(0, dtype=np.float32))
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return manifest, dir_fd
+
+
+def _open_values(root: Path) -> tuple[Manifest, int]:
+    """The validated manifest and a descriptor of a values file of exactly the right size."""
+    where = f"parameter pack {str(root)!r}"
+    manifest, dir_fd = _open_manifest(root)
+    try:
         fd = _open_in(dir_fd, manifest.values_f32_le, where)
     finally:
         os.close(dir_fd)
-    with open(fd, "rb", buffering=0) as values_file:
-        size = os.fstat(values_file.fileno()).st_size
-        expected = manifest.parameter_count * 4
-        if size != expected:
-            raise PackError(
-                f"{where}: {manifest.values_f32_le} holds {size} bytes, but parameter_count "
-                f"{manifest.parameter_count} needs exactly {expected}"
-            )
-        if expected == 0:
-            values = np.empty(0, dtype=np.float32)
-        elif load_values:
-            values = np.empty(manifest.parameter_count, dtype=np.float32)
-            if values_file.readinto(memoryview(values).cast("B")) != expected:
-                raise PackError(f"{where}: {manifest.values_f32_le} changed while it was read")
-        else:
-            values = np.memmap(
-                values_file, dtype=F32, mode="r", shape=(manifest.parameter_count,)
-            ).view(np.ndarray)
-    return Pack(root, manifest, values)
+    size = os.fstat(fd).st_size
+    expected = manifest.parameter_count * 4
+    if size != expected:
+        os.close(fd)
+        raise PackError(
+            f"{where}: {manifest.values_f32_le} holds {size} bytes, but parameter_count "
+            f"{manifest.parameter_count} needs exactly {expected}"
+        )
+    return manifest, fd
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
@@ -299,6 +321,119 @@ def write_pack(
     return Path(path)
 
 
+class PackReader:
+    """A validated pack whose values are read in chunks, never mapped nor read whole.
+
+    ``read_into(start, out)`` fills ``out`` (a contiguous float32 array) with
+    the values ``start .. start + out.size`` by one ``pread``: streaming a
+    pack through a few chunk buffers keeps the reader's memory at the size of
+    those buffers whatever the pack's size.  Use as a context manager, or
+    call :meth:`close`.  Raises :class:`PackError` for an invalid pack, a
+    range outside it, or a file that shrank.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.manifest, self._fd = _open_values(self.path)
+
+    @property
+    def parameter_count(self) -> int:
+        return self.manifest.parameter_count
+
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        count = out.size
+        if start < 0 or start + count > self.manifest.parameter_count:
+            raise PackError(
+                f"parameter pack {str(self.path)!r}: values {start}..{start + count} are outside "
+                f"0..{self.manifest.parameter_count}"
+            )
+        if out.dtype != F32 or not out.flags.c_contiguous:
+            raise PackError(
+                "PackReader.read_into: out must be a contiguous little-endian float32 array"
+            )
+        view = memoryview(out).cast("B")
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], start * 4 + done)
+            if got <= 0:
+                raise PackError(
+                    f"parameter pack {str(self.path)!r}: {self.manifest.values_f32_le} ended early "
+                    "(it changed while it was read)"
+                )
+            done += got
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> PackReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class PackStreamWriter:
+    """The sink :func:`pack_stream_writer` yields: ``write(chunk)`` appends values in order."""
+
+    def __init__(self, file: Any, parameter_count: int) -> None:
+        self._file = file
+        self.parameter_count = parameter_count
+        self.written = 0
+
+    def write(self, values: np.ndarray) -> None:
+        """Append ``values`` (float32, 1-D); raises :class:`PackError` past ``parameter_count``."""
+        if values.dtype != F32 or values.ndim != 1:
+            raise PackError("pack_stream_writer: write() takes 1-D little-endian float32 arrays")
+        if self.written + values.size > self.parameter_count:
+            raise PackError(
+                f"pack_stream_writer: {self.written + values.size} values written, but the pack "
+                f"holds {self.parameter_count}"
+            )
+        self._file.write(np.ascontiguousarray(values))
+        self.written += values.size
+
+
+@contextmanager
+def pack_stream_writer(
+    path: str | os.PathLike, parameter_count: int, *, layout_hash: str, model_schema_hash: str
+) -> Iterator[PackStreamWriter]:
+    """Write a pack's values sequentially with ``write()``, then publish it atomically.
+
+    The streaming counterpart of :func:`pack_writer`: plain ``write`` calls
+    instead of a shared memory map, so the writer's memory stays at its
+    chunk size.  Exactly ``parameter_count`` values must be written.  If the
+    body raises, nothing appears at ``path`` (which must not exist) and the
+    exception propagates unchanged; a short pack or a file-system failure
+    raises :class:`PackError`.
+    """
+    manifest = Manifest(model_schema_hash, layout_hash, int(parameter_count))
+    body_failed = False
+    try:
+        with staged_directory(path) as staging:
+            with open(staging / VALUES_NAME, "xb") as f:
+                writer = PackStreamWriter(f, manifest.parameter_count)
+                try:
+                    yield writer
+                except BaseException:
+                    body_failed = True
+                    raise
+            if writer.written != manifest.parameter_count:
+                raise PackError(
+                    f"pack_stream_writer {os.fspath(path)!r}: {writer.written} of "
+                    f"{manifest.parameter_count} values were written"
+                )
+            (staging / MANIFEST_NAME).write_bytes(manifest_bytes(manifest.to_json()))
+    except OSError as exc:
+        if body_failed:
+            raise
+        raise PackError(f"cannot write parameter pack {os.fspath(path)!r}: {exc}") from None
+
+
 def check_compatible(pack: Manifest, base: Manifest, where: str) -> None:
     """Raise :class:`PackError` unless ``pack`` has ``base``'s layout, count and schema."""
     for key in ("layout_hash", "parameter_count", "model_schema_hash"):
@@ -314,10 +449,13 @@ __all__ = [
     "VALUES_NAME",
     "Manifest",
     "Pack",
+    "PackReader",
+    "PackStreamWriter",
     "check_compatible",
     "layout_hash",
     "manifest_bytes",
     "open_pack",
+    "pack_stream_writer",
     "pack_writer",
     "parse_manifest",
     "read_manifest",

@@ -1,127 +1,272 @@
-"""DiLoCo's outer step (fakecoord.outer) against hand-computed values, and the fault specs."""
+"""The streamed DiLoCo outer step (fakecoord.sim.outer): hand-computed values, its numerical
+contract against float64 over several steps, packs on disk, and the fault specs."""
 
 from __future__ import annotations
+
+import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fakecoord.outer import (
-    OuterError,
+from fakecoord import packs
+from fakecoord.errors import FaultSpecError, OuterError
+from fakecoord.sim.faults import FaultPlan, parse_fault
+from fakecoord.sim.outer import (
     OuterSGD,
-    aggregate,
-    outer_round,
-    pseudo_gradient,
+    mean,
+    median,
+    outer_step_arrays,
+    outer_step_packs,
     transport,
 )
-from fakecoord.sim_faults import Fault, FaultSpecError, fault_plan, parse_fault
+
+EPS = 2.0**-24  # float32 unit roundoff
 
 
 def f32(*values: float) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
-def test_pseudo_gradient_is_base_minus_local() -> None:
-    np.testing.assert_array_equal(pseudo_gradient(f32(1.0, 2.0), f32(0.5, 3.0)), f32(0.5, -1.0))
+def step(base, locals_, velocity=None, lr=1.0, momentum=0.0, nesterov=False, agg="mean", codec="fp32"):  # fmt: skip
+    return outer_step_arrays(base, locals_, velocity, OuterSGD(lr, momentum, nesterov), agg, codec)
+
+
+# ---------------------------------------------------------------------------
+# By hand
+
+
+def test_lr_1_without_momentum_steps_by_the_mean_pseudo_gradient() -> None:
+    base = f32(1.0, 1.0)
+    new_base, velocity = step(base, [f32(0.0, 1.0), f32(0.5, 2.0)])
+    np.testing.assert_allclose(velocity, f32(0.75, -0.5))  # mean of base - local
+    np.testing.assert_allclose(new_base, f32(0.25, 1.5))
 
 
 def test_mean_and_median_by_hand() -> None:
-    grads = [f32(1.0, 10.0, -1.0), f32(2.0, 0.0, -1.0), f32(6.0, 2.0, 5.0)]
-    np.testing.assert_allclose(aggregate(grads, "mean"), f32(3.0, 4.0, 1.0))
-    np.testing.assert_array_equal(aggregate(grads, "median"), f32(2.0, 2.0, -1.0))
-
-
-def test_median_of_an_even_count_averages_the_middle_pair() -> None:
-    grads = [f32(1.0), f32(2.0), f32(10.0), f32(4.0)]
-    np.testing.assert_array_equal(aggregate(grads, "median"), f32(3.0))
+    grads = np.stack([f32(1.0, 10.0, -1.0), f32(2.0, 0.0, -1.0), f32(6.0, 2.0, 5.0)])
+    out = np.empty(3, dtype=np.float32)
+    mean(grads.copy(), out)
+    np.testing.assert_allclose(out, f32(3.0, 4.0, 1.0))
+    median(grads.copy(), out)
+    np.testing.assert_array_equal(out, f32(2.0, 2.0, -1.0))
+    median(np.stack([f32(1.0), f32(2.0), f32(10.0), f32(4.0)]), out[:1])
+    assert out[0] == 3.0  # an even count: the midpoint of the middle pair
 
 
 def test_median_resists_one_outlier_where_the_mean_does_not() -> None:
-    grads = [f32(1.0), f32(1.0), f32(1000.0)]
-    assert aggregate(grads, "median")[0] == 1.0
-    assert aggregate(grads, "mean")[0] == pytest.approx(334.0)
+    base = f32(0.0)
+    locals_ = [f32(-1.0), f32(-1.0), f32(-1000.0)]
+    assert step(base, locals_, agg="median")[1][0] == 1.0
+    assert step(base, locals_, agg="mean")[1][0] == pytest.approx(334.0)
 
 
-def test_fp16_codec_rounds_to_half_precision_and_saturates() -> None:
-    values = f32(1.0, 0.1, 1e-8, 70000.0, -70000.0)
-    decoded = transport(values, "fp16")
-    assert decoded.dtype == np.float32
-    assert decoded[0] == 1.0
-    assert decoded[1] == np.float32(np.float16(0.1)) != np.float32(0.1)
-    assert decoded[2] == 0.0  # below half precision's smallest subnormal
-    assert decoded[3] == 65504.0 and decoded[4] == -65504.0  # saturated, not inf
-    np.testing.assert_array_equal(transport(values, "fp32"), values)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 15, 16, 17, 24])
+def test_the_median_network_matches_numpy(rows: int) -> None:
+    grads = np.random.default_rng(rows).standard_normal((rows, 999)).astype(np.float32)
+    out = np.empty(999, dtype=np.float32)
+    median(grads.copy(), out)
+    np.testing.assert_allclose(out, np.median(grads, axis=0), rtol=1e-6, atol=1e-7)
+    grads[rows // 2, 7] = np.nan
+    median(grads, out)
+    assert np.isnan(out[7])  # NaN propagates, so the outer step notices it
 
 
-def test_sgd_without_momentum_is_a_plain_step() -> None:
-    base, velocity = OuterSGD(lr=0.5, momentum=0.0, nesterov=False).step(f32(1.0), f32(0.2), None)
-    assert base[0] == pytest.approx(0.9) and velocity[0] == pytest.approx(0.2)
-
-
-def test_heavy_ball_momentum_two_steps_by_hand() -> None:
-    sgd = OuterSGD(lr=0.7, momentum=0.9, nesterov=False)
-    base, v = sgd.step(f32(1.0), f32(0.1), None)
-    # v1 = 0.1; base = 1 - 0.7 * 0.1
+def test_heavy_ball_and_nesterov_two_steps_by_hand() -> None:
+    base, v = step(f32(1.0), [f32(0.9)], lr=0.7, momentum=0.9)  # g = 0.1
     assert v[0] == pytest.approx(0.1) and base[0] == pytest.approx(0.93)
-    base, v = sgd.step(base, f32(0.2), v)
-    # v2 = 0.9 * 0.1 + 0.2 = 0.29; base = 0.93 - 0.7 * 0.29
+    base, v = step(base, [base - f32(0.2)], v, lr=0.7, momentum=0.9)  # v = 0.29
     assert v[0] == pytest.approx(0.29) and base[0] == pytest.approx(0.727, abs=1e-6)
-
-
-def test_nesterov_momentum_two_steps_by_hand() -> None:
-    sgd = OuterSGD(lr=0.7, momentum=0.9, nesterov=True)
-    base, v = sgd.step(f32(1.0), f32(0.1), None)
-    # v1 = 0.1; step = 0.9 * 0.1 + 0.1 = 0.19; base = 1 - 0.7 * 0.19
-    assert v[0] == pytest.approx(0.1) and base[0] == pytest.approx(0.867)
-    base, v = sgd.step(base, f32(0.2), v)
-    # v2 = 0.29; step = 0.9 * 0.29 + 0.2 = 0.461; base = 0.867 - 0.7 * 0.461
+    base, v = step(f32(1.0), [f32(0.9)], lr=0.7, momentum=0.9, nesterov=True)
+    assert v[0] == pytest.approx(0.1) and base[0] == pytest.approx(0.867)  # step 0.19
+    base, v = step(base, [base - f32(0.2)], v, lr=0.7, momentum=0.9, nesterov=True)
     assert v[0] == pytest.approx(0.29) and base[0] == pytest.approx(0.5443, abs=1e-6)
 
 
-def test_outer_round_combines_codec_aggregate_and_step() -> None:
-    base = f32(1.0, 1.0)
-    locals_ = [f32(0.0, 1.0), f32(0.5, 2.0)]
-    new_base, velocity, gradient = outer_round(
-        base, locals_, None, OuterSGD(lr=1.0, momentum=0.0, nesterov=False), "mean", "fp32"
+def fp16_probe_values() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    scales = (1e-9, 1e-7, 1e-6, 1e-5, 1e-3, 1.0, 100.0, 1e4, 1e5)
+    normal = [rng.standard_normal(20_000).astype(np.float32) * s for s in scales]
+    bits = rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    halves = rng.integers(0, 2**16, 50_000, dtype=np.uint64).astype(np.uint16).view(np.float16)
+    halves = halves[np.isfinite(halves)].astype(np.float32)
+    midpoints = (halves[:-1] + halves[1:]) / 2  # exact ties between half-precision values
+    edges = f32(0.0, -0.0, 65504, 65519, 65520, -65520, np.inf, -np.inf, 2**-14, 2**-24,
+                2**-25, 3 * 2**-25, -3 * 2**-25, -(2**-26))  # fmt: skip
+    return np.concatenate([*normal, bits[np.isfinite(bits)], halves, midpoints, edges])
+
+
+def test_the_fp16_codec_is_bit_identical_to_numpys_half_precision_round_trip() -> None:
+    values = fp16_probe_values()
+    with np.errstate(all="ignore"):
+        expected = np.clip(values, -65504, 65504).astype(np.float16).astype(np.float32)
+    decoded = transport(values, "fp16")
+    assert decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded.view(np.uint32), expected.view(np.uint32))
+    assert transport(f32(70000.0), "fp16")[0] == 65504.0  # saturated, not inf
+    np.testing.assert_array_equal(transport(values, "fp32"), values)
+
+
+# ---------------------------------------------------------------------------
+# The numerical contract (module docstring of fakecoord.sim.outer) against float64
+
+
+def reference(base, locals_, velocity, opt: OuterSGD, agg: str, codec: str):
+    """The outer step in float64 on the same float32 inputs; the fp16 codec rounds the
+    float32 pseudo-gradient as the transport does (a property of the wire, not an error)."""
+    b64 = base.astype(np.float64)
+    if codec == "fp16":
+        grads = [transport(base - local, "fp16").astype(np.float64) for local in locals_]
+    else:
+        grads = [b64 - local.astype(np.float64) for local in locals_]
+    stack = np.stack(grads)
+    g = stack.mean(axis=0) if agg == "mean" else np.median(stack, axis=0)
+    v_old = np.zeros_like(b64) if velocity is None else velocity.astype(np.float64)
+    m = opt.momentum if opt.momentum > 0 else 0.0
+    v = m * v_old + g
+    update = m * v + g if opt.nesterov else v
+    return b64 - opt.lr * update, v, np.abs(stack).max(axis=0), v_old
+
+
+def contract_bounds(base, k, agg, opt, g_max, v_old, v_new, g):
+    """Per-coordinate error bounds of one step (the module docstring's, doubled for slack)."""
+    m = opt.momentum
+    err_g = ((k + 1) if agg == "mean" else 2) * EPS * g_max
+    err_v = 2 * EPS * (m * np.abs(v_old) + np.abs(g)) + err_g
+    err_base = (
+        EPS * np.abs(base)
+        + 3 * EPS * opt.lr * (m * np.abs(v_new) + np.abs(g))
+        + opt.lr * (1 + m) * (err_g + err_v)
     )
-    np.testing.assert_allclose(gradient, f32(0.75, -0.5))
-    np.testing.assert_allclose(new_base, f32(0.25, 1.5))
-    np.testing.assert_allclose(velocity, gradient)
+    return 2 * err_v, 2 * err_base
 
 
-def test_one_peer_with_lr_1_and_no_momentum_lands_on_its_local_model() -> None:
-    base, local = f32(0.3, -2.0, 5.0), f32(1.0, 1.0, 1.0)
-    new_base, _, _ = outer_round(base, [local], None, OuterSGD(1.0, 0.0, False))
-    np.testing.assert_allclose(new_base, local)
+CASES = list(
+    itertools.product(
+        ("mean", "median"), ("fp32", "fp16"), ((0.9, True), (0.9, False), (0.0, False)), (1, 2, 3, 4, 8)
+    )
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(("agg", "codec", "momentum", "peers"), CASES)
+def test_several_steps_stay_within_the_contract_of_float64(agg, codec, momentum, peers) -> None:
+    rng = np.random.default_rng([peers, len(agg), len(codec), int(momentum[1])])
+    n = 5000
+    opt = OuterSGD(lr=0.7, momentum=momentum[0], nesterov=momentum[1])
+    base = rng.standard_normal(n).astype(np.float32)
+    velocity = None
+    trajectory = base.astype(np.float64)
+    ref_velocity = None
+    drift_bound = np.zeros(n)
+    for _ in range(5):
+        # Pseudo-gradients of mixed scales, some near fp16's subnormal range.
+        scale = 10.0 ** rng.uniform(-6, -1, n)
+        locals_ = [(base - scale * rng.standard_normal(n)).astype(np.float32) for _ in range(peers)]
+        ref_base, ref_v, g_max, v_old = reference(base, locals_, velocity, opt, agg, codec)
+        new_base, new_velocity = outer_step_arrays(
+            base, locals_, velocity, opt, agg, codec, chunk=1024
+        )
+        g = ref_v - (opt.momentum * v_old if opt.momentum > 0 else 0.0)
+        bound_v, bound_base = contract_bounds(base, peers, agg, opt, g_max, v_old, ref_v, g)
+        assert np.all(np.abs(new_velocity - ref_v) <= bound_v)
+        assert np.all(np.abs(new_base - ref_base) <= bound_base)
+        # The whole trajectory, in float64 from the start, drifts by at most the bounds' sum
+        # plus what the momentum carries of earlier errors (and, with fp16, one half-precision
+        # quantum per step where a drifted base rounds a pseudo-gradient the other way).
+        traj_base, ref_velocity, _, _ = reference(
+            trajectory.astype(np.float32), locals_, ref_velocity, opt, agg, codec
+        )
+        drift_bound = drift_bound * (1 + opt.lr * 2) + bound_base
+        if codec == "fp16":  # a drifted base can round a pseudo-gradient to the next half value
+            drift_bound += opt.lr * (1 + opt.momentum) * 2.0**-10 * g_max
+        trajectory = traj_base
+        base, velocity = new_base, new_velocity
+    assert np.all(np.abs(base - trajectory) <= drift_bound + 1e-6 * np.abs(trajectory))
+
+
+def test_packs_on_disk_give_bit_identical_results_to_arrays(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    n = 10_007
+    base = rng.standard_normal(n).astype(np.float32)
+    locals_ = [(base - 1e-3 * rng.standard_normal(n)).astype(np.float32) for _ in range(3)]
+    velocity = (1e-3 * rng.standard_normal(n)).astype(np.float32)
+
+    def pack(name: str, values: np.ndarray) -> Path:
+        return packs.write_pack(tmp_path / name, values, layout_hash="h", model_schema_hash="s")
+
+    opt = OuterSGD()
+    for agg, codec in (("mean", "fp32"), ("median", "fp16")):
+        stats = outer_step_packs(
+            pack(f"base-{agg}", base), [pack(f"l{i}-{agg}", v) for i, v in enumerate(locals_)],
+            pack(f"v-{agg}", velocity), tmp_path / f"nb-{agg}", tmp_path / f"nv-{agg}",
+            opt, agg, codec, chunk=1000,
+        )  # fmt: skip
+        want_base, want_velocity = outer_step_arrays(base, locals_, velocity, opt, agg, codec)
+        got = packs.open_pack(tmp_path / f"nb-{agg}")
+        assert got.layout_hash == "h" and got.manifest.model_schema_hash == "s"
+        np.testing.assert_array_equal(got.values, want_base)
+        np.testing.assert_array_equal(packs.open_pack(tmp_path / f"nv-{agg}").values, want_velocity)
+        assert stats.contributors == 3 and stats.pseudo_gradient_norm > 0
+        assert stats.update_norm == pytest.approx(
+            float(np.linalg.norm(want_base.astype(np.float64) - base)), rel=1e-3
+        )
+
+
+def test_a_custom_aggregator_gets_the_decoded_rows(tmp_path: Path) -> None:
+    seen = []
+
+    def first_row(gradients: np.ndarray, out: np.ndarray) -> None:
+        seen.append(gradients.shape)
+        out[:] = gradients[0]
+
+    new_base, _ = step(f32(1.0, 1.0), [f32(0.5, 0.0), f32(0.0, 0.0)], agg=first_row)
+    np.testing.assert_array_equal(new_base, f32(0.5, 0.0))
+    assert seen == [(2, 2)]
+
+
+def test_a_contributor_with_nan_is_named_and_nothing_is_written(tmp_path: Path) -> None:
+    base = np.ones(100, dtype=np.float32)
+    bad = base.copy()
+    bad[57] = np.nan
+    paths = [
+        packs.write_pack(tmp_path / name, values, layout_hash="h", model_schema_hash="s")
+        for name, values in (("base", base), ("ok", base * 0.5), ("bad", bad))
+    ]
+    for agg in ("mean", "median"):
+        with pytest.raises(OuterError, match="contributor 1's pack holds NaN") as info:
+            outer_step_packs(
+                paths[0], paths[1:], None, tmp_path / "new", tmp_path / "v", OuterSGD(), agg
+            )
+        assert info.value.source == 1
+        assert not (tmp_path / "new").exists() and not (tmp_path / "v").exists()
+    with pytest.raises(OuterError, match="the base pack holds NaN"):
+        step(bad, [base])
 
 
 @given(
     st.lists(
-        st.lists(st.floats(-1e3, 1e3, width=32), min_size=3, max_size=3), min_size=1, max_size=6
+        st.lists(st.floats(-1e3, 1e3, width=32), min_size=3, max_size=3), min_size=1, max_size=9
     )
 )
 def test_the_median_lies_within_each_coordinates_range(rows: list[list[float]]) -> None:
-    grads = [np.array(r, dtype=np.float32) for r in rows]
-    median = aggregate(grads, "median")
-    stack = np.stack(grads)
-    assert np.all(median >= stack.min(axis=0) - 1e-3) and np.all(median <= stack.max(axis=0) + 1e-3)
+    grads = np.array(rows, dtype=np.float32)
+    out = np.empty(3, dtype=np.float32)
+    median(grads.copy(), out)
+    assert np.all(out >= grads.min(axis=0)) and np.all(out <= grads.max(axis=0))
 
 
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: aggregate([], "mean"), "at least one"),
-        (lambda: aggregate([f32(1.0)], "trimmed"), "mean, median"),
-        (
-            lambda: aggregate([f32(1.0), f32(1.0, 2.0)], "mean"),
-            r"pseudo_gradient\[1\]: expected 1 values",
-        ),
+        (lambda: step(f32(1.0), []), "at least one contributor"),
+        (lambda: step(f32(1.0), [f32(1.0)], agg="trimmed"), "mean, median"),
+        (lambda: step(f32(1.0), [f32(1.0, 2.0)]), r"local\[0\]: expected 1 values"),
         (lambda: transport(f32(1.0), "int8"), "fp32, fp16"),
-        (lambda: pseudo_gradient(f32(1.0), f32(np.nan)), "local: value 0 is nan"),
         (lambda: OuterSGD(lr=0.0), "outer lr"),
         (lambda: OuterSGD(momentum=1.0), "outer momentum"),
-        (lambda: OuterSGD().step(f32(1.0), f32(1.0), f32(1.0, 2.0)), "momentum buffer"),
+        (lambda: step(f32(1.0), [f32(1.0)], f32(1.0, 2.0)), "outer momentum: expected 1"),
     ],
 )
 def test_invalid_input_raises_outer_error_naming_it(call, match: str) -> None:
@@ -129,11 +274,29 @@ def test_invalid_input_raises_outer_error_naming_it(call, match: str) -> None:
         call()
 
 
+# ---------------------------------------------------------------------------
+# Fault specs
+
+
 def test_fault_specs_parse_and_plan() -> None:
-    faults = [parse_fault("crash@1:2"), parse_fault(" hang@0:3 "), parse_fault("error@1:3")]
-    assert faults[0] == Fault(round=2, peer=1, kind="crash") and faults[0].spec == "crash@1:2"
-    plan = fault_plan(faults, peers=2, rounds=3)
-    assert plan == {2: {1: faults[0]}, 3: {0: faults[1], 1: faults[2]}}
+    crash, hang = parse_fault("crash@1:2"), parse_fault(" hang@0:3 ")
+    assert (crash.kind, crash.peer, crash.first, crash.spec) == ("crash", 1, 2, "crash@1:2")
+    slow, drop = parse_fault("slow@1:2-3=2.5"), parse_fault("drop@*=0.5")
+    assert (slow.peer, slow.first, slow.last, slow.value) == (1, 2, 3, 2.5)
+    assert (drop.peer, drop.first, drop.last, drop.value) == (None, None, None, 0.5)
+    plan = FaultPlan([crash, hang, slow, drop], peers=2, rounds=3, seed=4)
+    assert plan.event(2, 1) == crash and plan.event(3, 0) == hang and plan.event(2, 0) is None
+    assert plan.slowdown(3, 1) == slow and plan.slowdown(1, 1) is None
+
+
+def test_dropout_is_seeded_and_has_the_given_rate() -> None:
+    plan = FaultPlan([parse_fault("drop@*=0.3")], peers=4, rounds=500, seed=7)
+    draws = [plan.dropped(r, p) is not None for r in range(1, 501) for p in range(4)]
+    again = FaultPlan([parse_fault("drop@*=0.3")], peers=4, rounds=500, seed=7)
+    assert draws == [again.dropped(r, p) is not None for r in range(1, 501) for p in range(4)]
+    assert 0.25 < sum(draws) / len(draws) < 0.35
+    other = FaultPlan([parse_fault("drop@*=0.3")], peers=4, rounds=500, seed=8)
+    assert draws != [other.dropped(r, p) is not None for r in range(1, 501) for p in range(4)]
 
 
 @pytest.mark.parametrize(
@@ -144,13 +307,21 @@ def test_fault_specs_parse_and_plan() -> None:
         ("crash@0:0", 2, 2, "rounds count from 1"),
         ("crash@2:1", 2, 2, "peer 2 does not exist"),
         ("crash@0:3", 2, 2, "after the last round"),
+        ("crash@*:1", 2, 2, "crash takes KIND@PEER:ROUND"),
+        ("slow@0=1", 2, 2, "above 1"),
+        ("drop@0=1.5", 2, 2, r"in \(0, 1\]"),
+        ("slow@0:2-1=2", 2, 2, "FIRST-LAST"),
+        ("slow@0", 2, 2, "KIND@PEER"),
     ],
 )
 def test_bad_fault_specs_are_refused(spec: str, peers: int, rounds: int, match: str) -> None:
     with pytest.raises(FaultSpecError, match=match):
-        fault_plan([parse_fault(spec)], peers, rounds)
+        FaultPlan([parse_fault(spec)], peers, rounds, seed=0)
 
 
-def test_two_faults_on_one_peer_in_one_round_are_refused() -> None:
-    with pytest.raises(FaultSpecError, match="already has crash@0:1"):
-        fault_plan([parse_fault("crash@0:1"), parse_fault("hang@0:1")], 1, 1)
+def test_overlapping_faults_are_refused() -> None:
+    with pytest.raises(FaultSpecError, match="overlaps crash@0:1"):
+        FaultPlan([parse_fault("crash@0:1"), parse_fault("hang@0:1")], 1, 1, 0)
+    with pytest.raises(FaultSpecError, match="overlaps"):
+        FaultPlan([parse_fault("slow@*=2"), parse_fault("slow@1:2=3")], 2, 3, 0)
+    FaultPlan([parse_fault("slow@0=2"), parse_fault("slow@1=3"), parse_fault("crash@0:1")], 2, 2, 0)

@@ -25,18 +25,14 @@ from torch import nn
 
 from fakecoord.__main__ import main
 from fakecoord.demo import AdamW, InjectedFault, make_workload
-from fakecoord.errors import FakecoordError
-from fakecoord.sim import (
-    CHECKPOINT_NAME,
-    SimConfig,
-    SimError,
-    _union_seconds,
-    load_batches,
-)
-from fakecoord.sim_faults import parse_fault
-from fakecoord.sim_packs import PackIOError, check_compatible, read_pack, write_pack
-from fakecoord.sim_shards import FAULT_KEY, ShardError, demo_leases, read_ref, write_demo_dataset
-from worker.packs import export_pack
+from fakecoord.errors import FakecoordError, SettingsError
+from fakecoord.packs import open_pack
+from fakecoord.sim import SimConfig
+from fakecoord.sim.data import load_batches
+from fakecoord.sim.engine import CHECKPOINT_NAME
+from fakecoord.sim.faults import parse_fault
+from fakecoord.sim.record import union_seconds
+from fakecoord.sim.shards import FAULT_KEY, ShardError, demo_leases, read_ref, write_demo_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "tests.workloads:make_tiny"
@@ -240,26 +236,17 @@ def test_root_ema_and_reconcile(demo) -> None:
 # Simulation pieces
 
 
-def test_packs_written_by_the_coordinator_read_back_and_are_checked(tmp_path: Path) -> None:
-    export_pack(nn.Linear(3, 2), tmp_path / "worker", "schema")
-    manifest, values = read_pack(tmp_path / "worker")
-    write_pack(tmp_path / "ours", manifest, values * 2)
-    again, doubled = read_pack(tmp_path / "ours")
-    np.testing.assert_array_equal(doubled, values * 2)
-    check_compatible(tmp_path / "ours", again, manifest)
-    with pytest.raises(PackIOError, match="layout_hash"):
-        check_compatible(tmp_path / "ours", {**again, "layout_hash": "x"}, manifest)
-    with pytest.raises(PackIOError, match="do not match parameter_count"):
-        write_pack(tmp_path / "short", manifest, values[:2])
-
-
 def test_batches_from_a_file_or_a_directory(tmp_path: Path) -> None:
-    refs = [{"kind": "k", "i": i} for i in range(5)]
+    refs = [
+        {"kind": "micro_epoch", "lease_id": f"l{i}", "microshard_ids": [], "ordinals": [],
+         "bytes_len": 0, "pipeline_kind": "custom", "payload": {"i": i}}
+        for i in range(5)
+    ]  # fmt: skip
     (tmp_path / "flat.json").write_text(json.dumps(refs))
     assert load_batches(tmp_path / "flat.json", 2) == [refs[0::2], refs[1::2]]
     (tmp_path / "per_peer.json").write_text(json.dumps([refs[:1], refs[1:]]))
     assert load_batches(tmp_path / "per_peer.json", 2) == [refs[:1], refs[1:]]
-    with pytest.raises(SimError, match="2 per-peer lists for 3 peers"):
+    with pytest.raises(SettingsError, match="2 per-peer lists for 3 peers"):
         load_batches(tmp_path / "per_peer.json", 3)
     data = tmp_path / "data"
     data.mkdir()
@@ -276,7 +263,7 @@ def test_batches_from_a_file_or_a_directory(tmp_path: Path) -> None:
         ({"peers": 0}, "--peers"),
         ({"protocol": "gossip"}, "--protocol"),
         ({"codec": "int8"}, "--codec"),
-        ({"outer_momentum": 1.5}, "outer momentum"),
+        ({"outer_momentum": 1.5}, "--outer-momentum"),
         ({"protocol": "windows", "diloco_backend": "command"}, "only applies to --protocol diloco"),
         ({"factory": TINY}, "--factory needs --batches"),
         ({"faults": [parse_fault("crash@5:1")]}, "peer 5 does not exist"),
@@ -288,9 +275,9 @@ def test_invalid_settings_are_refused(changes: dict, match: str) -> None:
 
 
 def test_interval_union() -> None:
-    assert _union_seconds([(0, 2), (1, 3), (5, 6)], 0, 10) == 4
-    assert _union_seconds([(0, 2), (1, 3)], 1.5, 2.5) == 1
-    assert _union_seconds([], 0, 1) == 0
+    assert union_seconds([(0, 2), (1, 3), (5, 6)], 0, 10) == 4
+    assert union_seconds([(0, 2), (1, 3)], 1.5, 2.5) == 1
+    assert union_seconds([], 0, 1) == 0
 
 
 def test_bad_command_lines_exit_2(capsys) -> None:
@@ -319,7 +306,7 @@ def run_sim(tmp_path: Path, name: str, *args: str) -> tuple[int, dict, Path]:
 
 
 def eval_losses(report: dict) -> list:
-    return [r["eval_loss"] for r in report["rounds"]]
+    return [r["eval_value"] for r in report["rounds"]]
 
 
 def train_losses(report: dict) -> list:
@@ -369,7 +356,7 @@ def test_diloco_demo_learns_with_baseline_report_plot_and_summary(demo_run) -> N
     assert demo_run["code"] == 0
     report, out = demo_run["report"], demo_run["out"]
     assert report == json.loads((out / "report.json").read_text())
-    assert report["final_eval_loss"] < 0.5 * report["initial_eval_loss"]
+    assert report["final_eval_value"] < 0.5 * report["initial_eval_value"]
     assert report["workload"]["workload_name"] == "fakecoord-demo"
     assert report["plan"]["parameter_count"] > 0 and report["faults"] == []
     assert len(report["rounds"]) == 3 and report["completed_rounds"] == 3
@@ -382,20 +369,20 @@ def test_diloco_demo_learns_with_baseline_report_plot_and_summary(demo_run) -> N
         assert timings["round_seconds"] == pytest.approx(
             timings["worker_call_seconds"] + timings["coordinator_seconds"], abs=1e-5
         )
-        assert record["baseline"]["eval_loss"] is not None
+        assert record["baseline"]["eval_value"] is not None
     assert (
-        report["baseline"]["steps_per_round"] == 30 and len(report["baseline"]["eval_losses"]) == 3
+        report["baseline"]["steps_per_round"] == 30 and len(report["baseline"]["eval_values"]) == 3
     )
     assert 0 <= report["timings"]["coordinator_overhead_share"] < 1
     # The packs are real: round 3's base is a valid pack that differs from round 2's.
-    _, base2 = read_pack(out / "rounds" / "0002" / "base")
-    _, base3 = read_pack(out / "rounds" / "0003" / "base")
+    base2 = open_pack(out / "rounds" / "0002" / "base").values
+    base3 = open_pack(out / "rounds" / "0003" / "base").values
     assert base2.shape == base3.shape and not np.array_equal(base2, base3)
     plot = demo_run["plot"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     shown = demo_run["shown"]
     assert "eval loss" in shown and "baseline" in shown and "round" in shown
-    assert f"{report['initial_eval_loss']:.4f} -> {report['final_eval_loss']:.4f}" in shown
+    assert f"{report['initial_eval_value']:.4f} -> {report['final_eval_value']:.4f}" in shown
 
 
 @pytest.mark.timeout(E2E_TIMEOUT)
@@ -416,7 +403,7 @@ def test_same_seed_same_losses_and_resume_continues_identically(
     assert resumed["resumed"] == [{"after_round": 1}]
     assert eval_losses(resumed) == eval_losses(straight)
     assert train_losses(resumed) == train_losses(straight)
-    assert resumed["initial_eval_loss"] == straight["initial_eval_loss"]
+    assert resumed["initial_eval_value"] == straight["initial_eval_value"]
 
 
 @pytest.mark.timeout(E2E_TIMEOUT)
@@ -430,7 +417,7 @@ def test_crash_hang_and_error_faults_are_survived_and_reported(tmp_path: Path) -
     rounds = report["rounds"]
     assert [r["contributors"] for r in rounds] == [[1, 2], [0], [0, 1, 2]]
     assert rounds[1]["aggregate"]["contributors"] == 1
-    assert all(r["eval_loss"] is not None for r in rounds)
+    assert all(r["eval_value"] is not None for r in rounds)
 
     crash = fault(report, "crash@0:1")
     assert crash["injected"].startswith("SIGKILL sent to pid")
@@ -473,7 +460,7 @@ def test_windows_protocol_merges_reconciles_and_survives_an_error(tmp_path: Path
     assert second["merge"] == {
         "policy": "QualityWeightedEma", "candidates": 2, "merged": True, "reducer": 1,
     }  # fmt: skip
-    assert report["final_eval_loss"] < report["initial_eval_loss"]
+    assert report["final_eval_value"] < report["initial_eval_value"]
     assert second["peers"]["1"]["metrics"]["batch_count"] == 10
     assert fault(report, "error@1:1")["recovery"]["round"] == 2
     for name in (
@@ -524,8 +511,8 @@ def test_command_backend_expands_placeholders_and_reads_the_result(tmp_path: Pat
         "--outer-lr", "1", "--outer-momentum", "0", "--no-nesterov",
     )  # fmt: skip
     assert code == 0 and report["rounds"][0]["contributors"] == [0]
-    _, before = read_pack(out / "rounds" / "0000" / "base")
-    _, after = read_pack(out / "rounds" / "0001" / "base")
+    before = open_pack(out / "rounds" / "0000" / "base").values
+    after = open_pack(out / "rounds" / "0001" / "base").values
     np.testing.assert_allclose(after, before * 0.5, rtol=1e-6)  # lr 1, no momentum: base = local
     assert report["rounds"][0]["peers"]["0"]["metrics"]["loss"] == 0.5
 
@@ -549,7 +536,7 @@ def test_command_backend_with_the_default_job_runner_survives_a_crash(tmp_path: 
     # Peer 0's AdamW state carried over from round 1 into round 2.
     opt = torch.load(out / "rounds" / "0002" / "peer-0" / "inner_optimizer.pt", weights_only=True)
     assert opt["steps"] == 6
-    assert report["final_eval_loss"] < report["initial_eval_loss"]
+    assert report["final_eval_value"] < report["initial_eval_value"]
 
 
 SEEDLIKE = """

@@ -482,9 +482,7 @@ def soak_sim(
     directory is ``workdir/run``.  Raises
     :class:`~fakecoord.sim.SimError` when the run cannot proceed.
     """
-    from fakecoord.sim import SimConfig, Simulation
-    from fakecoord.sim_faults import parse_fault
-    from fakecoord.sim_report import RunView
+    from fakecoord.sim import RunView, SimConfig, Simulation, parse_fault
 
     root = Path(workdir)
     out = root / "run"

@@ -15,8 +15,8 @@ several shards; entry ``i`` of ``shard_paths``, ``microshard_ids`` and
     {"kind": "cached_microshard_group", "shard_paths": ["/d/train-0003.f32"],
      "microshard_ids": ["train-0003:7"], "ordinals": [7], "bytes_len": 2176}
 
-Reading needs only the standard library (the worker side imports this
-module); :func:`write_demo_dataset` imports numpy when called.  Invalid files
+Reading needs only the standard library (the demo workload imports this
+module inside the worker); :func:`write_demo_dataset` imports numpy when called.  Invalid files
 or refs raise :class:`ShardError`.
 """
 
@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..files import write_bytes
 
 SHARD_FORMAT = "fakecoord-demo-shard-v1"
 REF_KIND = "cached_microshard_group"
@@ -281,8 +283,8 @@ def write_demo_dataset(
             and values.stat().st_size == rows * (DEMO_FEATURES + 1) * 4
         ):
             return values
-        _write_atomic(values, make_rows(rows, stream))
-        _write_atomic(header_file, encoded)  # last: a header means complete values
+        write_bytes(values, make_rows(rows, stream))
+        write_bytes(header_file, encoded)  # last: a header means complete values
         return values
 
     rows = microshards_per_shard * microshard_rows
@@ -292,13 +294,6 @@ def write_demo_dataset(
     for offset, (name, count) in enumerate(EVAL_SPLITS.items(), start=1):
         write_shard(name, count, 1_000_000 + offset, count)
     return DemoDataset(root, shards, microshards_per_shard, microshard_rows, DEMO_FEATURES + 1)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def demo_leases(

@@ -1,0 +1,303 @@
+"""A run's settings (:class:`SimConfig`), their checks, and the choices derived from them.
+
+Everything here is checked before the run creates anything:
+:meth:`SimConfig.validate` checks the values themselves, :func:`check_inputs`
+what they name outside the process (the ``--batches`` file, the factory's
+module, a non-CPU device).  Both raise :class:`~fakecoord.errors.SettingsError`
+(``python -m fakecoord run`` exits 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import OuterError, SettingsError
+from .faults import Fault, FaultPlan, parse_fault
+from .outer import AGGREGATORS, CODECS, OuterSGD
+
+DEMO_FACTORY = "fakecoord.demo:make_workload"
+PROTOCOLS = ("diloco", "windows")
+BACKENDS = ("worker", "command")
+MERGE_POLICIES = (
+    "WeightedMean",
+    "NormClippedWeightedMean",
+    "TrimmedMean",
+    "Ema",
+    "QualityWeightedEma",
+)
+
+
+@dataclass
+class SimConfig:
+    """Every setting of a run (what ``python -m fakecoord run`` and ``--config FILE.toml`` parse
+    into; docs/simulation.md describes each)."""
+
+    protocol: str = "diloco"
+    peers: int = 4
+    rounds: int = 10
+    inner_steps: int = 20
+    seed: int = 0
+    factory: str | None = None
+    """None: the built-in demo workload."""
+    config: Any = None
+    batches: str | None = None
+    """A JSON file (a list of batch refs per peer, or one list dealt round-robin) or a data directory."""
+    worker_cmd: list[str] | None = None
+    faults: list[Fault] = field(default_factory=list)
+    aggregate: str = "mean"
+    codec: str = "fp32"
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    nesterov: bool = True
+    diloco_backend: str = "worker"
+    command: list[str] | None = None
+    baseline: bool = False
+    baseline_steps: str = "total"
+    """``total``: peers x inner_steps per round on all peers' batches; ``per-peer``: inner_steps on peer 0's."""
+    merge_policy: Any = "QualityWeightedEma"
+    reconcile: Any = field(default_factory=lambda: {"RootEma": {"canonical_weight": 0.75}})
+    call_timeout: float = 60.0
+    start_timeout: float = 60.0
+    device: str = "cpu"
+    microshards_per_step: int = 2
+    state_dict_filter: dict | None = None
+    eval_metric: str = "loss"
+    threads_per_peer: int | None = None
+    """Threads for each worker's torch, OpenMP and MKL; None: ``max(1, cores // peers)``;
+    0: leave the workload's defaults (oversubscribes when peers share cores)."""
+    max_failed_rounds: int = 1
+    """Stop after this many consecutive rounds in which no peer contributed."""
+
+    @property
+    def is_demo(self) -> bool:
+        return self.factory is None or self.factory == DEMO_FACTORY
+
+    @property
+    def workload_factory(self) -> str:
+        return self.factory or DEMO_FACTORY
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` naming the first invalid setting (no I/O)."""
+        checks = [
+            (self.protocol in PROTOCOLS, f"--protocol must be one of {', '.join(PROTOCOLS)}"),
+            (_is_int(self.peers) and self.peers >= 1, "--peers must be at least 1"),
+            (_is_int(self.rounds) and self.rounds >= 1, "--rounds must be at least 1"),
+            (_is_int(self.inner_steps) and self.inner_steps >= 1, "--inner-steps must be at least 1"),
+            (_is_int(self.seed), "--seed must be an integer"),
+            (self.aggregate in AGGREGATORS, f"--aggregate must be one of {', '.join(AGGREGATORS)}"),
+            (self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}"),
+            (
+                self.diloco_backend in BACKENDS,
+                f"--diloco-backend must be one of {', '.join(BACKENDS)}",
+            ),
+            (_positive(self.call_timeout), "--call-timeout must be a positive number of seconds"),
+            (_positive(self.start_timeout), "--start-timeout must be a positive number of seconds"),
+            (
+                _is_int(self.microshards_per_step) and self.microshards_per_step >= 1,
+                "--microshards-per-step must be at least 1",
+            ),
+            (
+                self.baseline_steps in ("total", "per-peer"),
+                "--baseline-steps must be total or per-peer",
+            ),
+            (
+                self.diloco_backend == "worker" or self.protocol == "diloco",
+                "--diloco-backend command only applies to --protocol diloco",
+            ),
+            (
+                self.command is None or self.diloco_backend == "command",
+                "--command needs --diloco-backend command",
+            ),
+            (self.factory is not None or self.config is None, "--config-json needs --factory"),
+            (
+                self.is_demo or self.batches is not None,
+                "--factory needs --batches FILE|DIR (the demo data only fits the demo workload)",
+            ),
+            (bool(self.command) or self.command is None, "--command must name a program"),
+            (bool(self.worker_cmd) or self.worker_cmd is None, "--worker-cmd must name a program"),
+            (
+                isinstance(self.eval_metric, str) and self.eval_metric != "",
+                "--eval-metric must name a metric of the workload's evaluate",
+            ),
+            (
+                self.threads_per_peer is None
+                or (_is_int(self.threads_per_peer) and self.threads_per_peer >= 0),
+                "--threads-per-peer must be 0 (the workload's defaults) or a positive count",
+            ),
+            (
+                _is_int(self.max_failed_rounds) and self.max_failed_rounds >= 1,
+                "--max-failed-rounds must be at least 1",
+            ),
+            (
+                self.protocol == "diloco" or self.merge_policy in MERGE_POLICIES
+                or isinstance(self.merge_policy, dict),
+                f"--merge-policy must be one of {', '.join(MERGE_POLICIES)}",
+            ),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+        try:
+            OuterSGD(self.outer_lr, self.outer_momentum, self.nesterov)
+        except (OuterError, TypeError) as exc:
+            raise SettingsError(f"--{str(exc).replace(' ', '-', 1)}") from None
+        if self.factory is not None:
+            module, colon, attr = self.factory.partition(":")
+            if not colon or not module.strip() or not attr.strip():
+                raise SettingsError(
+                    f"--factory must be MODULE:ATTR (e.g. my_pkg.train:make_workload), "
+                    f"got {self.factory!r}"
+                )
+        if self.state_dict_filter is not None:
+            _check_filter(self.state_dict_filter)
+        try:
+            json.dumps(self.config, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"--config-json: not standard JSON ({exc})") from None
+        self.fault_plan()
+
+    def fault_plan(self) -> FaultPlan:
+        return FaultPlan(self.faults, self.peers, self.rounds, self.seed)
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["faults"] = [f.spec for f in self.faults]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> SimConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["faults"] = [parse_fault(s) for s in values.get("faults", [])]
+        return cls(**values)
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e9
+
+
+def _check_filter(value: Any) -> None:
+    if not isinstance(value, dict) or set(value) - {"include_globs", "exclude_globs"}:
+        raise SettingsError(
+            '--state-dict-filter must be {"include_globs": [...], "exclude_globs": [...]}'
+        )
+    for key, globs in value.items():
+        if not isinstance(globs, list) or not all(
+            isinstance(g, str) and g.strip() and "\x00" not in g for g in globs
+        ):
+            raise SettingsError(
+                f"--state-dict-filter: {key} must be a list of non-blank glob strings"
+            )
+
+
+def schema_hash(config: SimConfig) -> str:
+    """The model schema hash the run's packs carry: derived from the factory and its config
+    only (the demo's ``data_dir`` excluded), so a moved run directory keeps it."""
+    key = json.dumps(
+        [config.workload_factory, None if config.is_demo else config.config], sort_keys=True
+    )
+    return "fakecoord-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """Threads per worker (None: the workload's defaults) and why, for the header line."""
+
+    threads: int | None
+    reason: str
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def choose_threads(config: SimConfig) -> ThreadChoice:
+    """``max(1, cores // peers)`` unless ``threads_per_peer`` says otherwise."""
+    cores = usable_cores()
+    if config.threads_per_peer == 0:
+        return ThreadChoice(None, f"the workload's defaults (--threads-per-peer 0; {cores} cores)")
+    if config.threads_per_peer is not None:
+        return ThreadChoice(config.threads_per_peer, "--threads-per-peer")
+    threads = max(1, cores // config.peers)
+    return ThreadChoice(threads, f"{cores} cores / {config.peers} peers")
+
+
+def check_inputs(config: SimConfig) -> list[list[dict]] | None:
+    """Check what the settings name outside this process; returns the ``--batches`` refs per
+    peer (None for the demo's own data).  Raises :class:`SettingsError`."""
+    from .data import load_batches
+
+    batches = load_batches(config.batches, config.peers) if config.batches is not None else None
+    if config.factory is not None and config.worker_cmd is None:
+        check_factory_module(config.factory)
+    if config.device != "cpu" and config.worker_cmd is None:
+        check_device(config.device)
+    return batches
+
+
+def check_factory_module(factory: str) -> None:
+    """Refuse a factory whose top-level package cannot be found from here (the worker's
+    ``sys.path`` is this one's: the same interpreter, cwd and PYTHONPATH).  Nothing is imported."""
+    module = factory.partition(":")[0].strip()
+    top = module.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise SettingsError(
+            f"--factory {factory!r}: no module named {top!r} on this interpreter's path "
+            f"(current directory and PYTHONPATH); run from the directory holding it or add it "
+            f"to PYTHONPATH"
+        )
+
+
+_DEVICE_PROBE = """
+import sys, torch
+try:
+    torch.empty(1, device=sys.argv[1])
+except Exception as exc:
+    print(f"{type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def check_device(device: str) -> None:
+    """Refuse a torch device this machine cannot use (one short ``python -c`` probe)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DEVICE_PROBE, device],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise SettingsError(f"--device {device!r}: torch cannot use it here ({reason})")
+
+
+__all__ = [
+    "BACKENDS",
+    "DEMO_FACTORY",
+    "MERGE_POLICIES",
+    "PROTOCOLS",
+    "SimConfig",
+    "ThreadChoice",
+    "check_inputs",
+    "choose_threads",
+    "schema_hash",
+]

@@ -1,0 +1,185 @@
+"""``--fault`` specs: parsing, and the plan of which peer fails, straggles or drops out when.
+
+Pure: no processes are touched here; the engine injects the faults.
+
+Events, one peer in one round (``KIND@PEER:ROUND``, peers from 0, rounds from 1):
+
+- ``crash``: the peer's worker (or job process) is SIGKILLed during its training call;
+- ``hang``: it is SIGSTOPped, so it stops answering and the call timeout fires;
+- ``error``: its training call fails (the demo workload raises on a marked
+  batch ref; other workloads get a request that every worker must refuse).
+
+Conditions, for one peer or every peer (``*``), in one round, a range of
+rounds (``A-B``) or every round (``ROUNDS`` left out), with a value:
+
+- ``slow@PEER[:ROUNDS]=FACTOR``: a straggler; the peer's training takes
+  ``FACTOR`` (> 1) times as long (the engine holds its result back for
+  ``(FACTOR - 1)`` times its training time, so the round waits for it);
+- ``drop@PEER[:ROUNDS]=P``: dropout; each covered peer misses each covered
+  round with probability ``P`` (0 < P <= 1), drawn from ``(seed, round,
+  peer)`` alone, so runs and resumes with the same seed drop the same peers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..errors import FaultSpecError
+
+EVENT_KINDS = ("crash", "hang", "error")
+CONDITION_KINDS = ("slow", "drop")
+FAULT_KINDS = EVENT_KINDS + CONDITION_KINDS
+_EVENT = re.compile(r"^(?P<kind>[a-z]+)@(?P<peer>\d+):(?P<round>\d+)$")
+_CONDITION = re.compile(
+    r"^(?P<kind>[a-z]+)@(?P<peer>\d+|\*)(?::(?P<first>\d+)(?:-(?P<last>\d+))?)?=(?P<value>[^=]+)$"
+)
+_FORMS = "KIND@PEER:ROUND (crash, hang, error) or KIND@PEER[:ROUNDS]=VALUE (slow, drop)"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One ``--fault``: ``peer`` None means every peer; ``first``/``last`` None mean every round."""
+
+    kind: str
+    peer: int | None
+    first: int | None
+    last: int | None
+    value: float | None = None
+    text: str = ""
+
+    @property
+    def spec(self) -> str:
+        return self.text or f"{self.kind}@{self.peer}:{self.first}"
+
+    def covers(self, round_index: int, peer: int) -> bool:
+        if self.peer is not None and self.peer != peer:
+            return False
+        if self.first is not None and round_index < self.first:
+            return False
+        return self.last is None or round_index <= self.last
+
+
+def parse_fault(text: str) -> Fault:
+    """Parse one spec (see the module docstring); raises :class:`FaultSpecError`."""
+    spec = text.strip()
+    kind = spec.split("@", 1)[0]
+    if kind not in FAULT_KINDS:
+        if "@" not in spec:
+            raise FaultSpecError(f"--fault: expected {_FORMS}, got {text!r}")
+        raise FaultSpecError(
+            f"--fault {text!r}: unknown kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}"
+        )
+    if kind in EVENT_KINDS:
+        match = _EVENT.match(spec)
+        if match is None:
+            raise FaultSpecError(
+                f"--fault {text!r}: {kind} takes KIND@PEER:ROUND such as {kind}@1:2"
+            )
+        round_index = int(match["round"])
+        if round_index < 1:
+            raise FaultSpecError(f"--fault {text!r}: rounds count from 1")
+        return Fault(kind, int(match["peer"]), round_index, round_index, None, spec)
+    match = _CONDITION.match(spec)
+    if match is None:
+        example = "slow@1=3 (peer 1, 3x slower, every round)" if kind == "slow" else "drop@*=0.2"
+        raise FaultSpecError(
+            f"--fault {text!r}: {kind} takes KIND@PEER[:ROUND[-ROUND]]=VALUE, e.g. {example}"
+        )
+    try:
+        value = float(match["value"])
+    except ValueError:
+        raise FaultSpecError(f"--fault {text!r}: {match['value']!r} is not a number") from None
+    if kind == "slow" and not (value > 1 and value < float("inf")):
+        raise FaultSpecError(f"--fault {text!r}: the slow-down factor must be above 1")
+    if kind == "drop" and not 0 < value <= 1:
+        raise FaultSpecError(f"--fault {text!r}: the dropout probability must be in (0, 1]")
+    first = int(match["first"]) if match["first"] else None
+    last = int(match["last"]) if match["last"] else first
+    if first is not None and (first < 1 or (last is not None and last < first)):
+        raise FaultSpecError(f"--fault {text!r}: rounds count from 1, as FIRST or FIRST-LAST")
+    peer = None if match["peer"] == "*" else int(match["peer"])
+    return Fault(kind, peer, first, last, value, spec)
+
+
+class FaultPlan:
+    """Every fault of a run, checked against its peers and rounds.
+
+    Raises :class:`FaultSpecError` for a peer or round outside the run and for
+    two events, two slow-downs or two dropouts covering the same peer and round.
+    """
+
+    def __init__(self, faults: Iterable[Fault], peers: int, rounds: int, seed: int) -> None:
+        self.faults = sorted(
+            faults, key=lambda f: (f.first or 0, -1 if f.peer is None else f.peer, f.kind, f.text)
+        )
+        self.seed = seed
+        for fault in self.faults:
+            if fault.peer is not None and fault.peer >= peers:
+                raise FaultSpecError(
+                    f"--fault {fault.spec}: peer {fault.peer} does not exist "
+                    f"(peers are 0..{peers - 1})"
+                )
+            if fault.first is not None and fault.first > rounds:
+                raise FaultSpecError(
+                    f"--fault {fault.spec}: round {fault.first} is after the last round ({rounds})"
+                )
+        groups = (EVENT_KINDS, ("slow",), ("drop",))
+        for group in groups:
+            chosen = [f for f in self.faults if f.kind in group]
+            for i, a in enumerate(chosen):
+                for b in chosen[i + 1 :]:
+                    if _overlap(a, b, rounds):
+                        raise FaultSpecError(
+                            f"--fault {b.spec}: overlaps {a.spec} (same peer, same round)"
+                        )
+
+    def event(self, round_index: int, peer: int) -> Fault | None:
+        """The crash, hang or error planned for ``peer`` in ``round_index``, if any."""
+        for fault in self.faults:
+            if fault.kind in EVENT_KINDS and fault.covers(round_index, peer):
+                return fault
+        return None
+
+    def slowdown(self, round_index: int, peer: int) -> Fault | None:
+        return next(
+            (f for f in self.faults if f.kind == "slow" and f.covers(round_index, peer)), None
+        )
+
+    def dropped(self, round_index: int, peer: int) -> Fault | None:
+        """The dropout fault that takes ``peer`` out of ``round_index`` (a seeded draw), or None."""
+        for fault in self.faults:
+            if fault.kind == "drop" and fault.covers(round_index, peer):
+                assert fault.value is not None
+                return fault if _uniform(self.seed, round_index, peer) < fault.value else None
+        return None
+
+    def specs(self) -> list[str]:
+        return [f.spec for f in self.faults]
+
+
+def _overlap(a: Fault, b: Fault, rounds: int) -> bool:
+    if a.peer is not None and b.peer is not None and a.peer != b.peer:
+        return False
+    a_first, a_last = a.first or 1, a.last or rounds
+    b_first, b_last = b.first or 1, b.last or rounds
+    return a_first <= b_last and b_first <= a_last
+
+
+def _uniform(seed: int, round_index: int, peer: int) -> float:
+    """A number in [0, 1) that depends on ``(seed, round, peer)`` only."""
+    digest = hashlib.sha256(f"fakecoord-drop:{seed}:{round_index}:{peer}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+__all__ = [
+    "CONDITION_KINDS",
+    "EVENT_KINDS",
+    "FAULT_KINDS",
+    "Fault",
+    "FaultPlan",
+    "FaultSpecError",
+    "parse_fault",
+]

@@ -1,0 +1,338 @@
+"""What a person sees of a run: a progress bar, a summary table and lines, a plot.
+
+The engine calls a :class:`RunView`; :class:`QuietView` shows nothing,
+:class:`RichView` draws with ``rich`` (a progress bar over rounds with the
+current eval value on stderr, the summary table on stdout).
+:func:`write_plot` imports matplotlib (Agg backend) only when called.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from .record import COUNT_METRICS, numeric
+
+
+class RunView:
+    """Callbacks of a run; the base class shows nothing."""
+
+    def start(self, total_rounds: int, completed: int, description: str) -> None:
+        """The rounds are about to run (``completed`` of them were done before a resume)."""
+
+    def event(self, text: str) -> None:
+        """Something worth a line: a fault, a restart, a resume."""
+
+    def round_done(self, record: dict) -> None:
+        """One round committed."""
+
+    def finish(self, report: dict) -> None:
+        """The run ended (normally or stopped early); show the summary."""
+
+    def close(self) -> None:
+        """Release the terminal (also after an interrupt)."""
+
+
+QuietView = RunView
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if numeric(value):
+        return f"{value:.{digits}f}" if abs(value) >= 10**-digits or value == 0 else f"{value:.3g}"
+    return "-"
+
+
+class RichView(RunView):
+    """Progress on stderr, summary on stdout."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.err = Console(stderr=True)
+        self.out = Console()
+        self._progress: Any = None
+        self._task: Any = None
+
+    def start(self, total_rounds: int, completed: int, description: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.err.print(description, highlight=False)
+        self._progress = Progress(
+            TextColumn("[bold]rounds"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[value]}"),
+            TimeElapsedColumn(),
+            console=self.err,
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "rounds", total=total_rounds, completed=completed, value=""
+        )
+
+    def event(self, text: str) -> None:
+        (self._progress.console if self._progress else self.err).print(text, highlight=False)
+
+    def round_done(self, record: dict) -> None:
+        if self._progress is None:
+            return
+        value = f"{record.get('eval_metric', 'eval')} {fmt(record.get('eval_value'))}"
+        if record.get("baseline"):
+            value += f"  baseline {fmt(record['baseline'].get('eval_value'))}"
+        self._progress.update(self._task, advance=1, value=value)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def finish(self, report: dict) -> None:
+        self.close()
+        self.out.print(summary_table(report))
+        for line in summary_lines(report):
+            self.out.print(line, highlight=False)
+
+
+def summary_table(report: dict) -> Any:
+    """A rich Table: one row per round."""
+    from rich.table import Table
+
+    metric = report.get("eval_metric", "loss")
+    has_baseline = any(r.get("baseline") for r in report.get("rounds", []))
+    table = Table(title=f"fakecoord {report.get('strategy')} run", title_justify="left")
+    for name in ("round", f"eval {metric}"):
+        table.add_column(name, justify="right")
+    if has_baseline:
+        table.add_column("baseline", justify="right")
+    for name in ("peers ok", "mean train loss", "round s", "in workers"):
+        table.add_column(name, justify="right")
+    table.add_column("faults")
+    first = ["0", fmt(report.get("initial_eval_value"))] + [""] * (5 + has_baseline)
+    table.add_row(*first)
+    for record in report.get("rounds", []):
+        timings = record.get("timings", {})
+        share = ""
+        if timings.get("round_seconds"):
+            share = f"{100 * timings['worker_call_seconds'] / timings['round_seconds']:.0f}%"
+        notes = [
+            f"{f['kind']}@{f['peer']}"
+            for f in report.get("faults", [])
+            if f["round"] == record["round"]
+        ]
+        notes += [f"drop@{p}" for p in record.get("dropped", [])]
+        notes += [
+            f"slow@{p}"
+            for p, entry in record.get("peers", {}).items()
+            if entry.get("straggle_seconds")
+        ]
+        row = [str(record["round"]), fmt(record.get("eval_value"))]
+        if has_baseline:
+            row.append(fmt((record.get("baseline") or {}).get("eval_value")))
+        asked = len(record.get("peers", {})) - len(record.get("dropped", []))
+        row += [
+            f"{len(record.get('contributors', []))}/{asked}",
+            fmt(mean_train_loss(record)),
+            fmt(timings.get("round_seconds"), 2),
+            share,
+            ", ".join(notes),
+        ]
+        table.add_row(*row)
+    return table
+
+
+def mean_train_loss(record: dict) -> float | None:
+    losses = [
+        p["metrics"]["loss"]
+        for p in record.get("peers", {}).values()
+        if p.get("status") == "ok" and numeric(p.get("metrics", {}).get("loss"))
+    ]
+    return sum(losses) / len(losses) if losses else None
+
+
+def summary_lines(report: dict) -> list[str]:
+    metric = report.get("eval_metric", "loss")
+    timings = report.get("timings", {})
+    lines = [
+        f"eval {metric} {fmt(report.get('initial_eval_value'))} -> "
+        f"{fmt(report.get('final_eval_value'))} after {len(report.get('rounds', []))} rounds "
+        f"({report.get('strategy')}, {report['settings']['peers']} peers)",
+    ]
+    baseline = report.get("baseline")
+    if baseline and baseline.get("final_eval_value") is not None:
+        lines.append(
+            f"baseline: eval {metric} {fmt(baseline['final_eval_value'])}; {baseline['description']}."
+        )
+        if baseline["steps_per_round"] > report["settings"]["inner_steps"]:
+            lines.append(
+                "  (At equal total steps the baseline can win: its steps are sequential, each "
+                "seeing the last one's update, while the peers train in parallel from a shared "
+                "base and only their average moves it. DiLoCo trades that for parallel wall "
+                "time and rare communication.)"
+            )
+    if timings:
+        lines.append(
+            f"wall {timings.get('wall_seconds', 0):.1f} s (startup {timings.get('startup_seconds', 0):.1f} s); "
+            f"in rounds {timings.get('rounds_seconds', 0):.1f} s, of which coordinator overhead "
+            f"{100 * (timings.get('coordinator_overhead_share') or 0):.1f}%"
+            + (
+                f", stragglers held rounds {timings['straggle_seconds']:.1f} s"
+                if timings.get("straggle_seconds")
+                else ""
+            )
+        )
+    threads = report.get("threads")
+    if threads:
+        lines.append(
+            f"threads per worker: {threads['per_worker'] or 'default'} ({threads['reason']})"
+        )
+    dropped = sum(len(r.get("dropped", [])) for r in report.get("rounds", []))
+    if dropped:
+        lines.append(f"dropouts: {dropped} peer-rounds missed")
+    for fault in report.get("faults", []):
+        recovery = fault.get("recovery") or {}
+        lines.append(
+            f"fault {fault['spec']} in round {fault['round']}: {fault.get('error') or 'failure'}; "
+            f"recovery: {recovery.get('action', 'pending')}"
+        )
+    if report.get("stopped"):
+        lines.append(f"stopped early: {report['stopped']['reason']}")
+    return lines
+
+
+def plotted_metrics(report: dict) -> list[str]:
+    """The evaluated metrics worth a panel: numeric, not a count, and not constant."""
+    series: dict[str, list[float]] = {}
+    for metrics in [report.get("initial_eval", {})] + [r.get("eval", {}) for r in report["rounds"]]:
+        for name, value in metrics.items():
+            if numeric(value) and name not in COUNT_METRICS:
+                series.setdefault(name, []).append(float(value))
+    chosen = [m for m, vs in series.items() if len(set(vs)) > 1]
+    metric = report.get("eval_metric", "loss")
+    if metric in series and metric not in chosen:
+        chosen.append(metric)
+    return sorted(chosen, key=lambda m: (m != metric, m))
+
+
+def _is_bounded(name: str, values: list[float]) -> bool:
+    words = ("acc", "f1", "precision", "recall", "auc", "iou", "score")
+    return all(0 <= v <= 1 for v in values) and any(w in name.lower() for w in words)
+
+
+def _scale(axis: Any, name: str, values: list[float]) -> str:
+    """Linear for bounded metrics (and anything with zeros or negatives), log when the values
+    span more than a decade and are all positive."""
+    if not values:
+        return "linear"
+    if _is_bounded(name, values):
+        axis.set_ylim(-0.02, 1.02)
+        return "linear"
+    if min(values) > 0 and max(values) / min(values) > 10:
+        axis.set_yscale("log")
+        return "log"
+    return "linear"
+
+
+def write_plot(report: dict, path: str | os.PathLike) -> None:
+    """One panel per evaluated metric (and the baseline's), per-peer training loss, and the
+    time of each round; saved to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = report.get("rounds", [])
+    metrics = plotted_metrics(report)
+    panels = len(metrics) + 2
+    columns = min(panels, 3)
+    rows = math.ceil(panels / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False)
+    flat = list(axes.flat)
+    settings = report["settings"]
+    label = f"{report.get('strategy')}, {settings['peers']} peers"
+    xs = [0] + [r["round"] for r in rounds]
+    wall = report.get("timings", {}).get("wall_seconds", 0.0)
+    fig.suptitle(
+        f"fakecoord {report.get('strategy')} run: {len(rounds)} rounds, wall {wall:.1f} s",
+        fontsize="medium",
+    )
+    for ax, name in zip(flat, metrics, strict=False):
+        ys = [report.get("initial_eval", {}).get(name)] + [
+            r.get("eval", {}).get(name) for r in rounds
+        ]
+        values = [float(y) for y in ys if numeric(y)]
+        ax.plot(*_finite(xs, ys), marker="o", label=label)
+        if any(r.get("baseline") for r in rounds):
+            bys = [report.get("initial_eval", {}).get(name)] + [
+                ((r.get("baseline") or {}).get("eval") or {}).get(name) for r in rounds
+            ]
+            values += [float(y) for y in bys if numeric(y)]
+            steps = (report.get("baseline") or {}).get("steps_per_round")
+            ax.plot(*_finite(xs, bys), marker="s", linestyle="--",
+                    label=f"single-worker baseline ({steps} steps/round)")  # fmt: skip
+        for fault in report.get("faults", []):
+            ax.axvline(fault["round"], color="red", alpha=0.25)
+        scale = _scale(ax, name, values)
+        ax.set_title(f"eval {name} per round" + (" (log scale)" if scale == "log" else ""))
+        ax.set_xlabel("round")
+        ax.set_ylabel(name)
+        ax.legend(fontsize="small")
+    ax_train = flat[len(metrics)]
+    losses: list[float] = []
+    for peer in sorted({int(p) for r in rounds for p in r.get("peers", {})}):
+        px, py = [], []
+        for record in rounds:
+            entry = record.get("peers", {}).get(str(peer), {})
+            loss = entry.get("metrics", {}).get("loss") if entry.get("status") == "ok" else None
+            px.append(record["round"])
+            py.append(loss)
+        losses += [float(v) for v in py if numeric(v)]
+        ax_train.plot(*_finite(px, py), marker=".", label=f"peer {peer}")
+    scale = _scale(ax_train, "loss", losses)
+    ax_train.set_title("training loss per peer" + (" (log scale)" if scale == "log" else ""))
+    ax_train.set_xlabel("round")
+    ax_train.set_ylabel("mean training loss of the round")
+    if losses:
+        ax_train.legend(fontsize="small")
+    ax_time = flat[len(metrics) + 1]
+    rx = [r["round"] for r in rounds]
+    worker = [r["timings"]["worker_call_seconds"] for r in rounds]
+    coordinator = [r["timings"]["coordinator_seconds"] for r in rounds]
+    ax_time.bar(rx, worker, label="in worker calls")
+    ax_time.bar(rx, coordinator, bottom=worker, label="coordinator")
+    ax_time.set_title("wall-clock time per round")
+    ax_time.set_xlabel("round")
+    ax_time.set_ylabel("seconds")
+    ax_time.legend(fontsize="small")
+    for ax in flat[:panels]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _finite(xs: list, ys: list) -> tuple[list, list]:
+    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if numeric(y)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+__all__ = [
+    "QuietView",
+    "RichView",
+    "RunView",
+    "plotted_metrics",
+    "summary_lines",
+    "summary_table",
+    "write_plot",
+]

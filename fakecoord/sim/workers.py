@@ -1,0 +1,420 @@
+"""Worker processes of a run: slots, spawning, timing, fault injection, readable errors.
+
+A :class:`Slot` is one worker process at a time (a peer's, the baseline's
+or the evaluator's), restarted on demand.  :class:`Workers` owns every slot
+and job process of a run, the intervals spent in worker calls (to split a
+round's time into worker and coordinator time), and the stop flag.  A
+:class:`PeerContext` is what a strategy's code gets to drive one slot in one
+round.  Thread safety: a slot is used by one thread at a time (its peer's
+thread, or the main thread between phases); shared lists are guarded by
+``Workers.lock``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..client import WorkerClient
+from ..errors import (
+    FakecoordError,
+    JobFailed,
+    PackError,
+    RemoteError,
+    SimStopped,
+    WorkerExited,
+    WorkerTimeout,
+)
+from . import bootstrap
+from .config import SimConfig, ThreadChoice
+from .faults import Fault
+from .shards import FAULT_KEY
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+"""The directory holding ``fakecoord`` (and ``worker``): put on every child's PYTHONPATH."""
+UNKNOWN_MODEL = "fakecoord-fault-injected-unknown-model"
+"""The model id sent to a non-demo workload for ``--fault error``: every worker must refuse it."""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Fault|Warning)\b")
+
+
+def failing_line(stderr: str) -> str | None:
+    """The line of a worker's stderr that says why it failed.
+
+    The worker's own one-line reason (``burn-p2p worker: ...`` or
+    ``burn-p2p job: ...``) when there is one, else the last exception line of
+    a traceback, else the last non-empty line; None for an empty stderr.
+    """
+    lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("burn-p2p worker:", "burn-p2p job:")):
+            return line
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line):
+            return line
+    return lines[-1] if lines else None
+
+
+def read_tail(path: Path, start: int = 0, limit: int = 16384) -> str:
+    """The last ``limit`` bytes of ``path`` after offset ``start`` ("" when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(start, f.seek(0, os.SEEK_END) - limit))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def short_error(exc: BaseException) -> str:
+    """``Type: first line`` of an exception's message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+class Slot:
+    """One worker process slot (a peer, the baseline, or the evaluator)."""
+
+    def __init__(self, label: str, log: Path) -> None:
+        self.label = label
+        self.log = log
+        self.client: WorkerClient | None = None
+        self.pids: list[int] = []
+        self.hello: dict | None = None
+        self.log_start = 0
+        """Where the current worker's stderr starts in ``log`` (earlier workers' lines are older)."""
+
+    @property
+    def alive(self) -> bool:
+        return self.client is not None and self.client.returncode is None
+
+
+class Workers:
+    """Every worker and job process of a run (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: SimConfig,
+        out: Path,
+        threads: ThreadChoice,
+        worker_config: Any,
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.threads = threads
+        self.factory_config = bootstrap.wrap(
+            config.workload_factory, worker_config, threads.threads, config.seed
+        )
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.intervals: list[tuple[float, float]] = []
+        self.procs: set[subprocess.Popen] = set()
+        self.peers = [
+            Slot(f"peer-{p}", out / "logs" / f"peer-{p}.log") for p in range(config.peers)
+        ]
+        self.baseline = Slot("baseline", out / "logs" / "baseline.log")
+        self.evaluator = Slot("evaluator", out / "logs" / "evaluator.log")
+
+    # -- environment ------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        """A child's environment: this one's, with the thread caps."""
+        env = dict(os.environ)
+        if self.threads.threads is not None:
+            for name in THREAD_VARIABLES:
+                env[name] = str(self.threads.threads)
+        return env
+
+    # -- timing -------------------------------------------------------------------
+
+    def record_interval(self, started: float) -> None:
+        with self.lock:
+            self.intervals.append((started, time.monotonic()))
+
+    def timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn`` and count its time as worker time; raises :class:`SimStopped` when stopping."""
+        if self.stopping.is_set():
+            raise SimStopped("the run is stopping")
+        started = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.record_interval(started)
+
+    def mark(self) -> int:
+        with self.lock:
+            return len(self.intervals)
+
+    def since(self, mark: int) -> list[tuple[float, float]]:
+        with self.lock:
+            return list(self.intervals[mark:])
+
+    # -- processes ------------------------------------------------------------------
+
+    def spawn(self, slot: Slot, round_index: int) -> WorkerClient:
+        """Start the slot's worker; raises :class:`FakecoordError` with a readable reason."""
+        if self.stopping.is_set():
+            raise SimStopped("the run is stopping")
+        c = self.config
+        started = time.monotonic()
+        slot.log_start = slot.log.stat().st_size if slot.log.exists() else 0
+        try:
+            try:
+                client = WorkerClient.spawn(
+                    bootstrap.FACTORY,
+                    self.factory_config,
+                    worker_cmd=c.worker_cmd,
+                    env=self.env(),
+                    pythonpath=(os.getcwd(), str(ROOT)),
+                    call_timeout=c.call_timeout,
+                    accept_timeout=c.start_timeout,
+                    stderr=str(slot.log),
+                )
+            except FakecoordError as exc:
+                raise self.explain(slot, exc) from None
+            slot.client = client
+            slot.pids.append(client.pid)
+            with self.lock, open(self.out / "logs" / "workers.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"slot": slot.label, "pid": client.pid, "round": round_index}))
+                f.write("\n")
+            try:
+                hello = client.hello()
+            except FakecoordError as exc:
+                raise self.explain(slot, exc) from None
+        finally:
+            self.record_interval(started)
+        if self.stopping.is_set():
+            client.kill()
+            raise SimStopped("the run is stopping")
+        slot.hello = hello
+        return client
+
+    def ensure(self, slot: Slot, round_index: int) -> WorkerClient:
+        """The slot's client, (re)starting its worker when there is none or it died."""
+        if slot.alive:
+            return slot.client  # type: ignore[return-value]
+        if slot.client is not None:
+            slot.client.kill()
+            slot.client.close()
+            slot.client = None
+        return self.spawn(slot, round_index)
+
+    def explain(self, slot: Slot, exc: FakecoordError) -> FakecoordError:
+        """``exc`` with the failing line of the worker's stderr and its log path added.
+
+        Only for errors where the worker's stderr says more than the message
+        (it exited or hung); refusals already carry the worker's reason.
+        """
+        if not isinstance(exc, (WorkerExited, WorkerTimeout)):
+            return exc
+        head = str(exc).split("; the end of its stderr:", 1)[0]
+        line = failing_line(read_tail(slot.log, slot.log_start))
+        if line:
+            head += f": {self.unwrap(line)}"
+        explained = type(exc).__new__(type(exc))
+        explained.__dict__.update(exc.__dict__)
+        explained.args = (f"{head} (log: {self.rel(slot.log)})",)
+        return explained
+
+    def unwrap(self, line: str) -> str:
+        """A worker's stderr line, naming the user's factory instead of the bootstrap wrapper."""
+        wrapper, factory = repr(bootstrap.FACTORY), repr(self.config.workload_factory)
+        line = line.replace(f"--factory {wrapper}: the factory raised FactoryError: ", "")
+        return line.replace(wrapper, factory)
+
+    def rel(self, path: Path | str) -> str:
+        """How messages name a file of the run: its absolute path."""
+        return str(Path(path).resolve())
+
+    def after_failure(self, slot: Slot, exc: BaseException, model_id: str | None) -> None:
+        """Leave ``slot`` usable for the next round.
+
+        After a refusal (``RemoteError``) or a bad result file the worker is
+        still in step: release the model the failed step left behind.  After
+        a dead, hung or out-of-step worker, kill and reap it; the next use
+        restarts it.
+        """
+        client = slot.client
+        if client is None:
+            return
+        in_step = isinstance(exc, (RemoteError, PackError, OSError, ValueError))
+        if in_step and client.returncode is None:
+            try:
+                if model_id is not None:
+                    self.timed(client.release_model, model_id)
+                return
+            except FakecoordError:
+                pass
+        client.kill()
+        client.close()
+
+    def run_job(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        log: Path,
+        timeout: float,
+        on_start: Callable[[int], None],
+    ) -> None:
+        """Run a command-backend job; raises :class:`JobFailed`, :class:`WorkerTimeout`."""
+        if self.stopping.is_set():
+            raise SimStopped("the run is stopping")
+        started = time.monotonic()
+        with open(log, "wb") as sink:
+            proc = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                env=dict(env),
+            )  # fmt: skip
+        with self.lock:
+            self.procs.add(proc)
+        try:
+            on_start(proc.pid)
+            try:
+                status = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise WorkerTimeout(
+                    f"job command: no result within {timeout:g} s; the process was killed "
+                    f"(log: {self.rel(log)})",
+                    "job command",
+                    timeout,
+                ) from None
+        finally:
+            self.record_interval(started)
+            with self.lock:
+                self.procs.discard(proc)
+        if status != 0:
+            reason = self.unwrap(failing_line(read_tail(log)) or "")
+            raise JobFailed(status, self.rel(log), reason)
+
+    def slots(self) -> list[Slot]:
+        return [*self.peers, self.baseline, self.evaluator]
+
+    def teardown(self, interrupted: bool) -> None:
+        """Stop every worker and job process and reap it (kill first after an interrupt)."""
+        self.stopping.set()
+        if interrupted:
+            for slot in self.slots():
+                if slot.client is not None and slot.client.returncode is None:
+                    try:
+                        slot.client.process.kill()
+                    except OSError:
+                        pass
+            with self.lock:
+                procs = list(self.procs)
+            for proc in procs:
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        for slot in self.slots():
+            if slot.client is not None:
+                slot.client.close()
+
+
+class PeerContext:
+    """What strategy code gets to drive one slot in one round.
+
+    ``peer`` is the peer's index (None for the baseline and the evaluator);
+    ``dir`` is this slot's directory of the round (created on first use);
+    ``fault`` the crash, hang or error planned for it this round.
+    """
+
+    def __init__(
+        self,
+        workers: Workers,
+        slot: Slot,
+        round_index: int,
+        directory: Path,
+        peer: int | None = None,
+        fault: Fault | None = None,
+    ) -> None:
+        self.workers = workers
+        self.slot = slot
+        self.round = round_index
+        self.peer = peer
+        self.fault = fault
+        self.config = workers.config
+        self.run_dir = workers.out
+        self._dir = directory
+        self.injected: str | None = None
+        self.pid: int | None = None
+        self.log: Path = slot.log
+        """The log that explains this slot's failures (a job's own log for the command backend)."""
+
+    @property
+    def dir(self) -> Path:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        return self._dir
+
+    def client(self) -> WorkerClient:
+        client = self.workers.ensure(self.slot, self.round)
+        self.pid = client.pid
+        return client
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a worker method (or a :mod:`fakecoord.handling` helper), timed as worker time."""
+        try:
+            return self.workers.timed(fn, *args, **kwargs)
+        except (WorkerExited, WorkerTimeout) as exc:
+            raise self.workers.explain(self.slot, exc) from None
+
+    def rel(self, path: Path | str) -> str:
+        return os.path.relpath(path, self.run_dir)
+
+    def path(self, relative: str) -> Path:
+        return self.run_dir / relative
+
+    def after_failure(self, exc: BaseException, model_id: str | None = None) -> None:
+        self.workers.after_failure(self.slot, exc, model_id)
+
+    def inject(self, job: dict, pid: int | None = None) -> dict:
+        """Apply the planned fault just before the training call; returns the job to send.
+
+        ``error`` changes the job so that the call fails; ``crash`` and
+        ``hang`` signal the worker (or ``pid``, a job process).
+        """
+        fault = self.fault
+        if fault is None:
+            return job
+        if fault.kind == "error":
+            job = dict(job)
+            if self.config.is_demo and "batches" in job:
+                batches = [dict(ref) for ref in job["batches"]]
+                batches[-1][FAULT_KEY] = "error"
+                job["batches"] = batches
+                self.injected = (
+                    "the last batch ref carries fault_inject=error (the demo workload raises on it)"
+                )
+            elif "base_parameter_pack_path" in job:
+                job["base_parameter_pack_path"] += ".fault-injected-missing"
+                self.injected = "the job names a base pack that does not exist"
+            else:
+                job["model_id"] = UNKNOWN_MODEL
+                self.injected = (
+                    f"the call names model {UNKNOWN_MODEL!r}, which every worker must refuse"
+                )
+            return job
+        target = pid if pid is not None else self.slot.client.pid if self.slot.client else None
+        if target is None:
+            return job
+        sig = signal.SIGKILL if fault.kind == "crash" else signal.SIGSTOP
+        try:
+            os.kill(target, sig)
+        except ProcessLookupError:
+            pass
+        self.injected = f"{sig.name} sent to pid {target}"
+        return job
+
+
+__all__ = ["PeerContext", "ROOT", "Slot", "Workers", "failing_line", "short_error"]
