@@ -11,6 +11,13 @@ plugin is loaded in every pytest run of a project that installs it.
 
 from .errors import CheckFailed, CheckSkipped, ConformanceError, UsageError
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":  # from the installed metadata, on first use
+        from fakecoord.version import package_version
+
+        return package_version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["CheckFailed", "CheckSkipped", "ConformanceError", "UsageError", "__version__"]

@@ -23,7 +23,17 @@ from .errors import (
     WorkerTimeout,
 )
 
+
+def __getattr__(name: str) -> str:
+    if name == "__version__":  # from the installed metadata, on first use
+        from .version import package_version
+
+        return package_version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "__version__",
     "CallerError",
     "ClientClosed",
     "DecodeError",

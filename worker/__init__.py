@@ -8,7 +8,21 @@ calls.  Importing this package does not import torch.
 
 from .workload import Workload
 
-__version__ = "0.1.0"
 PROTOCOL_VERSION = 2
+DISTRIBUTION = "burn-p2p-python-worker"
+
+
+def __getattr__(name: str) -> str:
+    # ``__version__`` is read from the installed metadata (pyproject.toml is the
+    # one source), on first use: start-up never pays for importlib.metadata.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(DISTRIBUTION)
+        except PackageNotFoundError:
+            return "0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["PROTOCOL_VERSION", "Workload", "__version__"]

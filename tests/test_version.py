@@ -1,0 +1,27 @@
+"""One version source: pyproject.toml, read back through the installed metadata."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import conformance
+import fakecoord
+import worker
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def test_every_package_reports_the_pyproject_version() -> None:
+    declared = tomllib.loads(PYPROJECT.read_text())["project"]["version"]
+    assert worker.__version__ == fakecoord.__version__ == conformance.__version__ == declared
+
+
+def test_an_unknown_attribute_is_still_an_attribute_error() -> None:
+    for package in (worker, fakecoord, conformance):
+        assert not hasattr(package, "no_such_attribute")
