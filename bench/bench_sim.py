@@ -61,7 +61,12 @@ LIMIT_CHUNK = 1 << 18  # the coordinator's own chunk size (fakecoord.sim.outer.D
 def numpy_outer_round(
     base: Path, locals_: list[Path], velocity: Path, out_base: Path, out_velocity: Path
 ) -> float:
-    """The limit: a plain chunked numpy outer round (mean, Nesterov 0.9, lr 0.7); seconds."""
+    """The limit: a plain chunked numpy outer round (mean, Nesterov 0.9, lr 0.7); seconds.
+
+    As few passes over each chunk as the arithmetic allows: the peers' packs are
+    summed once (the mean pseudo-gradient is ``base - mean(locals)``), then the
+    momentum and the base are updated in place.
+    """
     started = time.perf_counter()
     files = [open(p / "values.f32le", "rb") for p in (base, velocity, *locals_)]  # noqa: SIM115
     try:
@@ -74,12 +79,13 @@ def numpy_outer_round(
                 bc, vc, lc, gc, tc = b[:n], v[:n], local[:n], g[:n], t[:n]
                 files[0].readinto(memoryview(bc))
                 files[1].readinto(memoryview(vc))
-                gc.fill(0)
-                for f in files[2:]:
+                # mean(base - local_i) = base - mean(local_i): one add per peer
+                files[2].readinto(memoryview(gc))
+                for f in files[3:]:
                     f.readinto(memoryview(lc))
-                    np.subtract(bc, lc, out=tc)
-                    np.add(gc, tc, out=gc)
-                np.divide(gc, np.float32(len(locals_)), out=gc)
+                    np.add(gc, lc, out=gc)
+                np.multiply(gc, np.float32(1 / len(locals_)), out=gc)
+                np.subtract(bc, gc, out=gc)
                 np.multiply(vc, m, out=vc)
                 np.add(vc, gc, out=vc)
                 vc.tofile(nv)
@@ -112,15 +118,20 @@ def child(params: int, peers: int, rounds: int, root: Path) -> dict[str, Any]:
         if r < 3:
             return
         previous, older = out / "rounds" / f"{r - 1:04d}", out / "rounds" / f"{r - 2:04d}"
-        scratch = root / "limit"
-        scratch.mkdir(exist_ok=True)
-        limits.append(
-            numpy_outer_round(
-                older / "base", [previous / f"peer-{p}" / "pack" for p in range(peers)],
-                older / "velocity", scratch / "base", scratch / "velocity",
-            )
-        )  # fmt: skip
-        shutil.rmtree(scratch)
+        # The best of two: the first pass may still share the disk with the
+        # write-back of the packs the workers just wrote; a limit is a floor.
+        times = []
+        for _ in range(2):
+            scratch = root / "limit"
+            scratch.mkdir(exist_ok=True)
+            times.append(
+                numpy_outer_round(
+                    older / "base", [previous / f"peer-{p}" / "pack" for p in range(peers)],
+                    older / "velocity", scratch / "base", scratch / "velocity",
+                )
+            )  # fmt: skip
+            shutil.rmtree(scratch)
+        limits.append(min(times))
         if r >= 4:  # keep the disk bounded: nothing refers to rounds before r - 2 any more
             shutil.rmtree(out / "rounds" / f"{r - 3:04d}", ignore_errors=True)
 
