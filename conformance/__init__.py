@@ -9,8 +9,15 @@ Importing this package is cheap (no torch, numpy or hypothesis): the pytest
 plugin is loaded in every pytest run of a project that installs it.
 """
 
-from .errors import CheckFailed, CheckSkipped, ConformanceError, UsageError
+from .errors import CheckFailed, CheckSkipped, ConformanceError, ConformanceWarning, UsageError
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckFailed", "CheckSkipped", "ConformanceError", "UsageError", "__version__"]
+__all__ = [
+    "CheckFailed",
+    "CheckSkipped",
+    "ConformanceError",
+    "ConformanceWarning",
+    "UsageError",
+    "__version__",
+]
