@@ -11,9 +11,10 @@ read and written by :mod:`fakecoord.packs`.
 No workload code runs in this process: every hook call goes to a worker
 process, and what needs torch outside the worker runs in the layout probe
 (:mod:`conformance.probe`), a bounded subprocess of the suite's own.  Every
-wait is bounded by ``Options.call_timeout``; a method that timed out once is
-not called again in the run (later checks that need it fail at once, naming
-the first timeout), so a hanging hook costs one timeout, not one per check.
+wait is bounded by ``Options.call_timeout``; a method that timed out or ended
+the worker process once is not called again in the run (later checks that
+need it fail at once, naming the first time), so a hanging hook costs one
+timeout, not one per check.
 """
 
 from __future__ import annotations
@@ -224,6 +225,7 @@ class Session:
         self._client_dead = True
         if isinstance(exc, WorkerExited):
             got = one_line(exc)  # "METHOD: the worker exited (status N) during the call: ..."
+            self._block(method, f"{method} ended the worker process (status {exc.returncode})")
         elif isinstance(exc, WorkerTimeout):
             got = f"no answer to {method} within {exc.timeout:g} s (the worker was killed)"
             self._block(method, f"{method} did not answer within {exc.timeout:g} s")
@@ -232,7 +234,8 @@ class Session:
         return CheckFailed(expected, got, hook, details=str(exc))
 
     def _block(self, method: str, what: str) -> None:
-        """Remember a timed-out method (and its hook, when it calls only one)."""
+        """Remember a method that timed out or ended the worker (and its hook, when it
+        calls only one)."""
         where = f" in {self.check_id}" if self.check_id else ""
         text = f"{what}{where}; not called again in this run"
         self._timed_out.setdefault(method, text)
