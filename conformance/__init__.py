@@ -9,7 +9,7 @@ Importing this package is cheap (no torch, numpy or hypothesis): the pytest
 plugin is loaded in every pytest run of a project that installs it.
 """
 
-from .errors import CheckFailed, CheckSkipped, ConformanceError, UsageError
+from .errors import CheckFailed, CheckSkipped, ConformanceError, ConformanceWarning, UsageError
 
 
 def __getattr__(name: str) -> str:
@@ -20,4 +20,11 @@ def __getattr__(name: str) -> str:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["CheckFailed", "CheckSkipped", "ConformanceError", "UsageError", "__version__"]
+__all__ = [
+    "CheckFailed",
+    "CheckSkipped",
+    "ConformanceError",
+    "ConformanceWarning",
+    "UsageError",
+    "__version__",
+]

@@ -1,9 +1,11 @@
 """``python -m conformance --factory MOD:ATTR [options]`` (console script ``burn-p2p-conformance``).
 
-Prints one line per check, ``PASS|FAIL|SKIP|XFAIL <id> <reason>``, then a
-summary.  Exit status: 0 when no check failed, 1 when one did, 2 for a usage
-error (bad flags, a factory that cannot be imported or started, unreadable
-files), with the reason on stderr.
+Prints one line per check, ``PASS|WARN|FAIL|SKIP|XFAIL <id> <reason>``, then a
+summary.  The exit status comes from that summary: 0 when no check failed
+(WARNs included, unless ``--strict``), 1 when one failed or could not
+complete; 2 for a usage error (bad flags, a factory that cannot be imported
+or started, unreadable files), with the reason on stderr; 130 when
+interrupted.  The suite never runs workload code in its own process.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib.util
 import os
 import shlex
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -20,9 +23,14 @@ from typing import NoReturn
 from fakecoord import wire
 from fakecoord.errors import DecodeError
 
+from . import __version__
 from .errors import UsageError
 
 PROG = "burn-p2p-conformance"
+USAGE = (
+    "%(prog)s --factory MOD:ATTR [--config-json JSON] [--batches FILE] [options]\n"
+    "       %(prog)s --list | --version | --help"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,11 +38,18 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _HelpOrVersion(Exception):
+    """--help or --version was printed: exit 0 without running anything."""
+
+
 def argument_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
+        usage=USAGE,
         description="Check a burn_p2p workload through a real worker process.",
-        epilog="Check ids and what they mean: docs/workload-authors.md, or --list.",
+        epilog="--list prints every check id with what it checks. Exit status: 0 no check "
+        "failed, 1 a check failed (or a WARN with --strict), 2 usage error.",
+        exit_on_error=False,
     )
     p.add_argument("--factory", metavar="MOD:ATTR", help="the workload factory (required)")
     p.add_argument("--config-json", metavar="JSON", default="{}", help="passed to the factory")
@@ -64,49 +79,74 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", metavar="N", type=int, default=10,
                    help="hypothesis examples per property check (default 10)")  # fmt: skip
     p.add_argument("--timeout", metavar="S", type=float, default=120.0,
-                   help="seconds one call may take before the worker is killed (default 120)")  # fmt: skip
+                   help="the longest any wait may take: one hook call (the worker is then "
+                        "killed), a worker's start, the layout probe (default 120)")  # fmt: skip
+    p.add_argument("--strict", action="store_true",
+                   help="a WARN (legal but suspicious behaviour) fails its check")  # fmt: skip
     p.add_argument("--pythonpath", metavar="DIR", action="append", default=[],
                    help="extra import roots for the worker (the current directory is one)")  # fmt: skip
     p.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
     p.add_argument("--json", metavar="FILE", help="also write a JSON report")
     p.add_argument("--list", action="store_true", help="list the checks and exit")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="print the details (tracebacks, examples) of failures")  # fmt: skip
+                   help="print the details (tracebacks, examples) of failures and warnings")  # fmt: skip
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
 def _check_factory(spec: str, roots: Sequence[str]) -> None:
-    """Fail early, naming the module, when ``MOD`` cannot be found."""
-    module = spec.partition(":")[0].strip()
-    for root in reversed(roots):
-        if root not in sys.path:
-            sys.path.insert(0, root)
+    """Fail early, naming the module, when the factory's top-level package cannot be found.
+
+    Only looked up, never imported (finding a top-level name runs no module
+    code): no workload code runs in the suite's process; the worker reports
+    any deeper import error.
+    """
+    top = spec.partition(":")[0].strip().partition(".")[0]
+    saved = list(sys.path)
+    sys.path[:0] = [r for r in roots if r not in sys.path]
     try:
-        found = importlib.util.find_spec(module)
+        found = importlib.util.find_spec(top)
     except (ImportError, ValueError) as exc:
-        raise UsageError(f"--factory {spec!r}: cannot import {module!r} ({exc})") from None
+        raise UsageError(f"--factory {spec!r}: cannot look up {top!r} ({exc})") from None
+    finally:
+        sys.path[:] = saved
     if found is None:
         raise UsageError(
-            f"--factory {spec!r}: no module named {module!r} (looked in the current directory, "
+            f"--factory {spec!r}: no module named {top!r} (looked in the current directory, "
             "--pythonpath and PYTHONPATH)"
         )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (see the module docstring)."""
     try:
         return _main(argv)
+    except _HelpOrVersion:
+        return 0
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:  # SystemExit included: never 0 without a summary
+        print(f"{PROG}: internal error, the run did not complete: {exc!r}", file=sys.stderr)
+        return 1
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    try:
+        return argument_parser().parse_args(argv)
+    except argparse.ArgumentError as exc:
+        raise UsageError(str(exc)) from None
+    except SystemExit as exc:  # --help and --version print, then exit 0
+        if exc.code in (0, None):
+            raise _HelpOrVersion() from None
+        raise UsageError(f"bad arguments (exit {exc.code})") from None
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = argument_parser().parse_args(argv)
+    args = _parse(argv)
     from .checks import CHECKS
 
     if args.list:
@@ -115,8 +155,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     if not args.factory:
         raise UsageError("--factory MOD:ATTR is required")
-    from .runner import load_batches, parse_xfails, run_checks
-    from .session import Options
+    from .options import Options, load_batches
+    from .runner import parse_xfails, run_checks
 
     try:
         config = wire.decode_value(args.config_json.encode("utf-8", "surrogatepass"))
@@ -156,18 +196,39 @@ def _main(argv: Sequence[str] | None) -> int:
         skip=args.skip,
         xfail=xfail,
         on_outcome=lambda outcome: print(outcome.line(), flush=True),
+        strict=args.strict,
     )
     if args.verbose:
         for outcome in report.outcomes:
-            if outcome.status == "FAIL" and outcome.details:
+            if outcome.status in ("FAIL", "WARN") and outcome.details:
                 print(f"\n--- {outcome.id}\n{outcome.details.rstrip()}")
-    print(report.summary())
-    if args.json:
-        report.write_json(args.json)
-    if args.junit_xml:
-        report.write_junit(args.junit_xml)
+    try:
+        if args.json:
+            report.write_json(args.json)
+        if args.junit_xml:
+            report.write_junit(args.junit_xml)
+    except OSError as exc:
+        print(f"{PROG}: error: cannot write a report: {exc}", file=sys.stderr)
+        print(report.summary(), flush=True)
+        return max(report.exit_code, 1)
+    print(report.summary(), flush=True)
     return report.exit_code
 
 
+def cli() -> NoReturn:
+    """The console script: :func:`main`, then exit with its status.
+
+    A non-daemon thread left behind (there should be none: no workload code
+    runs here) cannot hold the process open after the summary.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    main_thread = threading.main_thread()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main_thread):
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -2,12 +2,16 @@
 
 The table is the run order: framing first (it starts and ends its own worker
 processes), then shapes, packs, semantics and error paths on one shared
-worker, and ``protocol.apply_patch_outcome`` last because an applied patch may
-change the workload for whatever runs after it.
+worker, ``protocol.apply_patch_outcome`` late because an applied patch may
+change the workload for whatever runs after it, and
+``protocol.shutdown_after_hooks`` last: it shuts down the worker every earlier
+check used, to see that nothing a hook started keeps it alive.
 
 A check is a function ``(Session) -> str`` returning a one-line PASS reason;
 it raises :class:`~conformance.errors.CheckFailed` or
-:class:`~conformance.errors.CheckSkipped` otherwise.
+:class:`~conformance.errors.CheckSkipped` otherwise, and may call
+``Session.warn`` (a WARN: legal but suspicious).  Ids are a stability
+promise: new ones are added, none is renamed or removed.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from dataclasses import dataclass
 
 from . import checks_errors as errors
 from . import checks_framing as framing
+from . import checks_merging as merging
 from . import checks_packs as packs
 from . import checks_protocol as protocol
 from . import checks_semantics as semantics
+from . import checks_training as training
 from .errors import UsageError
 from .session import Session
 
@@ -31,6 +37,8 @@ class Check:
     description: str
     hooks: tuple[str, ...]
     func: Callable[[Session], str | None]
+    uses_probe: bool = False
+    """It needs the layout probe (started in the background before the first check)."""
 
     @property
     def group(self) -> str:
@@ -66,6 +74,10 @@ CHECKS: tuple[Check, ...] = (
     Check("protocol.capability_probe",
           "capability_probe decodes: backends [str], a finite rate, an integer window >= 0",
           ("runtime_device", "capability_probe"), protocol.capability_probe),
+    Check("protocol.capability_placement",
+          "the capability earns a window budget of at least one work unit, so the "
+          "coordinator places the peer",
+          ("capability_probe",), protocol.capability_placement),
     Check("protocol.init_model",
           "init_model answers a new string handle on every call",
           ("init_model",), protocol.init_model),
@@ -80,10 +92,10 @@ CHECKS: tuple[Check, ...] = (
           ("init_model",), packs.plan_shape),
     Check("packs.layout_stable",
           "two init_model calls give the same layout (plan and exported packs)",
-          ("init_model",), packs.layout_stable),
+          ("init_model",), packs.layout_stable, uses_probe=True),
     Check("packs.layout_hash_independent",
           "the plan's layout hash equals the manifest's and an independent recomputation",
-          ("init_model", WORKER), packs.layout_hash_independent),
+          ("init_model", WORKER), packs.layout_hash_independent, uses_probe=True),
     Check("packs.manifest_valid",
           "an exported manifest has the five fields, the requested schema hash, a plain "
           "values file of 4*count bytes; re-export replaces it",
@@ -94,42 +106,61 @@ CHECKS: tuple[Check, ...] = (
           packs.roundtrip_bit_identical),
     Check("packs.import_exact",
           "imported float32/float16/bfloat16 values (zeros, subnormals, extremes) come back exactly",
-          ("import_parameter_pack_path", WORKER), packs.import_exact),
+          ("import_parameter_pack_path", WORKER), packs.import_exact, uses_probe=True),
     Check("packs.filters_select_keys",
           "state_dict filters include/exclude exactly the matching keys, in plan and pack",
-          ("export_parameter_pack_path", WORKER), packs.filters_select_keys),
+          ("export_parameter_pack_path", WORKER), packs.filters_select_keys, uses_probe=True),
     Check("artifacts.roundtrip_restores",
           "materialize, then load into a fresh model, restores every parameter",
           ("materialize_model_artifact_path", "load_model_artifact_path"),
           semantics.artifacts_roundtrip),
+    Check("semantics.train_window_updates_model",
+          "train_window changes the parameters when it reports training, and reports the "
+          "work it did; zero steps on the refs is a SKIP",
+          ("train_window",), training.train_window_updates_model),
+    Check("semantics.evaluate_preserves_model",
+          "evaluate leaves every parameter of the model unchanged",
+          ("evaluate",), training.evaluate_preserves_model),
     Check("semantics.merge_identical_copies",
           "merging copies of one model gives that model",
-          ("merge_candidate_models",), semantics.merge_identical_copies),
+          ("merge_candidate_models",), merging.merge_identical_copies),
     Check("semantics.merge_weighted_mean",
           "a WeightedMean merge lies in the candidates' convex hull and honours the weights",
-          ("merge_candidate_models",), semantics.merge_weighted_mean),
+          ("merge_candidate_models",), merging.merge_weighted_mean),
     Check("semantics.merge_preserves_base",
           "merging modifies neither the base nor the candidates",
-          ("merge_candidate_models",), semantics.merge_preserves_base),
+          ("merge_candidate_models",), merging.merge_preserves_base),
+    Check("semantics.merge_policy_weights",
+          "each merge policy weighs candidates by sample_weight times its quality rule, "
+          "as the Rust reference merge",
+          ("merge_candidate_models",), merging.merge_policy_weights),
     Check("semantics.ema_between",
           "apply_single_root_ema lands between base and merged, on the merged handle",
-          ("apply_single_root_ema",), semantics.ema_between),
+          ("apply_single_root_ema",), merging.ema_between),
     Check("semantics.reconcile_replace",
           "reconcile with Replace leaves exactly the canonical parameters",
-          ("reconcile_canonical_model",), semantics.reconcile_replace),
+          ("reconcile_canonical_model",), merging.reconcile_replace),
     Check("semantics.reconcile_root_ema",
           "RootEma with canonical_weight 1 gives canonical, 0 gives local, 0.25 lies between",
-          ("reconcile_canonical_model",), semantics.reconcile_root_ema),
+          ("reconcile_canonical_model",), merging.reconcile_root_ema),
+    Check("semantics.results_keep_layout",
+          "merge, EMA and reconcile results keep the base's layout hash (keys, shapes, dtypes)",
+          ("merge_candidate_models", "apply_single_root_ema", "reconcile_canonical_model"),
+          merging.results_keep_layout),
+    Check("semantics.handles_independent",
+          "a hook changes no model but the one it returns or may update in place",
+          ("init_model", "evaluate", "train_window", "apply_single_root_ema",
+           "reconcile_canonical_model"), semantics.handles_independent),
     Check("semantics.release_model",
           "a released handle is refused afterwards; releasing twice or an unknown id is acked",
           (WORKER,), semantics.release_model),
     Check("diloco.inner_loop_exact_steps",
           "run_inner_loop reports exactly num_inner_steps, with and without require_exact_steps",
-          ("run_inner_loop",), semantics.inner_loop_exact_steps),
+          ("run_inner_loop",), training.inner_loop_exact_steps),
     Check("diloco.inner_loop_updates_pack",
           "run_inner_loop writes a valid output pack that changes the parameters and matches "
           "the handle",
-          ("run_inner_loop",), semantics.inner_loop_updates_pack),
+          ("run_inner_loop",), training.inner_loop_updates_pack),
     Check("errors.unknown_method",
           "an unknown method is answered ok:false; the worker keeps serving",
           (WORKER,), errors.unknown_method),
@@ -148,6 +179,9 @@ CHECKS: tuple[Check, ...] = (
     Check("protocol.apply_patch_outcome",
           "apply_patch answers a valid PatchOutcome for Hot, Warm, Cold and empty patches",
           ("apply_patch",), protocol.apply_patch_outcome),
+    Check("protocol.shutdown_after_hooks",
+          "after every hook has run, shutdown still ends the worker with status 0, promptly",
+          (WORKER, "no non-daemon threads started by hooks"), protocol.shutdown_after_hooks),
 )  # fmt: skip
 
 BY_ID: dict[str, Check] = {check.id: check for check in CHECKS}

@@ -38,18 +38,28 @@ def plan_shape(s: Session) -> str:
     )
 
 
+WORKER_PLANS = 8
+"""parameter_pack_plan calls (each on a fresh init_model state) packs.layout_stable makes."""
+UNSTABLE = "init_model() (it must build the same architecture on every call, in every process)"
+
+
+def _distinct(layouts: list[tuple[str, int]]) -> str:
+    counts: dict[tuple[str, int], int] = {}
+    for layout in layouts:
+        counts[layout] = counts.get(layout, 0) + 1
+    return "; ".join(f"{n}x {h} ({c} values)" for (h, c), n in counts.items())
+
+
 def layout_stable(s: Session) -> str:
     first = s.plan()
-    fresh = s.plan(fresh=True)
-    if (fresh["layout_hash"], fresh["included_keys"]) != (
-        first["layout_hash"],
-        first["included_keys"],
-    ):
+    plans = [first] + [s.plan(fresh=True) for _ in range(WORKER_PLANS - 1)]
+    seen = [(p["layout_hash"], p["parameter_count"]) for p in plans]
+    if len(set(seen)) > 1 or any(p["included_keys"] != first["included_keys"] for p in plans):
         raise CheckFailed(
-            "two parameter_pack_plan calls (two fresh init_model states) with the same layout",
-            f"{first['layout_hash']} ({len(first['included_keys'])} keys) then "
-            f"{fresh['layout_hash']} ({len(fresh['included_keys'])} keys)",
-            "init_model() (it must build the same architecture every call)",
+            f"{len(plans)} parameter_pack_plan calls (each on a fresh init_model state) with "
+            "one layout",
+            _distinct(seen),
+            UNSTABLE,
         )
     a, b = s.export(s.new_model()), s.export(s.new_model())
     if (a.layout_hash, a.parameter_count) != (b.layout_hash, b.parameter_count):
@@ -57,9 +67,46 @@ def layout_stable(s: Session) -> str:
             "two init_model models to export the same layout",
             f"{a.layout_hash} ({a.parameter_count} values) then "
             f"{b.layout_hash} ({b.parameter_count} values)",
-            "init_model() (it must build the same architecture every call)",
+            UNSTABLE,
         )
-    return f"layout {a.layout_hash[:29]}... on every init_model"
+    calls = len(plans) + 2
+    note = ""
+    probe = s.probe()
+    generic = first["layout_hash"] is not None
+    if probe.layouts and generic:
+        elsewhere = [(layout.hash, layout.parameter_count) for layout in probe.layouts]
+        if len(set(elsewhere)) > 1:
+            raise CheckFailed(
+                f"{len(elsewhere)} init_model calls in another process (the suite's layout "
+                "probe) with one layout",
+                _distinct(elsewhere),
+                UNSTABLE,
+            )
+        if not first["uses_custom_parameter_pack_hooks"] and elsewhere[0] != seen[0]:
+            raise CheckFailed(
+                "init_model in another process (the suite's layout probe) to build the "
+                f"worker's layout {seen[0][0]} ({seen[0][1]} values)",
+                _distinct(elsewhere),
+                UNSTABLE,
+            )
+        calls += len(elsewhere)
+        note = f", {len(elsewhere)} of them in a second process"
+        _warn_if_values_differ(s, probe.values, first)
+    elif probe.error:
+        note = f" (the second process could not build the workload: {probe.error})"
+    return f"one layout {first['layout_hash'] or a.layout_hash} over {calls} init_model calls{note}"
+
+
+def _warn_if_values_differ(s: Session, values: Any, plan: dict) -> None:
+    if values is None or plan["uses_custom_parameter_pack_hooks"]:
+        return
+    template = s.template().values
+    if values.shape == template.shape and not same_bits(values, template):
+        s.warn(
+            "init_model builds different parameter values in different processes (the worker "
+            "and the suite's layout probe): seed it (e.g. torch.manual_seed(config seed)) so "
+            "that every peer starts from the same model and runs are reproducible"
+        )
 
 
 def layout_hash_independent(s: Session) -> str:
@@ -78,6 +125,14 @@ def layout_hash_independent(s: Session) -> str:
         local = s.local_layout()
     except CheckSkipped as exc:
         raise CheckSkipped(f"the plan and the manifest agree, but {exc.reason}") from None
+    except CheckFailed as exc:
+        raise CheckFailed(
+            "init_model to build a model in the suite's layout probe (for the independent "
+            "recomputation)",
+            exc.got,
+            exc.hook,
+            details=exc.details,
+        ) from None
     for key, mine in (
         ("included_keys", local.names),
         ("ignored_non_float_keys", local.ignored),
@@ -88,13 +143,13 @@ def layout_hash_independent(s: Session) -> str:
             theirs, mine = sorted(theirs), sorted(mine)
         if theirs != mine:
             raise CheckFailed(
-                f"plan {key} {describe(mine)} (recomputed here from init_model)",
+                f"plan {key} {describe(mine)} (recomputed by the suite's layout probe)",
                 describe(theirs),
                 LAYOUT,
             )
     if plan["layout_hash"] != local.hash:
         raise CheckFailed(
-            f"layout hash {local.hash} (recomputed here per PROTOCOL.md §3)",
+            f"layout hash {local.hash} (recomputed by the suite's layout probe per PROTOCOL.md §3)",
             plan["layout_hash"],
             LAYOUT,
         )
@@ -108,7 +163,7 @@ def roundtrip_bit_identical(s: Session) -> str:
         batches, source = s.training_batches(2)
     except CheckSkipped:
         batches = None
-    if batches is not None:
+    if batches is not None and s.train_probe().changed:
         ok, _ = s.attempt(
             "train_window",
             {"model_id": model_id, "batches": batches},
@@ -149,8 +204,8 @@ def import_exact(s: Session) -> str:
     dtypes = "dtype-agnostic values (exact in float32, float16 and bfloat16)"
     try:
         local = s.local_layout().spans
-    except CheckSkipped:
-        local = None
+    except (CheckSkipped, CheckFailed):
+        local = None  # packs.layout_hash_independent reports why
     if local and sum(n for n, _ in local) == template.parameter_count:
         kinds = sorted({d for _, d in local})
         if not s.custom_packs:
@@ -204,8 +259,8 @@ def filters_select_keys(s: Session) -> str:
     generic = not full["uses_custom_parameter_pack_hooks"]
     try:
         offsets = s.local_layout().offsets() if generic else None
-    except CheckSkipped:
-        offsets = None
+    except (CheckSkipped, CheckFailed):
+        offsets = None  # packs.layout_hash_independent reports why
     model_id = s.new_model() if generic else None
     whole = s.export(model_id) if generic else None
 

@@ -1,11 +1,15 @@
-"""Protocol shape checks: what the hooks answer decodes as the Rust coordinator decodes it."""
+"""Protocol checks: what the hooks answer decodes as the Rust coordinator decodes it,
+and what the coordinator does with it (placement, overwritten metrics, patches)."""
 
 from __future__ import annotations
 
+import math
+
 from fakecoord import spec
 
-from .errors import CheckFailed, CheckSkipped
+from .errors import CheckFailed, CheckSkipped, one_line
 from .session import Session
+from .training import COORDINATOR_METRICS
 
 CAPABILITY_HOOKS = "runtime_device() / capability_probe()"
 
@@ -19,15 +23,28 @@ def hello(s: Session) -> str:
 
 
 def capability_probe(s: Session) -> str:
-    what = "a capability_probe result {runtime_device: str, capability: CapabilityEstimate}"
-    result = s.call("capability_probe", None, expected=what, hook=CAPABILITY_HOOKS)
-    hooks = {"result.runtime_device": "runtime_device()", "result.capability": "capability_probe()"}
-    obj = s.decode("capability_probe", result, what=what, hook=CAPABILITY_HOOKS, hooks=hooks)
+    obj = s.capability()
     cap = obj["capability"]
     return (
         f"device {obj['runtime_device']!r}, backends {cap['preferred_backends']}, "
         f"window {cap['target_window_seconds']} s"
     )
+
+
+def capability_placement(s: Session) -> str:
+    cap = s.capability()["capability"]
+    rate, window = cap["work_units_per_second"], cap["target_window_seconds"]
+    # crates/burn_p2p/src/training/planning.rs, with our own window as the experiment's estimate.
+    budget = math.floor(max(rate, 0.0) * max(window, 1))
+    if budget < 1:
+        raise CheckFailed(
+            "a capability the coordinator can place: floor(max(work_units_per_second, 0) * "
+            "max(target_window_seconds, 1)) >= 1 work unit (below it: 'training placement "
+            "rejected', the peer never gets work)",
+            f"{rate!r} work units/s * {max(window, 1)} s = {budget} work units",
+            "capability_probe(): report your measured throughput in work units per second",
+        )
+    return f"a window budget of {budget} work units ({rate:g} work units/s * {max(window, 1)} s)"
 
 
 def init_model(s: Session) -> str:
@@ -44,12 +61,19 @@ def init_model(s: Session) -> str:
 def train_window_metrics(s: Session) -> str:
     probe = s.train_probe()
     what = 'train_window to answer {"metrics": {str: MetricValue}}'
-    if probe.skip:
+    if probe.skip and probe.error:  # it raised on refs it cannot read
         raise CheckSkipped(probe.skip)
     if probe.error:
         raise CheckFailed(what + f" for {probe.source}", probe.error, "train_window()")
     metrics = s.decode("train_window", probe.metrics, what=what, hook="train_window()")
-    return f"metrics {sorted(metrics)} for {probe.source}"
+    replaced = [key for key in COORDINATOR_METRICS if key in metrics]
+    if replaced:
+        s.warn(
+            f"train_window reports {replaced}: the coordinator sets these itself on every "
+            "window (batch_count always), replacing your values; use other names"
+        )
+    zero = " (0 training steps: see semantics.train_window_updates_model)" if probe.skip else ""
+    return f"metrics {sorted(metrics)} for {probe.source}{zero}"
 
 
 def evaluate_metrics(s: Session) -> str:
@@ -63,9 +87,15 @@ def evaluate_metrics(s: Session) -> str:
         if split is custom:
             hook += " (if it serves only named custom splits, pass --custom-split NAME)"
         params = {"model_id": model_id, "split": split}
-        metrics = s.request("evaluate", params, expected=what, hook=hook)
-        seen.append(len(metrics))
-    return f"valid metrics for Train, Validation, Test and Custom ({seen} keys)"
+        seen.append(s.request("evaluate", params, expected=what, hook=hook))
+    if all(metrics == seen[0] for metrics in seen) and any(
+        isinstance(v, float) for v in seen[0].values()
+    ):
+        s.warn(
+            "evaluate answered identical metrics for Train, Validation, Test and Custom: it "
+            "seems to ignore its split (every split is then scored on the same data)"
+        )
+    return f"valid metrics for Train, Validation, Test and Custom ({[len(m) for m in seen]} keys)"
 
 
 PATCHES = [
@@ -106,20 +136,82 @@ PATCHES = [
 ]
 
 
+NO_PATCH_HOOK = "does not support runtime patches"
+"""The worker's rejection when the workload has no apply_patch hook (PROTOCOL.md §2)."""
+
+
 def apply_patch_outcome(s: Session) -> str:
     outcomes = []
+    rejections = []
     for patch in PATCHES:
         what = f"a PatchOutcome for patch {patch['patch_id']!r}"
         outcome = s.request("apply_patch", patch, expected=what, hook="apply_patch()")
-        outcomes.append(outcome if isinstance(outcome, str) else "Rejected")
+        if isinstance(outcome, str):
+            outcomes.append(outcome)
+        else:
+            reason = one_line(outcome["Rejected"], 60)
+            outcomes.append(f"Rejected: {reason}")
+            if patch["values"]:
+                rejections.append(f"{patch['class']} {sorted(patch['values'])}: {reason}")
+    realistic = sum(1 for p in PATCHES if p["values"])
+    no_hook = all(NO_PATCH_HOOK in r for r in rejections)
+    if len(rejections) == realistic and not no_hook:
+        hint = "accept the keys and value types your deployment sends"
+        if any("float" in r.lower() for r in rejections):
+            hint = 'PatchValues arrive untagged: a learning rate is 0.001, never {"Float": 0.001}'
+        s.warn(f"apply_patch rejected every realistic patch ({hint}): " + "; ".join(rejections))
     return f"outcomes {outcomes} for Hot/Warm/Cold/empty patches"
+
+
+def shutdown_after_hooks(s: Session) -> str:
+    import subprocess
+
+    client = s.client()
+    ran = []
+    model_id = s.new_model()
+    ran.append("init_model")
+    ok, _ = s.attempt("evaluate", {"model_id": model_id, "split": "Validation"},
+                      expected="evaluate to answer", hook="evaluate()")  # fmt: skip
+    if ok:
+        ran.append("evaluate")
+    try:
+        batches, _ = s.training_batches(2)
+    except CheckSkipped:
+        batches = None
+    if batches is not None:
+        ok, _ = s.attempt("train_window", {"model_id": model_id, "batches": batches},
+                          expected="train_window to answer", hook="train_window()")  # fmt: skip
+        if ok:
+            ran.append("train_window")
+    expected = (
+        f"the worker to exit with status 0 within {s.options.exit_timeout:g} s of "
+        "acknowledging shutdown, after every hook this run called"
+    )
+    hook = (
+        "the hooks that ran (" + ", ".join(ran) + " and earlier checks'): a non-daemon thread "
+        "(data loader, logger) or a blocking atexit handler keeps the process alive; make "
+        "threads daemons or stop them"
+    )
+    s.request("shutdown", None, expected="shutdown to be acknowledged", hook="the worker")
+    try:
+        status: int | None = client.process.wait(s.options.exit_timeout)
+    except subprocess.TimeoutExpired:
+        status = None
+    s.drop_client()
+    if status is None:
+        raise CheckFailed(expected, f"still running {s.options.exit_timeout:g} s later", hook)
+    if status != 0:
+        raise CheckFailed(expected, f"exit status {status}", hook)
+    return f"exit status 0 after shutdown, once {', '.join(ran)} (and every earlier check) ran"
 
 
 __all__ = [
     "apply_patch_outcome",
+    "capability_placement",
     "capability_probe",
     "evaluate_metrics",
     "hello",
     "init_model",
+    "shutdown_after_hooks",
     "train_window_metrics",
 ]

@@ -15,6 +15,8 @@ suite raises on purpose lives here::
     │   └── NoAnswer          nothing (or part of a frame) arrived in time
     └── LayoutUnavailable   the workload's state has no generic torch layout
 
+    ConformanceWarning (a UserWarning)   a WARN, as pytest shows it
+
 Bytes and values the worker sends are judged with fakecoord's decoder, so
 its :class:`~fakecoord.errors.DecodeError` (and ``PackError`` for packs on
 disk) are what the checks turn into :class:`CheckFailed`.
@@ -104,11 +106,20 @@ class LayoutUnavailable(ConformanceError):
     """The workload's state is not one of the generic layout's shapes (PROTOCOL.md §3)."""
 
 
+class ConformanceWarning(UserWarning):
+    """A check passed, but the workload did something legal and suspicious (a WARN).
+
+    The pytest plugin and ``parametrize_with_checks`` issue it; strict mode
+    turns it into a failure instead.
+    """
+
+
 __all__ = [
     "CheckFailed",
     "CheckSkipped",
     "ConformanceError",
     "ConformanceFailure",
+    "ConformanceWarning",
     "LayoutUnavailable",
     "NoAnswer",
     "RawWorkerError",

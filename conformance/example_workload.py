@@ -100,11 +100,12 @@ class ExampleWorkload:
     # -- merging -------------------------------------------------------------------
 
     def merge_candidate_models(self, base: dict, candidates: list, policy: Any) -> dict | None:
-        total = sum(float(c["sample_weight"]) for c in candidates)
+        weights = [float(c["sample_weight"]) * quality(c, policy) for c in candidates]
+        total = sum(weights)
         if not candidates or total <= 0:
             return None
         merged = copy.deepcopy(base)  # a new state: base and candidates stay untouched
-        _blend(merged, [(float(c["sample_weight"]) / total, c["model"]) for c in candidates])
+        _blend(merged, [(w / total, c["model"]) for w, c in zip(weights, candidates, strict=True)])
         return merged
 
     def apply_single_root_ema(self, base: dict, merged: dict, policy: Any) -> None:
@@ -116,6 +117,16 @@ class ExampleWorkload:
             return  # the canonical state stays as it is
         w = float(strategy["RootEma"]["canonical_weight"])
         _blend(canonical, [(w, canonical), (1.0 - w, local)])
+
+
+def quality(candidate: dict, policy: Any) -> float:
+    """The factor the coordinator's reference merge puts on ``sample_weight`` for ``policy``."""
+    if policy == "WeightedMean":
+        return 1.0
+    q = float(candidate["quality_weight"])
+    if policy == "NormClippedWeightedMean":
+        return min(max(q, 0.0), 1.0)
+    return q  # TrimmedMean, Ema, QualityWeightedEma, Custom
 
 
 def generated(seed: int, examples: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,11 @@
 
 Every check becomes one test whose id is the check id.  Checks listed in
 ``expected_failures`` are marked ``xfail`` (non-strict) with the given reason.
-All tests of one decorator share one worker process, closed at exit.
+A WARN passes with a :class:`~conformance.errors.ConformanceWarning` (a
+failure with ``strict=True``).  ``batches`` may be a list of BatchRefs or the
+path of a batches file (relative to the current directory), as on the
+command line.  All tests of one decorator share one worker process, closed
+at exit.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .checks import BY_ID, Check, resolve
-from .errors import CheckFailed, CheckSkipped
-from .session import Options, Session
+from .errors import CheckFailed, CheckSkipped, ConformanceWarning
+from .options import Options
+from .session import Session
 
 _SESSIONS: dict[str, Session] = {}
 
@@ -66,20 +71,24 @@ class BoundCheck:
     when the check fails and calls ``pytest.skip`` when it cannot run.
     """
 
-    def __init__(self, check: Check, options: Options) -> None:
+    def __init__(self, check: Check, options: Options, strict: bool = False) -> None:
         self.check = check
         self.options = options
+        self.strict = strict
 
     def __repr__(self) -> str:
         return self.check.id
 
     def __call__(self) -> None:
+        import warnings
+
         import pytest
 
         session = _session_for(self.options)
-        session.begin_check()
+        session.begin_check(self.check.id)
         try:
             self.check.func(session)
+            found = list(session.warnings)
         except CheckSkipped as exc:
             pytest.skip(exc.reason)
         except CheckFailed as exc:
@@ -88,6 +97,10 @@ class BoundCheck:
             raise
         finally:
             session.end_check()
+        if found and self.strict:
+            raise CheckFailed("no WARN (strict=True)", "; ".join(found), "see the warning")
+        for text in found:
+            warnings.warn(ConformanceWarning(f"WARN {self.check.id} {text}"), stacklevel=2)
 
 
 def checks_for(
@@ -95,17 +108,19 @@ def checks_for(
     config: Any = None,
     *,
     select: Iterable[str] | None = None,
+    strict: bool = False,
     **options: Any,
 ) -> list[BoundCheck]:
     """The selected checks (ids or globs; all by default) bound to one workload.
 
-    ``options`` are :class:`~conformance.session.Options` fields (``device``,
-    ``batches``, ``worker_cmd``, ``pythonpath``, ``max_examples``, ...).
+    ``options`` are :class:`~conformance.options.Options` fields (``device``,
+    ``batches`` (a list or a file path), ``worker_cmd``, ``pythonpath``,
+    ``max_examples``, ``call_timeout``, ...); ``strict`` makes a WARN fail.
     Raises :class:`~conformance.errors.UsageError` for bad options or ids.
     """
     opts = Options(factory=factory, config=config, **options)
     ids = resolve(select) if select is not None else list(BY_ID)
-    return [BoundCheck(BY_ID[i], opts) for i in ids]
+    return [BoundCheck(BY_ID[i], opts, strict) for i in ids]
 
 
 def parametrize_with_checks(
@@ -114,6 +129,7 @@ def parametrize_with_checks(
     *,
     expected_failures: Mapping[str, str] | None = None,
     select: Iterable[str] | None = None,
+    strict: bool = False,
     **options: Any,
 ) -> Any:
     """A ``pytest.mark.parametrize("check", ...)`` over the checks for this workload.
@@ -129,7 +145,7 @@ def parametrize_with_checks(
         for check_id in resolve([pattern], "expected_failures key"):
             expected[check_id] = reason
     params = []
-    for bound in checks_for(factory, config, select=select, **options):
+    for bound in checks_for(factory, config, select=select, strict=strict, **options):
         marks = []
         if bound.check.id in expected:
             marks.append(pytest.mark.xfail(reason=expected[bound.check.id], strict=False))

@@ -1,9 +1,11 @@
-"""The generic torch layout of a state, recomputed in the conformance process.
+"""The generic torch layout of a state, recomputed independently of the worker.
 
 Independent of the worker's code on purpose (PROTOCOL.md §3): walk the
 modules in sorted name order, their ``state_dict()`` keys in sorted order,
 keep float tensors the filter selects; the hash is :func:`fakecoord.packs.layout_hash`
-over ``{"name", "shape", "dtype", "numel"}`` entries.  torch is imported on use.
+over ``{"name", "shape", "dtype", "numel"}`` entries.  The states come from
+the layout probe (:mod:`conformance.probe`), the suite's own subprocess: no
+workload code runs in the suite's process.  torch is imported on use.
 """
 
 from __future__ import annotations
@@ -49,6 +51,34 @@ class LocalLayout:
             start += e["numel"]
         return out
 
+    def filtered(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> LocalLayout:
+        """The layout under a filter (the unfiltered float keys it drops become ``excluded``)."""
+        kept = [e for e in self.entries if selects(e["name"], include, exclude)]
+        dropped = [e["name"] for e in self.entries if not selects(e["name"], include, exclude)]
+        return LocalLayout(kept, sorted([*self.excluded, *dropped]), list(self.ignored))
+
+    def to_json(self) -> dict:
+        return {"entries": self.entries, "excluded": self.excluded, "ignored": self.ignored}
+
+    @classmethod
+    def from_json(cls, value: Any) -> LocalLayout:
+        """Rebuild a layout the probe reported; raises ``ValueError`` for a malformed one."""
+        try:
+            entries = [
+                {
+                    "name": str(e["name"]),
+                    "shape": [int(d) for d in e["shape"]],
+                    "dtype": str(e["dtype"]),
+                    "numel": int(e["numel"]),
+                }
+                for e in value["entries"]
+            ]
+            return cls(
+                entries, [str(n) for n in value["excluded"]], [str(n) for n in value["ignored"]]
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed layout report ({exc})") from None
+
 
 def selects(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     """The Filter rule: kept when some include glob matches (or there are none) and no exclude glob."""
@@ -76,17 +106,23 @@ def named_modules(state: Any) -> list[tuple[str, Any]]:
 
 
 def local_layout(
-    state: Any, include: Sequence[str] = (), exclude: Sequence[str] = ()
+    state: Any,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    tensors: list | None = None,
 ) -> LocalLayout:
-    """The layout of ``state`` under a filter; raises :class:`LayoutUnavailable`."""
+    """The layout of ``state`` under a filter; raises :class:`LayoutUnavailable`.
+
+    When ``tensors`` is a list, the kept tensors are appended to it in layout order.
+    """
     import torch
 
     layout = LocalLayout()
     for module_name, module in named_modules(state):
-        tensors = module.state_dict()
-        for key in sorted(tensors):
+        state_dict = module.state_dict()
+        for key in sorted(state_dict):
             name = f"{module_name}.{key}" if module_name else key
-            tensor = tensors[key]
+            tensor = state_dict[key]
             if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()):
                 layout.ignored.append(name)
             elif not selects(name, include, exclude):
@@ -100,7 +136,20 @@ def local_layout(
                         "numel": tensor.numel(),
                     }
                 )
+                if tensors is not None:
+                    tensors.append(tensor)
     return layout
 
 
-__all__ = ["LocalLayout", "local_layout", "named_modules", "selects"]
+def float32_values(tensors: Sequence[Any]) -> bytes:
+    """``tensors`` flattened and cast to little-endian float32, concatenated (a pack's values)."""
+    import torch
+
+    flat = [t.detach().reshape(-1).to(device="cpu", dtype=torch.float32) for t in tensors]
+    if not flat:
+        return b""
+    values = torch.cat(flat).numpy()
+    return values.astype("<f4", copy=False).tobytes()
+
+
+__all__ = ["LocalLayout", "float32_values", "local_layout", "named_modules", "selects"]

@@ -2,7 +2,8 @@
 
 :class:`Options` is what the CLI, the pytest plugin and the helper build;
 :func:`generated_batches` and :func:`candidate` are the BatchRefs and merge
-candidates the checks send when the user gave none.
+candidates the checks send when the user gave none; :func:`load_batches`
+reads a ``--batches`` file.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from fakecoord import wire
+from fakecoord.errors import DecodeError
 
 from .errors import UsageError
 
@@ -40,26 +45,51 @@ def generated_batches(count: int, seed: int = 0) -> list[dict]:
     ]
 
 
+def load_batches(path: str | os.PathLike) -> list:
+    """A ``--batches`` file: a JSON array of BatchRef objects (or ``{"batches": [...]}``).
+
+    Read as standard JSON (fakecoord.wire): refs the coordinator could not
+    send are refused here.  Raises :class:`UsageError` naming the file.
+    """
+    try:
+        value = wire.decode_value(Path(path).read_bytes())
+    except OSError as exc:
+        raise UsageError(f"--batches {str(path)!r}: cannot read ({exc.strerror})") from None
+    except DecodeError as exc:
+        raise UsageError(f"--batches {str(path)!r}: not JSON ({exc})") from None
+    if isinstance(value, dict) and "batches" in value:
+        value = value["batches"]
+    if not isinstance(value, list) or not value:
+        raise UsageError(f"--batches {str(path)!r}: expected a non-empty JSON array of BatchRefs")
+    return value
+
+
 @dataclass
 class Options:
     """How to start and exercise the workload under test.
 
+    ``batches`` is a list of BatchRefs or the path of a ``--batches`` file.
+    ``call_timeout`` (``--timeout``) bounds every wait of a check: each hook
+    call, a worker's start, the layout probe.  ``probe_cmd`` replaces
+    ``python -m conformance.probe`` (the suite's own tests fork it).
     Raises :class:`~conformance.errors.UsageError` for a malformed value.
     """
 
     factory: str
     config: Any = None
     device: str = "cpu"
-    batches: list | None = None
+    batches: list | str | os.PathLike | None = None
     worker_cmd: Sequence[str] | None = None
     pythonpath: Sequence[str] = ()
     cwd: str | None = None
     env: Mapping[str, str] | None = None
     max_examples: int = 10
     call_timeout: float = 120.0
-    accept_timeout: float = 60.0
+    accept_timeout: float | None = None
+    """Seconds a worker gets to connect (default: ``call_timeout``)."""
     exit_timeout: float = 10.0
     """Seconds a worker gets to answer a refusal, or to exit after EOF or ``shutdown``."""
+    probe_cmd: Sequence[str] | None = None
     model_schema_hash: str = DEFAULT_SCHEMA_HASH
     custom_split: str = "conformance-holdout"
     """The name sent as ``{"Custom": name}`` to evaluate."""
@@ -75,9 +105,14 @@ class Options:
             self.config = {}
         if type(self.max_examples) is not int or self.max_examples < 1:
             raise UsageError(f"max_examples must be a positive integer, got {self.max_examples!r}")
+        if self.accept_timeout is None:
+            self.accept_timeout = self.call_timeout
         for name in ("call_timeout", "accept_timeout", "exit_timeout"):
-            if not getattr(self, name) > 0:
-                raise UsageError(f"{name} must be positive, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
+        if isinstance(self.batches, (str, os.PathLike)):
+            self.batches = load_batches(self.batches)
         if self.batches is not None:
             if not isinstance(self.batches, list) or not self.batches:
                 raise UsageError("batches must be a non-empty JSON array of BatchRef objects")
@@ -86,10 +121,16 @@ class Options:
                     raise UsageError(
                         f'batches[{i}] must be a BatchRef object with a string "kind", got {ref!r}'
                     )
-        if self.worker_cmd is not None:
-            self.worker_cmd = tuple(self.worker_cmd)
-            if not self.worker_cmd:
-                raise UsageError("worker_cmd must name a program")
+        for name in ("worker_cmd", "probe_cmd"):
+            command = getattr(self, name)
+            if command is not None:
+                if isinstance(command, str):
+                    raise UsageError(
+                        f"{name} must be a list of arguments, not the string {command!r}"
+                    )
+                setattr(self, name, tuple(command))
+                if not command:
+                    raise UsageError(f"{name} must name a program")
         self.pythonpath = tuple(os.fspath(p) for p in self.pythonpath)
 
 
@@ -112,4 +153,5 @@ __all__ = [
     "Options",
     "candidate",
     "generated_batches",
+    "load_batches",
 ]

@@ -3,6 +3,12 @@
 ``run_checks(Options(factory="pkg.mod:make"), select=["packs.*"])`` is the
 programmatic entry point; the CLI, the pytest plugin and the helper all use
 :func:`execute` for a single check.
+
+Statuses: PASS; WARN (passed, but the workload did something legal and
+suspicious: the reason says what); FAIL; SKIP (could not run here, the reason
+says how to make it run); XFAIL (a FAIL listed as expected).  With
+``strict``, a WARN is a FAIL.  The exit status derives from the report alone:
+1 when a check failed, else 0.
 """
 
 from __future__ import annotations
@@ -15,14 +21,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fakecoord import files, wire
-from fakecoord.errors import DecodeError
+from fakecoord import files
 
 from .checks import BY_ID, CHECKS, Check, resolve
 from .errors import CheckFailed, CheckSkipped, UsageError, one_line
+from .options import load_batches
 from .session import Options, Session
 
-PASS, FAIL, SKIP, XFAIL = "PASS", "FAIL", "SKIP", "XFAIL"
+PASS, WARN, FAIL, SKIP, XFAIL = "PASS", "WARN", "FAIL", "SKIP", "XFAIL"
 
 
 @dataclass
@@ -32,6 +38,7 @@ class Outcome:
     reason: str
     details: str = ""
     duration: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -50,6 +57,7 @@ class Outcome:
             "hooks": list(self.check.hooks),
             "duration_s": round(self.duration, 3),
             "details": self.details,
+            "warnings": list(self.warnings),
         }
 
 
@@ -60,6 +68,8 @@ class Report:
     duration: float = 0.0
     spawns: int = 0
     """Worker processes the run started."""
+    strict: bool = False
+    """WARN counted as FAIL (``--strict``); the outcomes already carry it."""
 
     def by_id(self, check_id: str) -> Outcome:
         for outcome in self.outcomes:
@@ -79,9 +89,13 @@ class Report:
         return 1 if self.failed else 0
 
     def summary(self) -> str:
+        """The closing line (``warned`` is appended, so older parsers of the line still work)."""
         return (
             f"{self.count(PASS)} passed, {self.count(FAIL)} failed, {self.count(SKIP)} skipped, "
-            f"{self.count(XFAIL)} xfailed ({len(self.outcomes)} checks in {self.duration:.1f} s)"
+            f"{self.count(XFAIL)} xfailed, {self.count(WARN)} warned "
+            f"({len(self.outcomes)} checks in {self.duration:.1f} s"
+            + (", --strict" if self.strict else "")
+            + ")"
         )
 
     def to_json(self) -> dict:
@@ -89,14 +103,17 @@ class Report:
             "factory": self.options.factory,
             "config": self.options.config,
             "device": self.options.device,
+            "strict": self.strict,
             "summary": {
                 "passed": self.count(PASS),
                 "failed": self.count(FAIL),
                 "skipped": self.count(SKIP),
                 "xfailed": self.count(XFAIL),
+                "warned": self.count(WARN),
                 "total": len(self.outcomes),
                 "duration_s": round(self.duration, 3),
                 "worker_processes": self.spawns,
+                "exit_status": self.exit_code,
             },
             "checks": [o.to_json() for o in self.outcomes],
         }
@@ -124,31 +141,51 @@ class Report:
                 name=outcome.id,
                 time=f"{outcome.duration:.3f}",
             )
+            if outcome.warnings:
+                properties = ET.SubElement(case, "properties")
+                for warning in outcome.warnings:
+                    ET.SubElement(properties, "property", name="warning", value=warning)
             if outcome.status == FAIL:
                 node = ET.SubElement(case, "failure", message=outcome.reason)
                 node.text = outcome.details or outcome.reason
             elif outcome.status in (SKIP, XFAIL):
                 kind = "xfail" if outcome.status == XFAIL else "skip"
                 ET.SubElement(case, "skipped", type=kind, message=outcome.reason)
+            if outcome.warnings:
+                out = ET.SubElement(case, "system-out")
+                out.text = "".join(f"WARN {outcome.id} {w}\n" for w in outcome.warnings)
         with files.staged_file(path) as out:
             ET.ElementTree(suite).write(out, encoding="utf-8", xml_declaration=True)
 
 
-def execute(session: Session, check: Check, xfail_reason: str | None = None) -> Outcome:
+def execute(
+    session: Session, check: Check, xfail_reason: str | None = None, *, strict: bool = False
+) -> Outcome:
     """Run one check on ``session``; never raises (except KeyboardInterrupt and
-    :class:`UsageError`)."""
+    :class:`UsageError`).  Anything else a check raises, SystemExit included,
+    is a FAIL of that check."""
     start = time.monotonic()
-    session.begin_check()
+    session.begin_check(check.id)
     try:
-        reason = check.func(session) or check.description
-        outcome = Outcome(check, PASS, one_line(reason))
+        reason = one_line(check.func(session) or check.description)
+        warnings = list(session.warnings)
+        if not warnings:
+            outcome = Outcome(check, PASS, reason)
+        elif strict:
+            text = one_line("warning (--strict makes it a failure): " + "; ".join(warnings))
+            outcome = Outcome(check, FAIL, text, f"passed otherwise: {reason}", warnings=warnings)
+        else:
+            outcome = Outcome(
+                check, WARN, one_line("; ".join(warnings)), f"passed otherwise: {reason}",
+                warnings=warnings,
+            )  # fmt: skip
     except CheckFailed as exc:
-        outcome = Outcome(check, FAIL, exc.reason, exc.details)
+        outcome = Outcome(check, FAIL, exc.reason, exc.details, warnings=list(session.warnings))
     except CheckSkipped as exc:
-        outcome = Outcome(check, SKIP, exc.reason)
-    except UsageError:
+        outcome = Outcome(check, SKIP, exc.reason, warnings=list(session.warnings))
+    except (UsageError, KeyboardInterrupt):
         raise
-    except Exception as exc:
+    except BaseException as exc:
         outcome = _unexpected(check, exc)
     finally:
         session.end_check()
@@ -162,7 +199,7 @@ def execute(session: Session, check: Check, xfail_reason: str | None = None) -> 
                 outcome.details,
                 outcome.duration,
             )
-        elif outcome.status == PASS:
+        elif outcome.status in (PASS, WARN):
             outcome.reason = one_line(
                 f"{outcome.reason} (listed as an expected failure: {xfail_reason}; it passes, "
                 "so remove it from the list)"
@@ -220,20 +257,22 @@ def run_checks(
     xfail: Mapping[str, str] | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
     session: Session | None = None,
+    strict: bool = False,
 ) -> Report:
     """Run the selected checks against the workload in ``options``.
 
     ``select``/``skip`` take ids or globs (``"packs.*"``); ``xfail`` maps ids
-    (or globs) to reasons.  Raises :class:`UsageError` for unknown ids and
-    when the worker cannot start at all (the factory does not import, the
-    config is refused, the worker command is wrong).
+    (or globs) to reasons; ``strict`` makes a WARN a FAIL.  Raises
+    :class:`UsageError` for unknown ids and when the worker cannot start at
+    all (the factory does not import, the config is refused, the worker
+    command is wrong).
     """
     checks, skipped = selected_checks(select, skip)
     expected_failures: dict[str, str] = {}
     for pattern, reason in (xfail or {}).items():
         for check_id in resolve([pattern], "--xfail"):
             expected_failures[check_id] = reason
-    report = Report(options)
+    report = Report(options, strict=strict)
     start = time.monotonic()
     own = session is None
     session = session or Session(options)
@@ -245,7 +284,7 @@ def run_checks(
             if check.id in skipped:
                 outcome = Outcome(check, SKIP, "skipped on request (--skip)")
             else:
-                outcome = execute(session, check, expected_failures.get(check.id))
+                outcome = execute(session, check, expected_failures.get(check.id), strict=strict)
             report.outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
@@ -258,8 +297,11 @@ def run_checks(
 
 
 def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
-    """Start the worker the first check needs (a raw one when only framing checks
-    run); a worker that cannot start is a :class:`UsageError`."""
+    """Start the layout probe in the background when a check will need it, and the
+    worker the first check needs (a raw one when only framing checks run); a
+    worker that cannot start is a :class:`UsageError`."""
+    if any(c.uses_probe for c in checks):
+        session.start_probe()
     try:
         if checks and all(c.group == "framing" for c in checks):
             session.raw()
@@ -272,28 +314,11 @@ def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
         ) from None
 
 
-def load_batches(path: str | Path) -> list:
-    """A ``--batches`` file: a JSON array of BatchRef objects; raises :class:`UsageError`.
-
-    Read as standard JSON (fakecoord.wire): refs the coordinator could not send are refused here.
-    """
-    try:
-        value = wire.decode_value(Path(path).read_bytes())
-    except OSError as exc:
-        raise UsageError(f"--batches {str(path)!r}: cannot read ({exc.strerror})") from None
-    except DecodeError as exc:
-        raise UsageError(f"--batches {str(path)!r}: not JSON ({exc})") from None
-    if isinstance(value, dict) and "batches" in value:
-        value = value["batches"]
-    if not isinstance(value, list) or not value:
-        raise UsageError(f"--batches {str(path)!r}: expected a non-empty JSON array of BatchRefs")
-    return value
-
-
 __all__ = [
     "FAIL",
     "PASS",
     "SKIP",
+    "WARN",
     "XFAIL",
     "Outcome",
     "Report",

@@ -7,17 +7,22 @@ dead or hung worker, a result the Rust coordinator could not decode) into a
 :class:`~conformance.errors.CheckFailed` naming the hook to fix.  Results
 are decoded by :func:`fakecoord.spec.decode_result` (the one spec), packs
 read and written by :mod:`fakecoord.packs`.
+
+No workload code runs in this process: every hook call goes to a worker
+process, and what needs torch outside the worker runs in the layout probe
+(:mod:`conformance.probe`), a bounded subprocess of the suite's own.  Every
+wait is bounded by ``Options.call_timeout``; a method that timed out or ended
+the worker process once is not called again in the run (later checks that
+need it fail at once, naming the first time), so a hanging hook costs one
+timeout, not one per check.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +40,11 @@ from fakecoord.packs import Pack
 from .errors import (
     CheckFailed,
     CheckSkipped,
-    LayoutUnavailable,
     RawWorkerError,
     describe,
     one_line,
 )
-from .layout import LocalLayout, local_layout
+from .layout import LocalLayout
 from .options import (
     DEFAULT_SCHEMA_HASH,
     GENERATOR,
@@ -49,8 +53,10 @@ from .options import (
     candidate,
     generated_batches,
 )
+from .probe import Probe, ProbeResult
 from .properties import for_examples
 from .rawworker import RawWorker
+from .training import TrainProbe, run_train_probe
 
 PLAN_KEY_LISTS = ("included_keys", "excluded_float_keys", "ignored_non_float_keys")
 
@@ -67,15 +73,23 @@ def repeated_plan_key(plan: Mapping[str, Any]) -> tuple[str, str, str] | None:
     return None
 
 
-@dataclass
-class TrainProbe:
-    """The first ``train_window`` of the run, shared by the checks that need data."""
+PROBE_CALLS = 8
+"""init_model calls the layout probe makes (packs.layout_stable counts them; see the guide)."""
 
-    source: str
-    metrics: Any = None
-    error: str | None = None
-    details: str = ""
-    skip: str | None = None
+METHOD_HOOKS: dict[str, tuple[str, ...]] = {
+    "capability_probe": ("runtime_device", "capability_probe"),
+    "init_model": ("init_model",),
+    "parameter_pack_plan": ("init_model",),
+    "import_parameter_pack": ("init_model", "import_parameter_pack_path"),
+    "train_window": ("train_window",),
+    "evaluate": ("evaluate",),
+    "run_inner_loop": ("run_inner_loop",),
+    "merge_candidate_models": ("merge_candidate_models",),
+    "apply_single_root_ema": ("apply_single_root_ema",),
+    "reconcile_canonical_model": ("reconcile_canonical_model",),
+    "apply_patch": ("apply_patch",),
+}
+"""The workload hooks a method calls in the worker (a timed-out hook blocks every method using it)."""
 
 
 class Session:
@@ -96,6 +110,10 @@ class Session:
         self._models: list[str] = []
         self._cache: dict[str, Any] = {}
         self._used_in_check = False
+        self._timed_out: dict[str, str] = {}
+        self._probe: Probe | None = None
+        self.check_id = ""
+        self.warnings: list[str] = []
         self.spawns = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -107,16 +125,24 @@ class Session:
         self.close()
 
     def close(self) -> None:
-        """Stop every worker this session started and remove its scratch files."""
+        """Stop every process this session started and remove its scratch files."""
         self.drop_raw()
         self.drop_client()
+        if self._probe is not None:
+            self._probe.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
-    def begin_check(self) -> None:
+    def begin_check(self, check_id: str = "") -> None:
         self._models = []
         self._used_in_check = False
+        self.check_id = check_id
+        self.warnings = []
+
+    def warn(self, text: str) -> None:
+        """Record a WARN for the running check: legal, but suspicious (the check still passes)."""
+        self.warnings.append(one_line(text))
 
     def end_check(self) -> None:
         """Release the models the finished check created (failures ignored)."""
@@ -170,7 +196,7 @@ class Session:
                     cwd=o.cwd,
                     pythonpath=o.pythonpath,
                     call_timeout=o.call_timeout,
-                    accept_timeout=o.accept_timeout,
+                    accept_timeout=o.accept_timeout or o.call_timeout,
                     stderr=str(log),
                     shutdown_timeout=o.exit_timeout,
                 )
@@ -198,17 +224,44 @@ class Session:
             return CheckFailed(expected, got, hook, details=exc.message)
         self._client_dead = True
         if isinstance(exc, WorkerExited):
-            got = f"the worker process exited during {method} ({one_line(exc)})"
+            got = one_line(exc)  # "METHOD: the worker exited (status N) during the call: ..."
+            self._block(method, f"{method} ended the worker process (status {exc.returncode})")
         elif isinstance(exc, WorkerTimeout):
-            got = f"no answer to {method} within {exc.timeout} s (the worker was killed)"
+            got = f"no answer to {method} within {exc.timeout:g} s (the worker was killed)"
+            self._block(method, f"{method} did not answer within {exc.timeout:g} s")
         else:
             got = one_line(exc)
         return CheckFailed(expected, got, hook, details=str(exc))
+
+    def _block(self, method: str, what: str) -> None:
+        """Remember a method that timed out or ended the worker (and its hook, when it
+        calls only one)."""
+        where = f" in {self.check_id}" if self.check_id else ""
+        text = f"{what}{where}; not called again in this run"
+        self._timed_out.setdefault(method, text)
+        hooks = METHOD_HOOKS.get(method, ())
+        if len(hooks) == 1:
+            self._timed_out.setdefault("hook:" + hooks[0], text)
+
+    def timed_out(self, method: str) -> str | None:
+        """Why ``method`` is not called again (an earlier timeout), or None."""
+        if method in self._timed_out:
+            return self._timed_out[method]
+        for hook in METHOD_HOOKS.get(method, ()):
+            if "hook:" + hook in self._timed_out:
+                return self._timed_out["hook:" + hook]
+        return None
+
+    def _unblocked(self, method: str, expected: str, hook: str) -> None:
+        why = self.timed_out(method)
+        if why is not None:
+            raise CheckFailed(expected, f"no attempt: {why}", hook)
 
     def call(
         self, method: str, params: Any, *, expected: str, hook: str, timeout: float | None = None
     ) -> Any:
         """Call ``method``; any failure becomes :class:`CheckFailed` (``expected``, ``hook``)."""
+        self._unblocked(method, expected, hook)
         client = self.client()
         try:
             return client.call(method, params, timeout=timeout)
@@ -220,6 +273,7 @@ class Session:
     ) -> tuple[bool, Any]:
         """``(True, result)`` or ``(False, error text)``; a dead or hung worker,
         or a broken response, raises :class:`CheckFailed`."""
+        self._unblocked(method, expected, hook)
         client = self.client()
         try:
             return True, client.call(method, params, timeout=timeout)
@@ -296,6 +350,20 @@ class Session:
 
     def capabilities(self) -> list[str]:
         return self.hello()["capabilities"]
+
+    def capability(self) -> dict:
+        """``capability_probe``'s decoded result (cached)."""
+        if "capability" not in self._cache:
+            hooks = "runtime_device() / capability_probe()"
+            what = "a capability_probe result {runtime_device: str, capability: CapabilityEstimate}"
+            result = self.call("capability_probe", None, expected=what, hook=hooks)
+            fields = {
+                "result.runtime_device": "runtime_device()",
+                "result.capability": "capability_probe()",
+            }
+            decoded = self.decode("capability_probe", result, what=what, hook=hooks, hooks=fields)
+            self._cache["capability"] = decoded
+        return self._cache["capability"]
 
     def plan(self, state_filter: dict | None = None, *, fresh: bool = False) -> dict:
         """``parameter_pack_plan`` (cached for the empty filter unless ``fresh``).
@@ -411,102 +479,97 @@ class Session:
         """A model holding seeded values no ``init_model`` gives, and its exported pack."""
         from .values import perturbed
 
-        path = self.write(perturbed(self.template().values, seed), f"crafted-{seed}")
-        model_id = self.import_pack(path)
-        return model_id, self.export(model_id)
+        return self.holding(perturbed(self.template().values, seed), f"crafted-{seed}")
 
-    # -- the workload built in this process ----------------------------------------
+    def holding(self, values: Any, name: str) -> tuple[str, Pack]:
+        """A model imported from a pack of ``values`` (template layout), and its exported pack.
 
-    def local_state(self) -> Any:
-        """A fresh ``init_model`` state built here (cached); raises :class:`CheckSkipped`."""
-        if "local" not in self._cache:
-            self._cache["local"] = self._build_local()
-        ok, value = self._cache["local"]
-        if not ok:
-            raise CheckSkipped(value)
-        return value
+        The first one also tells :meth:`low_precision`: values that do not come
+        back as written were rounded by a float16/bfloat16 tensor (or a lossy import).
+        """
+        from .values import same_bits
 
-    def _build_local(self) -> tuple[bool, Any]:
-        module_name, _, attr = self.options.factory.partition(":")
-        roots = [*self.options.pythonpath]
-        if self.options.cwd:
-            roots.append(self.options.cwd)
-        for root in reversed(roots):
-            if root not in sys.path:
-                sys.path.insert(0, root)
-        try:
-            obj: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-            workload = obj(self.options.config)
-            return True, workload.init_model(self.options.device)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            return False, (
-                "cannot build the workload in the conformance process for the independent "
-                f"layout recomputation ({type(exc).__name__}: {one_line(exc, 200)})"
-            )
-
-    def local_layout(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> LocalLayout:
-        """The independent layout of the local state; raises :class:`CheckSkipped`."""
-        try:
-            return local_layout(self.local_state(), include, exclude)
-        except LayoutUnavailable as exc:
-            raise CheckSkipped(f"no generic torch layout to recompute: {exc}") from None
+        model_id = self.import_pack(self.write(values, name))
+        pack = self.export(model_id)
+        self._cache.setdefault("low_precision", not same_bits(pack.values, values))
+        return model_id, pack
 
     def low_precision(self) -> bool:
-        """True when some transported tensor is float16/bfloat16 (wider tolerances)."""
-        try:
-            dtypes = {dtype for _, dtype in self.local_layout().spans}
-        except CheckSkipped:
-            return False
-        return bool(dtypes & {"torch.float16", "torch.half", "torch.bfloat16"})
+        """True when crafted float32 values came back rounded (wider tolerances)."""
+        if "low_precision" not in self._cache:
+            self.crafted(0)
+        return bool(self._cache["low_precision"])
+
+    # -- the layout probe: the workload built in a subprocess of the suite's own -----
+
+    def start_probe(self) -> None:
+        """Start the layout probe in the background (once)."""
+        if self._probe is None:
+            o = self.options
+            self._probe = Probe(
+                factory=o.factory,
+                config=o.config,
+                device=o.device,
+                calls=PROBE_CALLS,
+                root=self.root / "probe",
+                timeout=o.call_timeout,
+                command=o.probe_cmd,
+                pythonpath=o.pythonpath,
+                env=o.env,
+                cwd=o.cwd,
+            )
+        self._probe.start()
+
+    def probe(self) -> ProbeResult:
+        """The layout probe's result (started if needed; waits at most ``call_timeout``)."""
+        self.start_probe()
+        assert self._probe is not None
+        return self._probe.result()
+
+    def local_layout(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> LocalLayout:
+        """The layout recomputed from the probe's first model (under a filter).
+
+        Raises :class:`CheckSkipped` when the workload cannot be built outside
+        the worker or has an opaque state, :class:`CheckFailed` when a hook
+        hung, crashed or ended the probe process before any layout was seen.
+        """
+        result = self.probe()
+        if result.layouts:
+            return result.layouts[0].filtered(include, exclude)
+        if result.opaque:
+            raise CheckSkipped(f"no generic torch layout to recompute: {result.opaque}")
+        if result.setup_failed:
+            raise CheckSkipped(
+                "cannot build the workload outside the worker for the independent layout "
+                f"recomputation ({result.error})"
+            )
+        raise CheckFailed(
+            "init_model to build a model in the layout probe (a process of the suite's own)",
+            result.error or "no layout reported",
+            "init_model() (or the factory): never block, exit or crash",
+            details=result.details,
+        )
 
     # -- training data ---------------------------------------------------------------
 
     def train_probe(self) -> TrainProbe:
         """``train_window`` on a fresh model with the run's batches (once per run)."""
-        if "probe" in self._cache:
-            return self._cache["probe"]
-        if self.options.batches is not None:
-            batches = self.options.batches
-            source = f"the {len(batches)} BatchRefs from --batches"
-        else:
-            batches = generated_batches(2)
-            source = "2 generated micro_epoch refs (no --batches given)"
-        probe = TrainProbe(source)
-        model_id = self.new_model()
-        try:
-            probe.metrics = self.client().call(
-                "train_window", {"model_id": model_id, "batches": batches}
-            )
-        except RemoteError as exc:
-            probe.error = f"ok:false from train_window: {one_line(exc.message)}"
-            probe.details = exc.message
-            hook_raised = "raised" in one_line(exc.message) or "Traceback" in exc.message
-            if self.options.batches is None and hook_raised:
-                probe.skip = (
-                    "the workload cannot consume generated micro_epoch refs: "
-                    f"{one_line(exc.message, 160)}; pass --batches FILE with refs it can read"
-                )
-        except FakecoordError as exc:
-            failure = self._failure("train_window", exc, "", "")
-            probe.error, probe.details = failure.got, failure.details
-        self._cache["probe"] = probe
-        return probe
+        if "probe" not in self._cache:
+            self._cache["probe"] = run_train_probe(self)
+        return self._cache["probe"]
 
     def training_batches(self, count: int = 2) -> tuple[list, str]:
         """Batches for a check that trains, and where they come from.
 
         Raises :class:`CheckSkipped` when the workload cannot consume the
-        generated refs and no ``--batches`` were given.
+        generated refs (it raised, or did 0 steps on them), or did 0 steps on
+        the ``--batches`` refs.
         """
-        if self.options.batches is not None:
-            return list(self.options.batches), "the BatchRefs from --batches"
         probe = self.train_probe()
         if probe.skip:
             raise CheckSkipped(probe.skip)
+        if self.options.batches is not None:
+            return list(self.options.batches), "the BatchRefs from --batches"
         return generated_batches(count), f"{count} generated micro_epoch refs"
 
     # -- raw worker processes (framing checks) ---------------------------------------
@@ -524,7 +587,7 @@ class Session:
                 env=o.env,
                 cwd=o.cwd,
                 pythonpath=o.pythonpath,
-                accept_timeout=o.accept_timeout,
+                accept_timeout=o.accept_timeout or o.call_timeout,
             )
         except RawWorkerError as exc:
             raise CheckFailed(

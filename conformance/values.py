@@ -40,6 +40,43 @@ def describe_difference(got: Any, expected: Any, tolerance: Any = None) -> str:
     )
 
 
+def within(got: Any, want: Any, slack: Any) -> bool:
+    """Every value of ``got`` within ``slack`` of ``want``'s."""
+    import numpy as np
+
+    return bool((np.abs(got.astype(np.float64) - want.astype(np.float64)) <= slack).all())
+
+
+def count_outside(values: Any, low: Any, high: Any, slack: Any) -> int:
+    """How many values lie outside ``[min(low, high) - slack, max(low, high) + slack]``."""
+    import numpy as np
+
+    lo, hi = np.minimum(low, high), np.maximum(low, high)
+    return int(((values < lo - slack) | (values > hi + slack)).sum())
+
+
+def first_outside(values: Any, low: Any, high: Any, slack: Any) -> str:
+    """``"3 of 41 values outside (first at index 2: 0.5 not in [0.1, 0.2])"``."""
+    import numpy as np
+
+    lo, hi = np.minimum(low, high), np.maximum(low, high)
+    bad = (values < lo - slack) | (values > hi + slack)
+    i = int(np.argmax(bad))
+    return (
+        f"{int(bad.sum())} of {values.size} values outside (first at index {i}: "
+        f"{float(values[i])!r} not in [{float(lo[i])!r}, {float(hi[i])!r}])"
+    )
+
+
+def fraction_along(got: Any, start: Any, end: Any) -> float:
+    """Where ``got`` lies on the line from ``start`` (0) to ``end`` (1), by projection."""
+    import numpy as np
+
+    span = end.astype(np.float64) - start.astype(np.float64)
+    offset = got.astype(np.float64) - start.astype(np.float64)
+    return float(np.dot(offset, span) / max(float(np.dot(span, span)), 1e-30))
+
+
 def tolerance(reference: Any, low_precision: bool) -> Any:
     """Per-value tolerance for results a workload computes in its own dtype."""
     import numpy as np
@@ -133,10 +170,14 @@ def write_inconsistent_pack(
 
 
 __all__ = [
+    "count_outside",
     "describe_difference",
     "exact_values",
+    "first_outside",
+    "fraction_along",
     "perturbed",
     "same_bits",
     "tolerance",
+    "within",
     "write_inconsistent_pack",
 ]
