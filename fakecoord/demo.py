@@ -14,10 +14,12 @@ PROTOCOL.md §4 is implemented:
   ``weights_only=True``: nothing is unpickled);
 - ``evaluate`` serves ``Train``, ``Validation``, ``Test`` and
   ``{"Custom": NAME}`` for any ``NAME.json`` shard in ``data_dir``;
-- the merge hooks honour the policy and the candidates' weights.
+- the merge hooks weigh candidates by ``sample_weight`` times the policy's
+  quality factor, as the Rust reference merge does (PROTOCOL.md §7).
 
 Config keys (all optional): ``data_dir`` (needed by ``evaluate``), ``seed``
-(0), ``hidden`` (64), ``inner_lr`` (3e-3), ``weight_decay`` (0.01),
+(0), ``hidden`` (64), ``inner_lr`` (3e-3; also set by a Hot patch of ``learning_rate`` or
+``inner_lr``), ``weight_decay`` (0.01),
 ``grad_clip`` (1.0), ``root_ema_decay`` (0.25), ``threads`` (1).
 """
 
@@ -35,7 +37,9 @@ from .files import staged_file
 from .sim.shards import FAULT_KEY, REF_KIND, ShardError, read_header, read_ref, read_rows
 
 OPTIMIZER_ENCODING = "fakecoord-demo-adamw-v1"
-WEIGHTED_POLICIES = ("WeightedMean", "NormClippedWeightedMean", "TrimmedMean", "Ema")
+LR_PATCH_KEYS = ("learning_rate", "inner_lr")
+"""Patch keys that set the inner learning rate (``learning_rate`` is the usual name)."""
+QUALITY_POLICIES = ("TrimmedMean", "Ema", "QualityWeightedEma")
 
 
 class AdamW:
@@ -268,16 +272,20 @@ class DemoWorkload:
         return {"loss": loss, "examples": header.rows}
 
     def apply_patch(self, patch: dict) -> Any:
+        # PatchValues arrive untagged (a learning rate is a bare JSON number).
         values = patch.get("values") or {}
-        unknown = sorted(set(values) - {"inner_lr"})
+        unknown = sorted(set(values) - set(LR_PATCH_KEYS))
         if unknown:
-            return {"Rejected": f"the demo workload only patches inner_lr, not {unknown}"}
+            return {"Rejected": f"the demo workload only patches its learning rate, not {unknown}"}
         if patch.get("class") != "Hot":
             return "RequiresRestart"
-        lr = values.get("inner_lr", self.inner_lr)
-        if type(lr) not in (int, float) or not lr > 0:
-            return {"Rejected": f"inner_lr must be a positive number, got {lr!r}"}
-        self.inner_lr = float(lr)
+        for key in LR_PATCH_KEYS:
+            lr = values.get(key, self.inner_lr)
+            if type(lr) not in (int, float) or not math.isfinite(lr) or not lr > 0:
+                return {"Rejected": f"{key} must be a positive number, got {lr!r}"}
+        for key in LR_PATCH_KEYS:
+            if key in values:
+                self.inner_lr = float(values[key])
         return "Applied"
 
     # -- merging -------------------------------------------------------------------
@@ -342,10 +350,16 @@ def _device(name: str) -> torch.device:
 
 
 def _policy_weights(candidates: list, policy: Any) -> list[float]:
-    if policy == "QualityWeightedEma":
-        raw = [c["sample_weight"] * c["quality_weight"] for c in candidates]
-    elif policy in WEIGHTED_POLICIES:
+    """Normalized candidate weights ``sample_weight * q``, with ``q`` as the Rust
+    reference merge takes it (PROTOCOL.md §7): 1 for WeightedMean, the quality
+    weight clamped to [0, 1] for NormClippedWeightedMean, the quality weight
+    for the others.  ``{"Custom": "uniform"}`` weighs every candidate alike."""
+    if policy == "WeightedMean":
         raw = [c["sample_weight"] for c in candidates]
+    elif policy == "NormClippedWeightedMean":
+        raw = [c["sample_weight"] * min(max(c["quality_weight"], 0.0), 1.0) for c in candidates]
+    elif policy in QUALITY_POLICIES:
+        raw = [c["sample_weight"] * c["quality_weight"] for c in candidates]
     elif policy == {"Custom": "uniform"}:
         raw = [1.0] * len(candidates)
     else:

@@ -492,3 +492,33 @@ def test_guide_shows_the_example_workload_verbatim_and_every_check() -> None:
     documented = set(re.findall(r"^\| `([a-z]+\.[a-z_]+)` \|", guide, flags=re.M))
     assert documented == set(BY_ID)
     assert f"{len(CHECKS)} named checks" in guide
+
+
+# ---------------------------------------------------------------------------
+# Our own demo workload conforms where the network is strict
+
+
+def test_the_demo_workload_weighs_merges_and_takes_patches_as_the_network_expects(
+    tmp_path: Path,
+) -> None:
+    from fakecoord.sim.shards import write_demo_dataset
+
+    data = tmp_path / "data"
+    dataset = write_demo_dataset(data, seed=0, train_shards=1)
+    batches = [dataset.ref([0, 1]), dataset.ref([2, 3])]
+    report = run_checks(
+        options("fakecoord.demo:make_workload", {"data_dir": str(data)}, batches=batches),
+        select=[
+            "semantics.merge_policy_weights",
+            "semantics.results_keep_layout",
+            "semantics.train_window_updates_model",
+            "protocol.apply_patch_outcome",
+        ],
+        strict=True,
+    )
+    assert statuses(report) == {
+        "semantics.merge_policy_weights": PASS,
+        "semantics.results_keep_layout": PASS,
+        "semantics.train_window_updates_model": PASS,
+        "protocol.apply_patch_outcome": PASS,
+    }, [(o.id, o.reason) for o in report.outcomes]
