@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fakecoord import files
+from fakecoord.version import package_version
 
 from .checks import BY_ID, CHECKS, Check, resolve
 from .errors import CheckFailed, CheckSkipped, UsageError, one_line
@@ -59,6 +60,10 @@ class Outcome:
             "details": self.details,
             "warnings": list(self.warnings),
         }
+
+
+REPORT_FORMAT = "burn-p2p-conformance-report-v1"
+"""The JSON report's ``format``: raised only when a field changes meaning (CHANGELOG.md)."""
 
 
 @dataclass
@@ -100,6 +105,8 @@ class Report:
 
     def to_json(self) -> dict:
         return {
+            "format": REPORT_FORMAT,
+            "suite_version": package_version(),
             "factory": self.options.factory,
             "config": self.options.config,
             "device": self.options.device,

@@ -130,6 +130,8 @@ def test_cli_exit_0_prints_one_line_per_check_and_writes_reports(
     )
     assert SUMMARY.match(lines[-1])
     report = json.loads((tmp_path / "r.json").read_text())
+    assert report["format"] == "burn-p2p-conformance-report-v1"
+    assert report["suite_version"] == __version__
     assert report["summary"]["passed"] == 4 and report["summary"]["skipped"] == 1
     assert {c["id"]: c["status"] for c in report["checks"]}["errors.bad_files"] == "SKIP"
     suite = ET.parse(tmp_path / "r.xml").getroot()
