@@ -25,3 +25,15 @@ def test_every_package_reports_the_pyproject_version() -> None:
 def test_an_unknown_attribute_is_still_an_attribute_error() -> None:
     for package in (worker, fakecoord, conformance):
         assert not hasattr(package, "no_such_attribute")
+
+
+def test_the_simulation_cli_prints_the_version(capsys) -> None:
+    import pytest
+
+    from fakecoord.__main__ import main
+
+    for argv in (["--version"], ["run", "--version"]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 0
+        assert f"fakecoord {fakecoord.__version__}" in capsys.readouterr().out

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FakecoordError, RunFailed, SettingsError
+from ..version import package_version
 from .config import MERGE_POLICIES, SimConfig
 
 RESUMABLE = ("rounds", "call_timeout", "start_timeout", "max_failed_rounds")
@@ -56,6 +57,11 @@ def argument_parser() -> argparse.ArgumentParser:
             "real packs and artifacts on disk.  Without options: the demo workload, 4 peers, "
             "DiLoCo.  Guide: docs/simulation.md."
         ),
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"fakecoord {package_version()} (python -m fakecoord run)",
     )
     run = parser.add_argument_group("run")
     add = run.add_argument
@@ -213,6 +219,7 @@ def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
             if flag.startswith("--") and action.help != argparse.SUPPRESS:
                 names[flag[2:].removeprefix("no-")] = action.dest
     names.pop("help", None)
+    names.pop("version", None)
     return names
 
 
