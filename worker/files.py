@@ -107,10 +107,16 @@ class StagedFile:
         self.published = False
 
     def publish(self) -> None:
-        """Close the file and rename it onto the target (replacing what is there)."""
+        """Close the file and rename it onto the target (replacing what is there).
+        ``published`` is true exactly when the rename happened, even if a stop
+        interrupts this call."""
         self.file.close()
-        os.replace(self.path, self.target)
         self.published = True
+        try:
+            os.replace(self.path, self.target)
+        except BaseException:
+            self.published = False
+            raise
 
 
 @contextmanager

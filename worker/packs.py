@@ -151,13 +151,22 @@ def _write_in_place(target: Path, layout: Layout, manifest: ManifestFor) -> None
     ):
         _write_values(values.file, layout)
         files.write_all(new_manifest.file, manifest(values_name))
-        values.publish()
+        # Settled in the body and again in the finally: a stop can cut one short,
+        # never both (it raises once outside hooks: worker.stopping).
         try:
+            values.publish()
             new_manifest.publish()
-        except BaseException:
-            _unlink_quietly(values_path)  # never named by a manifest: nobody reads it
-            raise
-    if superseded is not None and superseded != values_name:
+            _settle(target, values_name, new_manifest.published, superseded)
+        finally:
+            _settle(target, values_name, new_manifest.published, superseded)
+
+
+def _settle(target: Path, values_name: str, published: bool, superseded: str | None) -> None:
+    """After a re-export: remove the superseded values once the new manifest is
+    published, else the new values (no manifest names them).  Idempotent."""
+    if not published:
+        _unlink_quietly(target / values_name)
+    elif superseded is not None and superseded != values_name:
         _unlink_quietly(target / superseded)
 
 
@@ -179,8 +188,9 @@ def _superseded_values(target: Path) -> str | None:
 
 def _remove_dead_orphans(target: Path) -> None:
     """Remove values files of exports whose process died between publishing its
-    values and its manifest, or before removing the values it superseded (never
-    the current manifest's, never a live process's; nothing without a manifest)."""
+    values and its manifest, or before removing the values it superseded, and a
+    superseded ``values.f32le`` (never the current manifest's, never a live
+    process's; nothing without a readable manifest)."""
     try:
         current = _values_named_by(target)
         names = os.listdir(target)
@@ -188,9 +198,10 @@ def _remove_dead_orphans(target: Path) -> None:
         return
     for name in names:
         match = _OUR_VALUES.fullmatch(name)
-        if match is None or match[1] is None or name == current:
+        if match is None or name == current:
             continue
-        if not files.process_alive(int(name.split("-")[1])):
+        # values.f32le is only ever written inside a fresh export's staging directory.
+        if match[1] is None or not files.process_alive(int(name.split("-")[1])):
             _unlink_quietly(target / name)
 
 
@@ -329,7 +340,7 @@ def _read_manifest(dir_fd: int, where: str) -> tuple[PackManifest, os.stat_resul
             raise PackError(
                 f"{MANIFEST_NAME}: {info.st_size} bytes exceeds the limit of {MAX_MANIFEST_BYTES}"
             )
-        data = f.read(MAX_MANIFEST_BYTES + 1)
+        data = f.read(info.st_size + 1)  # (a file grown since fstat is still refused below)
     return parse_manifest(data, f"{where}: {MANIFEST_NAME}"), info
 
 
