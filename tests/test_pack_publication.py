@@ -109,7 +109,9 @@ def test_a_re_export_racing_imports_never_gives_a_torn_pack(tmp_path):
     counts = race_export_against_import(tmp_path, seconds=4.0)
     assert counts["torn"] == 0, counts
     assert counts["ok"] > 0 and counts["exports"] > 10, counts
-    assert counts["refused"] <= counts["ok"] // 100, counts
+    # A reader holds the manifest open while it checks whether it was replaced:
+    # otherwise a reused inode number made it take a superseded pack for a broken one.
+    assert counts["refused"] == 0, counts
 
 
 def test_a_re_export_names_fresh_values_and_removes_the_superseded(tmp_path):

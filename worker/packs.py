@@ -32,7 +32,8 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -329,9 +330,12 @@ def _open_regular(
             os.close(extra)
 
 
-def _read_manifest(dir_fd: int, where: str) -> tuple[PackManifest, os.stat_result]:
-    """Read and validate the manifest of the pack directory ``dir_fd``; a file
-    over :data:`MAX_MANIFEST_BYTES` is refused unread.  Raises :class:`PackError`."""
+@contextmanager
+def _manifest_held(dir_fd: int, where: str) -> Iterator[tuple[PackManifest, os.stat_result]]:
+    """Read and validate the manifest of the pack directory ``dir_fd``, keeping
+    it open for the block (so its inode cannot be reused meanwhile, and
+    :func:`_manifest_replaced` can trust the comparison); a file over
+    :data:`MAX_MANIFEST_BYTES` is refused unread.  Raises :class:`PackError`."""
     opened = _open_regular(dir_fd, MANIFEST_NAME, where)
     assert opened is not None
     fd, info = opened
@@ -341,7 +345,12 @@ def _read_manifest(dir_fd: int, where: str) -> tuple[PackManifest, os.stat_resul
                 f"{MANIFEST_NAME}: {info.st_size} bytes exceeds the limit of {MAX_MANIFEST_BYTES}"
             )
         data = f.read(info.st_size + 1)  # (a file grown since fstat is still refused below)
-    return parse_manifest(data, f"{where}: {MANIFEST_NAME}"), info
+        yield parse_manifest(data, f"{where}: {MANIFEST_NAME}"), info
+
+
+def _read_manifest(dir_fd: int, where: str) -> PackManifest:
+    with _manifest_held(dir_fd, where) as (manifest, _):
+        return manifest
 
 
 def _open_directory(path: Path) -> int:
@@ -356,13 +365,14 @@ def _open_directory(path: Path) -> int:
 def _read_manifest_at(path: Path) -> PackManifest:
     dir_fd = _open_directory(path)
     try:
-        return _read_manifest(dir_fd, f"parameter pack {str(path)!r}")[0]
+        return _read_manifest(dir_fd, f"parameter pack {str(path)!r}")
     finally:
         os.close(dir_fd)
 
 
 def _manifest_replaced(dir_fd: int, read: os.stat_result) -> bool:
-    """True when ``manifest.json`` is no longer the file that was read."""
+    """True when ``manifest.json`` is no longer the file that was read (which the
+    caller still holds open, so its inode number is not reused)."""
     try:
         now = os.stat(MANIFEST_NAME, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
@@ -383,17 +393,17 @@ class OpenPack:
         dir_fd = _open_directory(self.path)
         try:
             for _ in range(OPEN_ATTEMPTS):
-                self.manifest, manifest_info = _read_manifest(dir_fd, where)
-                values = self.manifest.values_f32_le
-                what = f"{MANIFEST_NAME}: values_f32_le"
-                opened = _open_regular(dir_fd, values, what, missing_ok=True)
-                if opened is not None:
-                    break
-                if not _manifest_replaced(dir_fd, manifest_info):
-                    raise PackError(
-                        f"{what}: cannot open {describe(values, typed=False)}: "
-                        "No such file or directory"
-                    )
+                with _manifest_held(dir_fd, where) as (self.manifest, manifest_info):
+                    values = self.manifest.values_f32_le
+                    what = f"{MANIFEST_NAME}: values_f32_le"
+                    opened = _open_regular(dir_fd, values, what, missing_ok=True)
+                    if opened is not None:
+                        break
+                    if not _manifest_replaced(dir_fd, manifest_info):
+                        raise PackError(
+                            f"{what}: cannot open {describe(values, typed=False)}: "
+                            "No such file or directory"
+                        )
             else:
                 raise PackError(
                     f"{where}: re-exported {OPEN_ATTEMPTS} times while being opened; retry later"
