@@ -8,6 +8,7 @@ import os
 import pickle
 import struct
 import threading
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -222,8 +223,8 @@ HOSTILE = {
     "short-file": (lambda h, d: b"\x01\x02\x03", "too short"),
     "header-longer-than-file": (lambda h, d: _header_file(h, d, declared=10**6), "header length"),
     "header-length-huge": (lambda h, d: _header_file(h, d, declared=2**63), "header length"),
-    "header-not-json": (lambda h, d: _header_file(b"{nope", d), "not UTF-8 JSON"),
-    "header-not-utf8": (lambda h, d: _header_file(b'{"\xff": 1}', d), "not UTF-8 JSON"),
+    "header-not-json": (lambda h, d: _header_file(b"{nope", d), "not valid UTF-8 JSON"),
+    "header-not-utf8": (lambda h, d: _header_file(b'{"\xff": 1}', d), "not valid UTF-8 JSON"),
     "header-not-object": (lambda h, d: _header_file([1, 2], d), "JSON object"),
     "entry-not-object": (lambda h, d: _header_file({**h, "f16": [1]}, d), "malformed"),
     "unknown-dtype": (_edit("f16", dtype="F8_E4M3"), "malformed"),
@@ -368,3 +369,111 @@ def test_bytes_hook_returning_text_is_an_error(tmp_path):
     response = materialize(worker, "m1", tmp_path / "a.bin")
     assert response["ok"] is False and "must return bytes" in response["error"]
     assert not (tmp_path / "a.bin").exists()
+
+
+# -- issue #9 item 6: the bytes hook reads only regular files, size-capped --------------------
+
+
+class BytesLoader(TinyWorkload):
+    def __init__(self, config):
+        super().__init__(config)
+        self.loaded: list[int] = []
+
+    def load_model_artifact(self, state, data):
+        self.loaded.append(len(data))
+        return None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "over-limit"])
+def test_the_bytes_hook_path_refuses_special_and_oversized_files(tmp_path, monkeypatch, kind):
+    """A FIFO used to hang the worker and /dev/zero to read until MemoryError."""
+    path = tmp_path / "special"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path = Path("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        monkeypatch.setattr(artifacts, "max_bytes_in_memory", lambda: 1 << 20)
+        with open(path, "wb") as f:
+            f.truncate(1 << 40)  # sparse: 1 TiB that would be read whole
+    workload = BytesLoader({})
+    worker = Worker(workload)
+    call(worker, "init_model", {"device": "cpu"})
+    outcome: dict = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(r=load(worker, "m1", path)), daemon=True
+    )
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # release the blocked reader
+        pytest.fail("load_model_artifact blocked on a special file")
+    response = outcome["r"]
+    assert response["ok"] is False and workload.loaded == []
+    assert response["error"].startswith("load_model_artifact: params.artifact_path: ")
+    fragment = "more than the 1048576 bytes" if kind == "over-limit" else "not a regular file"
+    assert fragment in response["error"], response["error"]
+
+
+def test_the_bytes_hook_limit_is_half_the_memory():
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert artifacts.max_bytes_in_memory() == pages // 2
+
+
+# -- issue #9 item 2: what a header can make the worker allocate ------------------------------
+
+
+def test_the_header_limits_fit_a_10_5_tensor_model():
+    """MAX_HEADER_BYTES, derived: 10^5 tensors, names of 100 characters, 4-dim
+    shapes and 20-digit offsets, as safetensors writes it (compact)."""
+    header = {
+        f"{'model.layers.' + str(i) + '.':x<96}{i % 1000:04d}": {
+            "dtype": "BF16", "shape": [4096, 4096, 16, 4],
+            "data_offsets": [10**19 + i, 10**19 + i + 1],
+        }
+        for i in range(10**5)
+    }  # fmt: skip
+    header["__metadata__"] = {"format": "pt"}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert all(len(name) == 100 for name in header if name != "__metadata__")
+    assert 20e6 < len(text) < 0.75 * artifacts.MAX_HEADER_BYTES
+    fake = {name: torch.empty(1, 1, 1, 1, device="meta") for name in header if name[0] == "m"}
+    max_bytes, max_items = artifacts.header_limits(fake)
+    assert max_bytes == artifacts.MAX_HEADER_BYTES
+    from worker.bounded_json import count_items
+
+    assert count_items(text) < max_items
+
+
+@pytest.mark.parametrize("shape", ["metadata", "empty-dicts", "dimensions"])
+def test_a_header_amplifying_memory_is_refused_before_parsing(tmp_path, shape):
+    """The issue's 99 MiB ``__metadata__`` took 2.8 GB and loaded; a 10^7-dimension
+    shape was echoed as 30 MB.  Now a header is held to what the model needs."""
+    model = nn.Linear(3, 2)
+    path = tmp_path / "a.safetensors"
+    save_file(model.state_dict(), str(path))
+    blob = path.read_bytes()
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + length])
+    if shape == "metadata":
+        header["__metadata__"] = {"x": "y" * (8 << 20)}
+    elif shape == "empty-dicts":
+        header["__metadata__"] = {"x": [{}] * 200_000}
+    else:
+        header["weight"]["shape"] = [1] * 10**6
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + length :])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tracemalloc.start()
+    try:
+        with pytest.raises(artifacts.PackError) as info:
+            artifacts.load_state(model, path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert "limit" in message and len(message) < 1000
+    assert peak < 2 * len(text) + (1 << 20), peak
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

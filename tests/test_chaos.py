@@ -200,7 +200,17 @@ def assert_pack_untouched(target: Path, before: dict[str, bytes] | None) -> None
 
 def assert_complete_pack(target: Path) -> None:
     manifest = json.loads((target / MANIFEST_NAME).read_text(encoding="utf-8"))
-    assert (target / VALUES_NAME).stat().st_size == manifest["parameter_count"] * 4
+    values = target / manifest["values_f32_le"]  # a re-export names its own values file
+    assert values.stat().st_size == manifest["parameter_count"] * 4
+    assert sorted(os.listdir(target)) == sorted([MANIFEST_NAME, values.name])
+
+
+def same_pack(now: dict[str, bytes], whole: dict[str, bytes]) -> bool:
+    """Two snapshots of pack directories hold the same pack: equal manifests but
+    for the values file's name, and equal values."""
+    ours, theirs = json.loads(now[MANIFEST_NAME]), json.loads(whole[MANIFEST_NAME])
+    ours_name, theirs_name = ours.pop("values_f32_le"), theirs.pop("values_f32_le")
+    return ours == theirs and now.get(ours_name) == whole[theirs_name]
 
 
 def export_params(model: str, target: Path, **extra: object) -> dict:
@@ -377,7 +387,7 @@ def _values_being_written(parent: Path) -> list[Path]:
     found = []
     for path in parent.rglob("*"):
         in_staging = ".partial-" in path.parent.name and path.name == VALUES_NAME
-        if in_staging or path.name.startswith(f".{VALUES_NAME}.partial-"):
+        if in_staging or (path.name.startswith(".values") and ".partial-" in path.name):
             try:
                 if path.stat().st_size > 0:
                     found.append(path)
@@ -565,11 +575,14 @@ def test_a_stop_at_any_line_of_an_export_leaves_no_half_written_file(tmp_path, w
             return "" if before is None else "the old pack directory vanished"
         now = snapshot(target)
         if MANIFEST_NAME not in now:
-            return ""  # not a pack (the in-place protocol's middle state)
+            return "no manifest: re-export never removes it"
+        named = json.loads(now[MANIFEST_NAME])["values_f32_le"]
+        if set(now) != {MANIFEST_NAME, named}:
+            return f"files no manifest names: {sorted(set(now) - {MANIFEST_NAME, named})}"
         for whole in (before, expected_new):
-            if whole and now.get(MANIFEST_NAME) == whole[MANIFEST_NAME]:
-                return "" if now[VALUES_NAME] == whole[VALUES_NAME] else "manifest/values mismatch"
-        return f"unknown manifest {now[MANIFEST_NAME][:60]!r}"
+            if whole and same_pack(now, whole):
+                return ""
+        return f"manifest/values mismatch or unknown manifest {now[MANIFEST_NAME][:60]!r}"
 
     tried, violations = _sweep_stops(write, reset, check)
     assert tried > 20  # the sweep really walked the writer

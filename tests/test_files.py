@@ -21,7 +21,8 @@ def test_temporary_names_are_hidden_unguessable_and_beside_the_target(tmp_path):
     assert len(names) == 100
     for name in names:
         assert name.parent == tmp_path
-        assert name.name.startswith(".out.bin.partial-") and len(name.name) == 17 + 16
+        prefix = f".out.bin.partial-{os.getpid()}-"
+        assert name.name.startswith(prefix) and len(name.name) == len(prefix) + 16
 
 
 def test_a_file_is_published_whole_or_not_at_all(tmp_path):

@@ -1,7 +1,7 @@
 """Fuzzing with a CI budget, regressions for what the fuzzer found, and the threat model's claims.
 
-The properties live in ``tools/fuzz.py`` (``python tools/fuzz.py --target all
---seconds 120`` is the long run); here each runs under the project's
+The properties live in the ``tools/fuzz`` package (``python -m tools.fuzz
+--target all --seconds 120`` is the long run); here each runs under the project's
 hypothesis profile.  The regression tests below each reproduce one failure
 the fuzzer found, minimally.  The last section proves the claims of
 ``SECURITY.md`` that no other test file covers.
@@ -20,12 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fakecoord.client import WorkerClient
 from fakecoord.errors import WorkerTimeout
 from tools import fuzz
+from tools.fuzz import artifacts as fuzz_artifacts
+from tools.fuzz import oracle
+from tools.fuzz import requests as fuzz_requests
 from worker import artifacts, packs
 from worker.errors import PackError
 from worker.framing import encode_frame
@@ -38,21 +41,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("prop", fuzz.PROPERTIES, ids=lambda p: f"{p.target}-{p.name}")
-@given(data=st.data())
-def test_fuzzed_property_holds(prop: fuzz.Property, data: st.DataObject) -> None:
-    prop.check(data.draw(prop.strategy, label=prop.name))
+def test_fuzzed_property_holds(prop: fuzz.Property) -> None:
+    @given(data=st.data())
+    def holds(data: st.DataObject) -> None:
+        prop.check(data.draw(prop.strategy, label=prop.name))
+
+    if prop.ci_examples is not None:
+        limit = min(prop.ci_examples, settings().max_examples)
+        holds = settings(max_examples=limit)(holds)
+    holds()
 
 
 def test_every_target_has_properties_and_the_tool_runs() -> None:
     assert {p.target for p in fuzz.PROPERTIES} == set(fuzz.TARGETS)
     done = subprocess.run(
-        [sys.executable, "-W", "ignore", "tools/fuzz.py", "--target", "frames", "--seconds", "1",
-         "--seed", "3"],
+        [sys.executable, "-W", "ignore", "-m", "tools.fuzz", "--target", "frames", "--seconds",
+         "1", "--seed", "3"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "decoder-chunks" in done.stdout and "serve-socketpair" in done.stdout
     assert "inputs tried:" in done.stdout and "RSS start" in done.stdout
+    assert "frames" in done.stdout.split("inputs tried:")[1]
 
 
 def test_the_oracles_are_not_vacuous(tmp_path: Path) -> None:
@@ -71,6 +81,44 @@ def test_the_oracles_are_not_vacuous(tmp_path: Path) -> None:
     internal = {"id": 1, "ok": False, "error": "m: internal error KeyError: 'x'"}
     with pytest.raises(fuzz.FuzzFailure, match="internal error"):
         fuzz.check_frame(encode_frame(internal))
+    for text, problem in [("m: a\x1bb", "control characters"), ("x" * 20000, "error text of"),
+                          ("m: x\nburn-p2p worker: received SIGTERM", "forged log line")]:  # fmt: skip
+        with pytest.raises(fuzz.FuzzFailure, match=problem):
+            fuzz.check_frame(encode_frame({"id": 1, "ok": False, "error": text}))
+    with pytest.raises(fuzz.FuzzFailure, match="allocated 40 MiB"):
+        oracle.check_allocation(40 << 20, 1 << 20, "load")
+    oracle.check_allocation(10 << 20, 1 << 20, "load")
+
+
+def test_the_oracles_limits_are_the_workers() -> None:
+    """The oracle states the contract's limits itself (so it judges the worker
+    rather than agreeing with it); they must be the worker's."""
+    from worker import bounded_json, errors
+
+    assert oracle.MAX_ERROR_CHARS == errors.MAX_ERROR_CHARS
+    assert oracle.MAX_SHOWN_VALUE_CHARS == errors.SHOWN_VALUE_CHARS
+    assert (oracle.MAX_MANIFEST_BYTES, oracle.MAX_MANIFEST_ITEMS) == (
+        packs.MAX_MANIFEST_BYTES, packs.MAX_MANIFEST_ITEMS,
+    )  # fmt: skip
+    assert (oracle.MAX_HEADER_BYTES, oracle.HEADER_FIXED_BYTES, oracle.HEADER_FIXED_ITEMS) == (
+        artifacts.MAX_HEADER_BYTES, artifacts.HEADER_FIXED_BYTES, artifacts.HEADER_FIXED_ITEMS,
+    )  # fmt: skip
+    tensors = artifacts.state_tensors(fuzz.make_model())
+    assert fuzz_artifacts.header_limits(tensors) == artifacts.header_limits(tensors)
+    for text in (b"[]", b'{"a": [1, 2, {"b": ":,"}]}', b"[" * 50 + b"]" * 50):
+        assert oracle.count_json_values(text) == bounded_json.count_items(text)
+
+
+def test_requests_are_drawn_for_every_method_of_both_sides() -> None:
+    """The worker's METHODS is the subject; the params come from the coordinator's spec."""
+    from fakecoord import spec
+    from worker.methods import METHODS
+
+    assert set(METHODS) == set(spec.METHODS)
+    assert fuzz_requests.path_fields("run_inner_loop") == [
+        "inner_optimizer_state_path", "output_parameter_pack_path",
+    ]  # fmt: skip
+    assert not hasattr(fuzz_requests, "METHOD_PARAMS")
 
 
 # -- regressions: one per failure the fuzzer found ------------------------------------------------

@@ -392,10 +392,12 @@ def test_tensor_failing_mid_export_leaves_no_manifest(tmp_path):
     assert partials(tmp_path) == []
 
 
-def test_failure_between_manifest_removal_and_rename_leaves_no_stale_manifest(
-    pack, source, monkeypatch
-):
-    old_values = (pack / VALUES_NAME).read_bytes()
+def test_failure_before_the_new_manifest_lands_keeps_the_old_pack_whole(pack, source, monkeypatch):
+    """Re-export publishes new values under a fresh name and then the manifest:
+    a failure in between leaves the old manifest with its own values (the new
+    values file, named by no manifest, is removed)."""
+    old = make_model(seed=3)
+    export_pack(old, pack, "old")
     real_replace = os.replace
 
     def replace(src, dst, *args, **kwargs):
@@ -404,14 +406,14 @@ def test_failure_between_manifest_removal_and_rename_leaves_no_stale_manifest(
         return real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", replace)
-    export_ = make_model(seed=4)
     with pytest.raises(Crash):
-        export_pack(export_, pack, "new")
+        export_pack(make_model(seed=4), pack, "new")
     monkeypatch.undo()
-    # Values changed, so the old manifest must be gone; a directory without a
-    # manifest is not a pack.
-    assert (pack / VALUES_NAME).read_bytes() != old_values
-    assert not (pack / MANIFEST_NAME).exists()
+    assert read_manifest(pack)["model_schema_hash"] == "old"
+    assert sorted(os.listdir(pack)) == sorted([MANIFEST_NAME, read_manifest(pack)["values_f32_le"]])
+    target = make_model(seed=9)
+    import_pack(pack, lambda: target)
+    assert torch.equal(target[0].weight, old[0].weight)
     assert partials(pack.parent) == []
 
 

@@ -8,6 +8,7 @@ workload once.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import struct
@@ -302,3 +303,59 @@ def test_serve_exit_codes_and_answers(stream, code, ids):
     assert got_code == code
     assert [r["id"] for r in responses] == ids
     assert all(r["ok"] is (r["id"] != 0) for r in responses), responses  # id 0: the refusal
+
+
+# -- issue #9 items 4 and 16, checked against a worker process ------------------------------------
+
+BYTES_HOOKS_SOURCE = """
+from quick_workload import Quick
+
+
+class BytesHooks(Quick):
+    def materialize_model_artifact(self, state):
+        return b"attacker-chosen? no: the workload's bytes"
+
+
+def make(config):
+    return BytesHooks(config)
+"""
+
+
+def test_a_link_planted_at_a_predictable_temporary_name_is_not_followed(
+    worker_process, quick_workload_dir, tmp_path
+):
+    """Item 4: bytes-hook artifacts were written through ``.NAME.partial-PID`` opened
+    with "wb", so a link planted there (in a shared directory) was followed."""
+    (quick_workload_dir / "bytes_hooks.py").write_text(BYTES_HOOKS_SOURCE, encoding="utf-8")
+    proc = worker_process("bytes_hooks:make", {}, pythonpath=[quick_workload_dir])
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    victim.chmod(0o600)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.symlink(victim, shared / f".artifact.bin.partial-{proc.proc.pid}")
+    assert proc.conn.request("init_model", {"device": "cpu"})["ok"]
+    answer = proc.conn.request(
+        "materialize_model_artifact",
+        {"model_id": "m1", "artifact_path": str(shared / "artifact.bin")},
+    )
+    assert answer["ok"], answer
+    assert victim.read_bytes() == b"precious"
+    assert not (shared / "artifact.bin").is_symlink()
+    assert (shared / "artifact.bin").read_bytes() == b"attacker-chosen? no: the workload's bytes"
+
+
+def test_a_400_digit_sample_weight_names_the_parameter(spawn_quick):
+    """Item 16: an integer beyond float range answered "internal error OverflowError"."""
+    proc = spawn_quick()
+    assert proc.conn.request("init_model", {"device": "cpu"})["ok"]
+    candidate = {"model_id": "m1", "sample_weight": 10**400, "quality_weight": 1}
+    answer = proc.conn.request(
+        "merge_candidate_models",
+        {"base_model_id": "m1", "candidates": [candidate], "policy": "Ema"},
+    )
+    assert answer["ok"] is False
+    assert answer["error"].startswith(
+        "merge_candidate_models: params.candidates[0].sample_weight: expected a finite number"
+    ), answer["error"]
+    assert proc.conn.request("hello")["ok"]

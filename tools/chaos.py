@@ -211,16 +211,20 @@ def check_directory(parent: Path, target: Path, old: dict[str, bytes] | None) ->
     manifest_path = target / MANIFEST_NAME
     if manifest_path.exists():
         files = {p.name: p.read_bytes() for p in target.iterdir()}
+        manifest = json.loads(files[MANIFEST_NAME])
+        values = manifest["values_f32_le"]  # a re-export names its own values file
         if old is not None and files.get(MANIFEST_NAME) == old[MANIFEST_NAME]:
-            if files.get(VALUES_NAME) != old[VALUES_NAME]:
+            if files.get(values) != old[VALUES_NAME]:
                 problems.append("the old manifest describes values that changed")
         else:
-            manifest = json.loads(files[MANIFEST_NAME])
-            size = len(files.get(VALUES_NAME, b""))
+            size = len(files.get(values, b""))
             if size != manifest["parameter_count"] * 4:
                 problems.append(
                     f"manifest of {manifest['parameter_count']} values over {size} bytes"
                 )
+        stray = sorted(set(files) - {MANIFEST_NAME, values})
+        if stray:
+            problems.append(f"files no manifest names: {stray}")
     return problems
 
 

@@ -16,7 +16,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import StartupError
+from . import stopping
+from .errors import StartupError, WorkerStop, describe, safe_str
 from .framing import DEFAULT_MAX_FRAME_BYTES
 
 MAX_FRAME_ENV = "BURN_P2P_WORKER_MAX_FRAME_BYTES"
@@ -37,10 +38,12 @@ def load_factory(spec: str) -> Any:
     module_name, attr = parse_factory_spec(spec)
     try:
         module = importlib.import_module(module_name)
+    except WorkerStop:
+        raise
     except BaseException as exc:
         raise StartupError(
-            f"--factory {spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc} "
-            "(is its directory on PYTHONPATH?)"
+            f"--factory {spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: "
+            f"{safe_str(exc)} (is its directory on PYTHONPATH?)"
         ) from exc
     obj: Any = module
     for part in attr.split("."):
@@ -57,10 +60,15 @@ def load_factory(spec: str) -> Any:
 
 
 def parse_config(text: str) -> Any:
+    """Decode ``--config-json``; raises :class:`StartupError` (nesting past the
+    recursion limit included)."""
     try:
         return json.loads(text)
-    except ValueError as exc:
-        raise StartupError(f"--config-json is not valid JSON: {exc} (pass e.g. '{{}}')") from None
+    except (ValueError, RecursionError) as exc:
+        raise StartupError(
+            f"--config-json is not valid JSON: {describe(safe_str(exc), 200, typed=False)} "
+            "(pass e.g. '{}')"
+        ) from None
 
 
 def build_workload(factory_spec: str, config_text: str) -> Any:
@@ -69,9 +77,11 @@ def build_workload(factory_spec: str, config_text: str) -> Any:
     factory = load_factory(factory_spec)
     try:
         return factory(config)
+    except WorkerStop:
+        raise
     except BaseException as exc:
         raise StartupError(
-            f"--factory {factory_spec!r}: the factory raised {type(exc).__name__}: {exc}"
+            f"--factory {factory_spec!r}: the factory raised {type(exc).__name__}: {safe_str(exc)}"
         ) from exc
 
 
@@ -89,6 +99,16 @@ def _frame_limit(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in 1..65535, got {text!r}")
+    return value
+
+
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m worker", description="burn_p2p Python worker (protocol v2)"
@@ -98,7 +118,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--connect-host", required=True, help="coordinator host (normally 127.0.0.1)"
     )
-    parser.add_argument("--connect-port", required=True, type=int, help="coordinator port")
+    parser.add_argument("--connect-port", required=True, type=_port, help="coordinator port")
     parser.add_argument(
         "--max-frame-bytes", type=_frame_limit, default=None,
         help=f"refuse larger request frames (default {DEFAULT_MAX_FRAME_BYTES}, or ${MAX_FRAME_ENV})",
@@ -107,25 +127,30 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = argument_parser().parse_args(argv)
-    limit = args.max_frame_bytes
-    if limit is None:
-        env = os.environ.get(MAX_FRAME_ENV)
-        try:
-            limit = _frame_limit(env) if env else DEFAULT_MAX_FRAME_BYTES
-        except argparse.ArgumentTypeError as exc:
-            print(f"burn-p2p worker: ${MAX_FRAME_ENV}: {exc}", file=sys.stderr)
-            return 2
+    # First, so a stop signal during start-up (importing torch and the
+    # workload) is a stop, not an import error.
+    stopping.install_signal_handlers()
     try:
-        workload = build_workload(args.factory, args.config_json)
-    except StartupError as exc:
-        print(f"burn-p2p worker: {exc}", file=sys.stderr)
-        if exc.__cause__ is not None:
-            traceback.print_exception(exc.__cause__, file=sys.stderr)
-        return 2
-    from .server import install_signal_handlers, run
-
-    install_signal_handlers()
+        args = argument_parser().parse_args(argv)
+        limit = args.max_frame_bytes
+        if limit is None:
+            env = os.environ.get(MAX_FRAME_ENV)
+            try:
+                limit = _frame_limit(env) if env else DEFAULT_MAX_FRAME_BYTES
+            except argparse.ArgumentTypeError as exc:
+                print(f"burn-p2p worker: ${MAX_FRAME_ENV}: {exc}", file=sys.stderr)
+                return 2
+        try:
+            workload = build_workload(args.factory, args.config_json)
+        except StartupError as exc:
+            print(f"burn-p2p worker: {exc}", file=sys.stderr)
+            if exc.__cause__ is not None:
+                traceback.print_exception(exc.__cause__, file=sys.stderr)
+            return 2
+        from .server import run
+    except WorkerStop as stop:
+        print(f"burn-p2p worker: received {stop} while starting; exiting", file=sys.stderr)
+        return 0
     return run(workload, args.connect_host, args.connect_port, limit)
 
 

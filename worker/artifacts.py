@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from . import files
+from . import bounded_json, files
 from .errors import PackError, describe
 from .files import write_all
 from .layout import state_modules
@@ -27,7 +27,14 @@ from .tensor_io import LITTLE_ENDIAN, memory_view, read_exact_into
 SAVE_METHOD = "materialize_model_artifact"
 LOAD_METHOD = "load_model_artifact"
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 32 * 1024 * 1024
+"""The header of a 10^5-tensor model, names of 100 characters, 4-dim shapes and
+20-digit offsets, takes 22 MB (``tests/test_artifacts.py::test_the_header_limits_fit_a_10_5_tensor_model``);
+every header is also held to what the target model needs (:func:`header_limits`)."""
+HEADER_FIXED_BYTES = 1024 * 1024
+"""Header bytes allowed beyond the model's entries: ``__metadata__`` and whitespace."""
+HEADER_FIXED_ITEMS = 4096
+"""JSON values allowed beyond the model's entries (``__metadata__``)."""
 _DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
@@ -99,23 +106,41 @@ def save_state(state: Any, path: str | os.PathLike[str]) -> None:
         ) from exc
 
 
-def read_header(raw: io.RawIOBase, size: int, where: str) -> tuple[dict[str, Any], int]:
-    """Parse and validate a safetensors header; returns (entries, data start)."""
+def header_limits(tensors: dict[str, Any]) -> tuple[int, int]:
+    """(bytes, JSON values) a safetensors header for ``tensors`` may take: per
+    tensor its name (6 bytes per UTF-8 byte, for escapes), 256 bytes and 24 per
+    dimension, and 16 values and one per dimension; plus the fixed allowances;
+    bytes capped at :data:`MAX_HEADER_BYTES`."""
+    size, items = HEADER_FIXED_BYTES, HEADER_FIXED_ITEMS
+    for name, tensor in tensors.items():
+        size += 6 * len(name.encode("utf-8", "surrogatepass")) + 256 + 24 * tensor.dim()
+        items += 16 + tensor.dim()
+    return min(size, MAX_HEADER_BYTES), items
+
+
+def read_header(
+    raw: io.RawIOBase, size: int, where: str, limits: tuple[int, int]
+) -> tuple[dict[str, Any], int]:
+    """Parse and validate a safetensors header within ``limits`` (see
+    :func:`header_limits`), refused before reading or parsing when over them;
+    returns (entries, data start)."""
+    max_bytes, max_items = limits
     if size < 8:
         raise PackError(f"{where}: {size} bytes is too short for a safetensors file")
     prefix = bytearray(8)
     read_exact_into(raw, memoryview(prefix))
     (header_len,) = struct.unpack("<Q", prefix)
-    if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+    if header_len > max_bytes or 8 + header_len > size:
         raise PackError(
-            f"{where}: header length {header_len} is larger than the file or the {MAX_HEADER_BYTES}-byte limit"
+            f"{where}: header length {header_len} is larger than the file or the "
+            f"{max_bytes}-byte limit for this model's tensors"
         )
     data = bytearray(header_len)
     read_exact_into(raw, memoryview(data))
     try:
-        header = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise PackError(f"{where}: header is not UTF-8 JSON ({exc})") from None
+        header = bounded_json.loads(data, max_bytes=max_bytes, max_items=max_items)
+    except bounded_json.JSONRefused as exc:
+        raise PackError(f"{where}: header {exc}") from None
     if not isinstance(header, dict):
         raise PackError(f"{where}: header must be a JSON object")
     header.pop("__metadata__", None)
@@ -164,26 +189,75 @@ def load_state(state: Any, path: str | os.PathLike[str]) -> None:
         raise
 
 
+def max_bytes_in_memory() -> int:
+    """Largest artifact a bytes hook (``load_model_artifact(state, data)``) is
+    handed: half the machine's physical memory (16 GiB where unknown)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def open_regular(path: str | os.PathLike[str], where: str) -> tuple[io.FileIO, int]:
+    """Open ``path`` for reading without blocking on a FIFO (``O_NONBLOCK``),
+    refuse anything but a regular file (FIFO, device, socket, directory), and
+    return the blocking raw file with its size.  Raises :class:`PackError`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PackError(f"{where}: cannot open: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PackError(f"{where}: not a regular file (mode {stat.filemode(info.st_mode)})")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)  # before open(fd): FileIO refuses a directory without closing fd
+        raise
+    return open(fd, "rb", buffering=0), info.st_size
+
+
+def read_whole(path: str | os.PathLike[str], where: str, limit: int | None = None) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`), at most ``limit``
+    (default :func:`max_bytes_in_memory`): a larger file is refused before any
+    byte is read.  Raises :class:`PackError`."""
+    limit = max_bytes_in_memory() if limit is None else limit
+    raw, size = open_regular(path, where)
+    with raw:
+        if size > limit:
+            raise PackError(
+                f"{where}: {size} bytes is more than the {limit} bytes an artifact may take in memory"
+            )
+        parts = []
+        try:
+            while size:
+                chunk = raw.read(size)  # one read for up to 2 GiB
+                if not chunk:
+                    raise PackError(f"{where}: file ended early (it shrank while being read)")
+                parts.append(chunk)
+                size -= len(chunk)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        except MemoryError:
+            raise PackError(f"{where}: not enough memory to read the file") from None
+        except OSError as exc:
+            raise PackError(f"{where}: cannot read: {exc.strerror or exc}") from None
+
+
 def _load_state(state: Any, path: str | os.PathLike[str], where: str) -> None:
     import torch
 
     tensors = state_tensors(state)
+    raw, size = open_regular(path, where)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            # Checked before open(fd): FileIO refuses a directory without closing fd.
-            os.close(fd)
-            raise PackError(f"{where}: not a regular file (mode {stat.filemode(info.st_mode)})")
-        with open(fd, "rb", buffering=0) as raw:
-            os.set_blocking(fd, True)
-            header, start = read_header(raw, info.st_size, where)
+        with raw:
+            header, start = read_header(raw, size, where, header_limits(tensors))
             missing = sorted(set(tensors) - set(header))
             extra = sorted(set(header) - set(tensors))
             if missing or extra:
+                shown_missing = ", ".join(describe(name, typed=False) for name in missing[:5])
                 unexpected = ", ".join(describe(name, typed=False) for name in extra[:5])
                 raise PackError(
-                    f"{where}: keys do not match the model (missing {missing[:5]}, "
+                    f"{where}: keys do not match the model (missing [{shown_missing}], "
                     f"unexpected [{unexpected}])"
                 )
             for name, tensor in tensors.items():
@@ -192,7 +266,7 @@ def _load_state(state: Any, path: str | os.PathLike[str], where: str) -> None:
                     tensor.dtype
                 ).removeprefix("torch."):
                     raise PackError(
-                        f"{where}: tensor {name!r} is {entry['dtype']}"
+                        f"{where}: tensor {describe(name, typed=False)} is {entry['dtype']}"
                         f"{describe(entry['shape'], typed=False)} in the file but "
                         f"{tensor.dtype}{list(tensor.shape)} in the model"
                     )

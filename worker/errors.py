@@ -30,16 +30,109 @@ packs, artifacts) are shown through :func:`describe`, which truncates them.
 
 from __future__ import annotations
 
+import reprlib
+import traceback
+
 _NOTHING = object()
 
+SHOWN_VALUE_CHARS = 80
+"""Most characters an untrusted value takes in a message (:func:`describe`)."""
+MAX_ERROR_CHARS = 16 * 1024
+"""Most characters of an ``ok:false`` error text, traceback included (:func:`error_text`)."""
 
-def describe(value: object, limit: int = 80, *, typed: bool = True) -> str:
+
+class _BoundedRepr(reprlib.Repr):
+    """``reprlib`` limits, plus bytes-like values sliced before their repr is made."""
+
+    def repr_int(self, value: int, level: int) -> str:
+        if value.bit_length() <= 256:
+            return repr(value)
+        digits = int(value.bit_length() * 0.30103) + 1  # log10(2): never formats the digits
+        return f"<{'negative ' if value < 0 else ''}integer of about {digits} digits>"
+
+    def repr_bytes(self, value: bytes, level: int) -> str:
+        return self._sliced(value)
+
+    def repr_bytearray(self, value: bytearray, level: int) -> str:
+        return self._sliced(value)
+
+    def _sliced(self, value: bytes | bytearray) -> str:
+        if len(value) <= self.maxstring:
+            return repr(value)
+        return repr(value[: self.maxstring]) + "..."
+
+
+_BOUNDED = _BoundedRepr()
+_BOUNDED.maxstring = SHOWN_VALUE_CHARS + 2  # a slice's repr: quotes and escapes come after
+_BOUNDED.maxother = SHOWN_VALUE_CHARS
+_BOUNDED.maxlong = SHOWN_VALUE_CHARS
+for _name in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxdeque", "maxarray"):
+    setattr(_BOUNDED, _name, 8)
+_BOUNDED.maxlevel = 3
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """``text`` with every non-printable character (ESC, newlines, bidi overrides,
+    lone surrogates...) but those in ``keep`` written as a Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in keep else ascii(ch)[1:-1] for ch in text)
+
+
+def safe_repr(value: object) -> str:
+    """``repr(value)`` computed in bounded time and space (long strings, huge
+    containers and integers are elided), never raising: an object whose
+    ``__repr__`` fails is shown by its type."""
+    try:
+        text = _BOUNDED.repr(value)
+    except Exception as exc:  # a hostile or broken __repr__, an int past the digit limit
+        text = f"<{type(value).__name__} object; repr() raised {type(exc).__name__}>"
+    return escape_controls(text)
+
+
+def safe_str(value: object) -> str:
+    """``str(value)`` that never raises (for exception messages of hooks)."""
+    try:
+        return str(value)
+    except Exception as exc:
+        return f"<{type(value).__name__} object; str() raised {type(exc).__name__}>"
+
+
+def describe(value: object, limit: int = SHOWN_VALUE_CHARS, *, typed: bool = True) -> str:
     """A short, safe rendering of ``value`` for an error message: its ``repr``
-    cut to ``limit`` characters, followed by its type unless ``typed`` is false."""
-    text = repr(value)
+    with control characters escaped, cut to ``limit`` characters, followed by
+    its type unless ``typed`` is false.  Never raises; costs O(limit)."""
+    text = safe_repr(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f"{text} ({type(value).__name__})" if typed else text
+
+
+def error_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """An error text as answered: control characters escaped (newlines and tabs
+    kept, so a traceback stays readable below the first line) and cut to
+    ``limit`` characters, saying how many were cut."""
+    cut = max(0, len(text) - limit)
+    text = escape_controls(text[:limit], keep="\n\t")
+    if not cut and len(text) <= limit:
+        return text
+    note = f"\n... [{cut + max(0, len(text) - limit)} more characters cut]"
+    return text[: limit - len(note)] + note
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """``text`` (e.g. an exception message from a hook) made safe for a first
+    line: cut to ``limit`` characters, newlines and control characters escaped."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return escape_controls(text)
+
+
+def hook_failure(exc: BaseException) -> str:
+    """``Type: message`` on one line, then the traceback's frames (the message is
+    not repeated raw below, so it cannot forge lines)."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    return f"{type(exc).__name__}: {one_line(safe_str(exc))}\nTraceback (most recent call last):\n{frames}"
 
 
 class WorkerError(Exception):

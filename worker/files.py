@@ -2,19 +2,24 @@
 
 Everything the worker writes (packs, artifacts, job results) is first built
 under an unguessable temporary name in the target's own directory,
-``.NAME.partial-<16 hex digits>``, created exclusively (``O_CREAT|O_EXCL|O_NOFOLLOW``:
-never through a planted file or link), then renamed onto the target.  Readers
-see the old target or the complete new one, never a half-written file.  The
-temporary entry is removed on every failure, including a stop signal
-(:class:`~worker.errors.WorkerStop`) at any point: it is created inside the
-``try`` whose ``finally`` removes it.  Nothing is fsynced: this protects
-against the worker dying, not against the machine losing power.
+``.NAME.partial-<pid>-<16 hex digits>``, created exclusively
+(``O_CREAT|O_EXCL|O_NOFOLLOW``: never through a planted file or link), then
+renamed onto the target.  Readers see the old target or the complete new one,
+never a half-written file.  The temporary entry is removed on every failure,
+including a stop signal (:class:`~worker.errors.WorkerStop`) at any point: it
+is created inside the ``try`` whose ``finally`` removes it.  A process killed
+outright (SIGKILL, as at a call timeout) cannot remove it: the next write of
+the same target removes the staging of every *dead* process (the pid in the
+name), never a live one's (:func:`remove_stale_staging`).  Nothing is fsynced:
+this protects against the worker dying, not against the machine losing power.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,11 +27,53 @@ from typing import BinaryIO
 
 PARTIAL_MARKER = ".partial-"
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_STAGING_NAME = re.compile(r"\.(?P<target>.+)\.partial-(?P<pid>[0-9]+)-[0-9a-f]{16}", re.DOTALL)
 
 
 def temporary_name(target: Path) -> Path:
-    """``.NAME.partial-<random>`` beside ``target`` (a name only; nothing is created)."""
-    return target.with_name(f".{target.name}{PARTIAL_MARKER}{os.urandom(8).hex()}")
+    """``.NAME.partial-<pid>-<random>`` beside ``target`` (a name only; nothing is created)."""
+    return target.with_name(f".{target.name}{PARTIAL_MARKER}{os.getpid()}-{os.urandom(8).hex()}")
+
+
+def process_alive(pid: int) -> bool:
+    """False only when no process ``pid`` exists (a zombie, another user's
+    process or a recycled pid count as alive: staging is kept then)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_staging(directory: Path, target_name: str | None = None) -> list[str]:
+    """Remove the staging entries in ``directory`` (of ``target_name``, or of any
+    target) whose creating process is dead; returns the names removed.
+
+    Best effort: an entry that cannot be removed is left alone.  Links are
+    removed, never followed, and a staging directory is emptied through its
+    own descriptor, so a planted link cannot redirect the removal.
+    """
+    removed: list[str] = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in entries:
+        match = _STAGING_NAME.fullmatch(name)
+        if match is None or (target_name is not None and match["target"] != target_name):
+            continue
+        if process_alive(int(match["pid"])):
+            continue
+        try:
+            _remove_entry(directory / name)
+        except OSError:
+            continue
+        removed.append(name)
+    return removed
 
 
 def create_exclusive(path: Path) -> BinaryIO:
@@ -60,10 +107,16 @@ class StagedFile:
         self.published = False
 
     def publish(self) -> None:
-        """Close the file and rename it onto the target (replacing what is there)."""
+        """Close the file and rename it onto the target (replacing what is there).
+        ``published`` is true exactly when the rename happened, even if a stop
+        interrupts this call."""
         self.file.close()
-        os.replace(self.path, self.target)
         self.published = True
+        try:
+            os.replace(self.path, self.target)
+        except BaseException:
+            self.published = False
+            raise
 
 
 @contextmanager
@@ -73,6 +126,7 @@ def staged_file(target: Path) -> Iterator[StagedFile]:
     Leaving the block without publishing (an exception, a stop) removes the
     temporary file.  Raises ``OSError`` when it cannot be created.
     """
+    remove_stale_staging(target.parent, target.name)
     path = temporary_name(target)
     staged: StagedFile | None = None
     try:
@@ -119,6 +173,7 @@ def staged_directory(target: Path) -> Iterator[StagedDirectory]:
     """Stage a new directory for ``target``; the caller fills ``.path`` (with
     :func:`create_exclusive`) and calls ``.publish()``.  Leaving the block
     without publishing removes the directory and the plain files in it."""
+    remove_stale_staging(target.parent, target.name)
     path = temporary_name(target)
     staged: StagedDirectory | None = None
     try:
@@ -137,12 +192,31 @@ def _remove(path: Path) -> None:
         pass
 
 
+def _remove_entry(path: Path) -> None:
+    """Remove a file, a link, or a directory holding only plain files (never following links)."""
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        _remove(path)
+    else:
+        _remove_tree(path)
+
+
 def _remove_tree(path: Path) -> None:
     """Remove a staging directory holding only plain files (never following links)."""
     try:
-        names = os.listdir(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return
-    for name in names:
-        _remove(path / name)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:  # a link planted in its place: remove the link itself
+            raise
+        _remove(path)
+        return
+    try:
+        for name in os.listdir(fd):
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
     os.rmdir(path)

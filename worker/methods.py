@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import artifacts, files, packs
-from .errors import EnvironmentFault, LayoutError, WorkloadError, describe
+from .errors import EnvironmentFault, LayoutError, PackError, WorkloadError, describe
 from .layout import compute_layout
 from .protocol import (
     ACK,
@@ -247,11 +247,10 @@ def load_model_artifact(worker: Worker, p: ArtifactParams) -> dict[str, Any]:
         updated = worker.call_hook("load_model_artifact_path", model.state, path)
     elif worker.has("load_model_artifact"):
         try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise EnvironmentFault(
-                f"cannot read {path!r}: {exc.strerror or exc}", param="artifact_path"
-            ) from None
+            data = artifacts.read_whole(path, repr(path))
+        except PackError as exc:
+            exc.param = "artifact_path"
+            raise
         updated = worker.call_hook("load_model_artifact", model.state, data)
     else:
         artifacts.load_state(model.state, path)
@@ -331,14 +330,14 @@ def run_inner_loop(worker: Worker, job: InnerLoopJob) -> dict[str, Any]:
         if value is not None and not isinstance(value, str):
             raise WorkloadError(f"{key} must be a string or None, got {describe(value)}")
         out[key] = value
-    state = job.model_id.state
-    if result.get("state") is not None:
-        state = worker.models[job.model_id.id] = result["state"]
+    # All or nothing: the handle takes a returned state only once the pack is out.
+    state = job.model_id.state if result.get("state") is None else result["state"]
     after = _stat_or_none(manifest)
     if after is None or after == before:
         worker.export(
             state, job.output_parameter_pack_path, job.model_schema_hash, job.state_dict_filter
         )
+    worker.models[job.model_id.id] = state
     return out
 
 

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from .errors import BadRequest, RequestError, WorkloadError, describe
+from .errors import BadRequest, RequestError, WorkloadError, describe, error_text
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -99,13 +99,10 @@ def ok_response(request_id: int, result: Any) -> dict[str, Any]:
 
 
 def error_response(request_id: int, error: str) -> dict[str, Any]:
-    # A hook's message may hold lone surrogates, which UTF-8 cannot carry:
-    # replace them rather than lose the message.
-    return {
-        "id": request_id,
-        "ok": False,
-        "error": error.encode("utf-8", "replace").decode("utf-8"),
-    }
+    """The ``ok:false`` answer; every error text the worker sends passes here, so
+    it is capped and its control characters (and lone surrogates, which UTF-8
+    cannot carry) are escaped (:func:`~worker.errors.error_text`)."""
+    return {"id": request_id, "ok": False, "error": error_text(error)}
 
 
 ACK = {"ok": True}

@@ -11,12 +11,11 @@ over the limit, or the coordinator cannot be reached.
 from __future__ import annotations
 
 import gc
-import signal
 import socket
 import sys
 import time
-from types import FrameType
 
+from . import stopping
 from .connection import Close, Connection, NeedData, Reply
 from .errors import WorkerStop
 from .framing import DEFAULT_MAX_FRAME_BYTES, READ_SIZE
@@ -29,20 +28,6 @@ DRAIN_SECONDS = 2.0
 def log(message: str) -> None:
     """One line on stderr (the coordinator inherits it; stdout is /dev/null)."""
     print(f"burn-p2p worker: {message}", file=sys.stderr, flush=True)
-
-
-def _raise_stop(signum: int, _frame: FrameType | None) -> None:
-    # One stop is enough: a second Ctrl-C must not interrupt the cleanup
-    # (temporary files being removed) that the first one started.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-    raise WorkerStop(signal.Signals(signum).name)
-
-
-def install_signal_handlers() -> None:
-    """Make SIGTERM and SIGINT raise :class:`~worker.errors.WorkerStop`."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _raise_stop)
 
 
 def connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
@@ -80,6 +65,7 @@ def serve(
 
 def _exchange(sock: socket.socket, worker: Worker, connection: Connection) -> Close:
     while True:
+        stopping.raise_if_requested()  # a stop that a hook swallowed ends the session here
         event = connection.next_event()
         if isinstance(event, NeedData):
             connection.received(sock.recv_into(connection.receive_buffer()))
@@ -115,17 +101,22 @@ def _drain(sock: socket.socket, seconds: float = DRAIN_SECONDS) -> None:
 def run(
     workload: object, host: str, port: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> int:
-    """Connect to the coordinator and serve ``workload``; returns the exit code."""
-    worker = Worker(workload)
-    # Everything alive now (torch, the workload's imports) is long-lived:
-    # keep it out of every future collection so big requests decode without
-    # full-heap GC pauses.
-    gc.collect(1)  # a full pass over a torch-sized heap costs ~75 ms and finds next to nothing
-    gc.freeze()
+    """Connect to the coordinator and serve ``workload``; returns the exit code
+    (0 for a stop signal at any point, connecting included)."""
     try:
-        sock = connect(host, port)
-    except OSError as exc:
-        log(f"cannot connect to the coordinator at {host}:{port}: {exc}")
-        return 1
+        worker = Worker(workload)
+        # Everything alive now (torch, the workload's imports) is long-lived:
+        # keep it out of every future collection so big requests decode without
+        # full-heap GC pauses.
+        gc.collect(1)  # a full pass over a torch-sized heap costs ~75 ms and finds next to nothing
+        gc.freeze()
+        try:
+            sock = connect(host, port)
+        except OSError as exc:
+            log(f"cannot connect to the coordinator at {host}:{port}: {exc}")
+            return 1
+    except WorkerStop as stop:
+        log(f"received {stop} before the connection was made; exiting")
+        return 0
     with sock:
         return serve(sock, worker, max_frame_bytes)

@@ -6,10 +6,9 @@ model table, and the calls into the workload.  No sockets and no bytes here
 from __future__ import annotations
 
 import inspect
-import traceback
 from typing import Any
 
-from . import PROTOCOL_VERSION, packs
+from . import PROTOCOL_VERSION, packs, stopping
 from .errors import (
     EnvironmentFault,
     InternalFault,
@@ -18,6 +17,7 @@ from .errors import (
     UnknownMethod,
     WorkerStop,
     WorkloadError,
+    hook_failure,
 )
 from .methods import METHODS, Method
 from .protocol import Answer, Request, StateFilter
@@ -75,7 +75,7 @@ class Worker:
             raise
         except BaseException as exc:  # a bug in the worker or code it called outside a hook
             fault = InternalFault(
-                f"internal error {type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+                f"internal error {hook_failure(exc)}",
                 method=request.method,
             )
             return Answer(request.id, request.method, error=fault)
@@ -108,18 +108,24 @@ class Worker:
     def call_hook(self, hook: str, *args: Any, **kwargs: Any) -> Any:
         """Call a workload hook.  Anything it raises (SystemExit and
         KeyboardInterrupt too) becomes a :class:`~worker.errors.WorkloadError`
-        with the traceback; a missing hook is one too."""
+        with the traceback (and a fallback text when the exception cannot be
+        printed); a missing hook is one too.  A stop signal the hook swallowed
+        is raised when it returns (:mod:`worker.stopping`)."""
         fn = getattr(self.workload, hook, None)
         if not callable(fn):
             raise WorkloadError(f"the workload has no {hook}() hook; add it to use this method")
-        try:
-            return fn(*args, **kwargs)
-        except WorkerStop:
-            raise
-        except BaseException as exc:
-            raise WorkloadError(
-                f"workload hook {hook} raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-            ) from None
+        failure: WorkloadError | None = None
+        with stopping.hook_running():
+            try:
+                result = fn(*args, **kwargs)
+            except WorkerStop:
+                raise
+            except BaseException as exc:
+                failure = WorkloadError(f"workload hook {hook} raised {hook_failure(exc)}")
+        stopping.raise_if_requested()
+        if failure is not None:
+            raise failure from None
+        return result
 
     # -- the model table ---------------------------------------------------------
 

@@ -19,6 +19,7 @@ from tests.service.support import (
     model_state,
     ok,
 )
+from tests.workloads import TinyWorkload
 from worker.packs import MANIFEST_NAME
 from worker.service import Worker
 
@@ -134,3 +135,20 @@ def test_inner_loop_without_the_hook_is_an_error(tmp_path):
     ok(worker, "init_model", {"device": "cpu"})
     message = error(worker, "run_inner_loop", inner_job(tmp_path))
     assert message.startswith("run_inner_loop:") and "no run_inner_loop() hook" in message
+
+
+class ReturnsUnexportableState(TinyWorkload):
+    def run_inner_loop(self, state, job):
+        return {"steps_completed": job["num_inner_steps"], "state": {"not": "a module"}}
+
+
+def test_a_failed_inner_loop_leaves_the_handle_untouched(tmp_path):
+    """Issue #9 item 13: the returned state used to be stored before the export
+    that then failed; all or nothing now."""
+    worker = Worker(ReturnsUnexportableState({}))
+    ok(worker, "init_model", {"device": "cpu"})
+    state = worker.models["m1"]
+    text = error(worker, "run_inner_loop", inner_job(tmp_path))
+    assert text.startswith("run_inner_loop:") and "generic torch layout" in text
+    assert worker.models["m1"] is state
+    assert not (tmp_path / "out").exists()
