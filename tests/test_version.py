@@ -37,3 +37,17 @@ def test_the_simulation_cli_prints_the_version(capsys) -> None:
             main(argv)
         assert stop.value.code == 0
         assert f"fakecoord {fakecoord.__version__}" in capsys.readouterr().out
+
+
+def test_the_worker_cli_prints_the_version_without_other_flags() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "--version"],
+        cwd=PYPROJECT.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"python -m worker {worker.__version__} (protocol 2)"

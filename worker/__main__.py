@@ -109,10 +109,28 @@ def _port(text: str) -> int:
     return value
 
 
+class _PrintVersion(argparse.Action):
+    """``--version``: the installed version is read only when asked for (start-up
+    never pays for ``importlib.metadata``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **_: Any) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+            help="print the version and exit",
+        )  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from . import PROTOCOL_VERSION, __version__
+
+        print(f"{parser.prog} {__version__} (protocol {PROTOCOL_VERSION})")
+        parser.exit()
+
+
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m worker", description="burn_p2p Python worker (protocol v2)"
     )
+    parser.add_argument("--version", action=_PrintVersion)
     parser.add_argument("--factory", required=True, help="MODULE:ATTR of the workload factory")
     parser.add_argument("--config-json", required=True, help="JSON passed to the factory")
     parser.add_argument(
