@@ -87,6 +87,7 @@ def missing_params(s: Session) -> str:
     scratch.mkdir()
     count = 0
     for method, keys in REQUIRED.items():
+        bad: Any
         for bad in (None, [], "params"):
             _refused(s, method, bad, f"params {describe(bad)} instead of an object", VALIDATION)
             count += 1

@@ -46,10 +46,10 @@ def _send(
     """Send ``data``, or each piece of a list with ``pause`` s between; a broken connection
     is a :class:`CheckFailed`."""
     try:
-        if pause is None:
+        if isinstance(data, bytes):
             raw.send(data)
         else:
-            raw.send_pieces(data, pause)
+            raw.send_pieces(data, pause or 0.0)
     except WorkerGone as exc:
         status = raw.wait_exit(2.0)
         got = f"{exc} (exit status {status}); stderr: {one_line(raw.stderr_tail(), 200)}"

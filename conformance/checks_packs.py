@@ -15,7 +15,7 @@ from .values import describe_difference, exact_values, same_bits
 
 INIT = "init_model() (the layout comes from its state)"
 LAYOUT = "the worker's layout computation (PROTOCOL.md §3), or init_model() state"
-NO_FILTER = {"include_globs": [], "exclude_globs": []}
+NO_FILTER: dict[str, list[str]] = {"include_globs": [], "exclude_globs": []}
 
 
 def plan_shape(s: Session) -> str:
@@ -133,11 +133,12 @@ def layout_hash_independent(s: Session) -> str:
             exc.hook,
             details=exc.details,
         ) from None
-    for key, mine in (
+    recomputed: tuple[tuple[str, Any], ...] = (
         ("included_keys", local.names),
         ("ignored_non_float_keys", local.ignored),
         ("parameter_count", local.parameter_count),
-    ):
+    )
+    for key, mine in recomputed:
         theirs = plan[key]
         if key != "parameter_count":
             theirs, mine = sorted(theirs), sorted(mine)
@@ -261,7 +262,7 @@ def filters_select_keys(s: Session) -> str:
         offsets = s.local_layout().offsets() if generic else None
     except (CheckSkipped, CheckFailed):
         offsets = None  # packs.layout_hash_independent reports why
-    model_id = s.new_model() if generic else None
+    model_id = s.new_model() if generic else ""
     whole = s.export(model_id) if generic else None
 
     def body(f: dict) -> None:
@@ -295,7 +296,7 @@ def filters_select_keys(s: Session) -> str:
                 f"{pack.parameter_count} values",
                 s.export_hook,
             )
-        if offsets is not None:
+        if offsets is not None and whole is not None:
             import numpy as np
 
             parts = [whole.values[slice(*offsets[k])] for k in wanted]

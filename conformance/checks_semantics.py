@@ -5,6 +5,8 @@ at once)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fakecoord.packs import Pack
 
 from .errors import CheckFailed, CheckSkipped, describe, one_line
@@ -117,7 +119,7 @@ def handles_independent(s: Session) -> str:
             steps.append("train_window")
     base, pbase = s.crafted(903)
     merged, _ = s.crafted(904)
-    params = {"base_model_id": base, "merged_model_id": merged, "policy": "Ema"}
+    params: dict[str, Any] = {"base_model_id": base, "merged_model_id": merged, "policy": "Ema"}
     s.handle("apply_single_root_ema", params, what="apply_single_root_ema to answer",
              hook="apply_single_root_ema()")  # fmt: skip
     unchanged("EMA's base", base, pbase, "apply_single_root_ema", "apply_single_root_ema()")

@@ -133,6 +133,12 @@ class Options:
                     raise UsageError(f"{name} must name a program")
         self.pythonpath = tuple(os.fspath(p) for p in self.pythonpath)
 
+    @property
+    def batch_refs(self) -> list | None:
+        """The BatchRefs to train on (a ``batches`` path was read when the options were made)."""
+        assert not isinstance(self.batches, (str, os.PathLike))
+        return self.batches
+
 
 def candidate(model_id: str, sample_weight: float, quality_weight: float = 1.0) -> dict:
     """A merge Candidate as the coordinator sends it."""

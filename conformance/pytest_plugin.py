@@ -55,6 +55,7 @@ PATH_OPTIONS = ("batches", "xfails-file", "pythonpath")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("burn-p2p-conformance", "burn_p2p workload conformance checks")
+    ini_type: Any
     for name, metavar, text, ini_type in OPTIONS:
         dest = "workload_" + name.replace("-", "_")
         action = "append" if ini_type == "linelist" else "store"

@@ -568,8 +568,8 @@ class Session:
         probe = self.train_probe()
         if probe.skip:
             raise CheckSkipped(probe.skip)
-        if self.options.batches is not None:
-            return list(self.options.batches), "the BatchRefs from --batches"
+        if self.options.batch_refs is not None:
+            return list(self.options.batch_refs), "the BatchRefs from --batches"
         return generated_batches(count), f"{count} generated micro_epoch refs"
 
     # -- raw worker processes (framing checks) ---------------------------------------

@@ -101,8 +101,8 @@ class TrainProbe:
 
 def run_train_probe(s: Session) -> TrainProbe:
     """Train a fresh model with the run's batches, exporting it before and after."""
-    if s.options.batches is not None:
-        batches = list(s.options.batches)
+    if s.options.batch_refs is not None:
+        batches = list(s.options.batch_refs)
         probe = TrainProbe(f"the {len(batches)} BatchRefs from --batches", batches)
     else:
         batches = generated_batches(2)

@@ -204,7 +204,7 @@ def _open(path: str | os.PathLike, load_values: bool | None) -> Pack:
             values = np.empty(0, dtype=np.float32)
         elif load_values:
             values = np.empty(manifest.parameter_count, dtype=np.float32)
-            if values_file.readinto(memoryview(values).cast("B")) != expected:
+            if values_file.readinto(values.data.cast("B")) != expected:
                 raise PackError(f"{where}: {manifest.values_f32_le} changed while it was read")
         else:
             values = np.memmap(
@@ -351,7 +351,7 @@ class PackReader:
             raise PackError(
                 "PackReader.read_into: out must be a contiguous little-endian float32 array"
             )
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         done = 0
         while done < len(view):
             got = os.preadv(self._fd, [view[done:]], start * 4 + done)

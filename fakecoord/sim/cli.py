@@ -377,8 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.get("resume") and options.get("out"):
             if Path(options["out"]).resolve() != Path(options["resume"]).resolve():
                 raise SettingsError("--resume DIR already names the run directory; drop --out")
+        out: Path | None
         if options.get("resume"):
-            out: Path | None = Path(options["resume"])
+            out = Path(options["resume"])
             config = resume_config(options, out)
             ignored = [
                 "--" + name.replace("_", "-")

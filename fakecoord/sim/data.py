@@ -95,7 +95,7 @@ def ref_problem(ref: Any) -> str | None:
     if not isinstance(ref, dict):
         return f"expected a BatchRef object, got {type(ref).__name__}"
     kind = ref.get("kind")
-    lists = ("microshard_ids", "ordinals")
+    lists: tuple[str, ...] = ("microshard_ids", "ordinals")
     if kind == REF_KIND:
         lists = ("shard_paths", *lists)
     elif kind == "micro_epoch":

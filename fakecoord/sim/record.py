@@ -13,7 +13,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from ..errors import SettingsError, SimError
 from ..files import write_bytes, write_json
@@ -28,7 +28,7 @@ REPORT_FORMAT = "fakecoord-sim-report-v2"
 COUNT_METRICS = ("examples", "batch_count", "steps", "microshard_count")
 
 
-def numeric(value: Any) -> bool:
+def numeric(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

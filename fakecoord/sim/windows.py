@@ -120,10 +120,12 @@ class Windows(Strategy[WindowsState]):
                 ctx.unplanned(reducer, exc, "merge")
                 peer.after_failure(exc)
         by_peer = {res.peer: res for res in survivors}
-        reconciled = ctx.parallel(
-            lambda peer: self._reconcile(peer, by_peer[peer.peer], canonical),
-            [p for p in by_peer if ctx.peer(p).slot.alive],
-        )
+
+        def reconcile(peer: PeerContext) -> Any:
+            assert peer.peer is not None  # a training peer, not the baseline
+            return self._reconcile(peer, by_peer[peer.peer], canonical)
+
+        reconciled = ctx.parallel(reconcile, [p for p in by_peer if ctx.peer(p).slot.alive])
         local = {p: ctx.rel(canonical) for p in range(c.peers)}
         for p, outcome in reconciled.items():
             if isinstance(outcome, BaseException):
