@@ -11,8 +11,6 @@ from .errors import CheckFailed, CheckSkipped, one_line
 from .session import Session
 from .training import COORDINATOR_METRICS
 
-CAPABILITY_HOOKS = "runtime_device() / capability_probe()"
-
 
 def hello(s: Session) -> str:
     hello = s.hello()

@@ -156,9 +156,6 @@ class FaultPlan:
                 return fault if _uniform(self.seed, round_index, peer) < fault.value else None
         return None
 
-    def specs(self) -> list[str]:
-        return [f.spec for f in self.faults]
-
 
 def _overlap(a: Fault, b: Fault, rounds: int) -> bool:
     if a.peer is not None and b.peer is not None and a.peer != b.peer:

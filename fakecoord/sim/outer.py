@@ -245,7 +245,7 @@ class _Kernel:
             self.aggregate(rows, g)
         gradient_sq = float(np.dot(g, g))
         if not np.isfinite(gradient_sq):
-            self._find_non_finite(base, local, velocity, g)
+            self._find_non_finite(base, local, velocity)
         self.gradient_sq += gradient_sq
         v = self.vnew[:n]
         if velocity is None or not self.optimizer.keeps_momentum:
@@ -263,7 +263,7 @@ class _Kernel:
         np.subtract(base, t, out=t)
         return t, v
 
-    def _find_non_finite(self, base, local, velocity, gradient) -> None:
+    def _find_non_finite(self, base, local, velocity) -> None:
         if not np.all(np.isfinite(base)):
             raise OuterError("the base pack holds NaN or infinite values")
         if velocity is not None and not np.all(np.isfinite(velocity)):

@@ -63,10 +63,6 @@ class ShardHeader:
     def microshards(self) -> int:
         return self.rows // self.microshard_rows
 
-    @property
-    def microshard_bytes(self) -> int:
-        return self.microshard_rows * self.width * 4
-
 
 def header_path(values_path: str | os.PathLike) -> Path:
     return Path(values_path).with_suffix(".json")
