@@ -75,12 +75,9 @@ class StderrCapture:
 
     def started(self) -> None:
         """Call once the child holds its stderr: drop our copies, start the copier."""
-        if self._owned_file is not None:
-            self._owned_file.close()
-            self._owned_file = None
-        if self._write_fd is not None:
-            os.close(self._write_fd)
-            self._write_fd = None
+        pipe = self._write_fd is not None
+        self._drop_parent_ends()
+        if pipe:
             self._thread = threading.Thread(
                 target=self._copy, name="fakecoord-worker-stderr", daemon=True
             )
@@ -139,16 +136,20 @@ class StderrCapture:
             text = text.partition("\n")[2] or text
         return text
 
-    def close(self, wait: float = EXIT_GRACE) -> None:
-        """Release our ends.  The copier stops at EOF (when every holder of the
-        pipe's write end is gone); it is a daemon thread, so one kept alive by a
-        grandchild does not block interpreter exit."""
+    def _drop_parent_ends(self) -> None:
+        """Close this process's copies of what the child writes to."""
         if self._owned_file is not None:
             self._owned_file.close()
             self._owned_file = None
         if self._write_fd is not None:
             os.close(self._write_fd)
             self._write_fd = None
+
+    def close(self, wait: float = EXIT_GRACE) -> None:
+        """Release our ends.  The copier stops at EOF (when every holder of the
+        pipe's write end is gone); it is a daemon thread, so one kept alive by a
+        grandchild does not block interpreter exit."""
+        self._drop_parent_ends()
         if self._thread is not None:
             self._thread.join(wait)
             if not self._thread.is_alive() and self._read_fd is not None:
