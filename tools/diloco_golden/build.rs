@@ -53,9 +53,12 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let mirror = env::var("MIRROR").unwrap_or_else(|_| DEFAULT_MIRROR.to_owned());
     let rev = env::var("UPSTREAM_REV").unwrap_or_else(|_| "HEAD".to_owned());
-    let commit = git(&mirror, &["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
-        .trim()
-        .to_owned();
+    let commit = git(
+        &mirror,
+        &["rev-parse", "--verify", &format!("{rev}^{{commit}}")],
+    )
+    .trim()
+    .to_owned();
     assert!(
         commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
         "cannot resolve {rev} in {mirror}: {commit:?}"
@@ -66,7 +69,11 @@ fn main() {
     let show = |path: &str| git(&mirror, &["show", &format!("{commit}:{path}")]);
 
     write(&out, "codec.rs", &rewrite_codec(&show(CODEC)));
-    write(&out, "workload_diloco.rs", &rewrite_workload(&show(WORKLOAD)));
+    write(
+        &out,
+        "workload_diloco.rs",
+        &rewrite_workload(&show(WORKLOAD)),
+    );
     write(&out, "schema_diloco.rs", &extract_schema(&show(SCHEMA)));
     write(
         &out,
@@ -116,7 +123,8 @@ fn split_items(source: &str) -> Vec<Item> {
         }
         lines.push(line);
         let column0 = !line.is_empty() && !line.starts_with(' ') && !line.starts_with('\t');
-        let decoration = line.starts_with("#[") || line.starts_with("#![") || line.starts_with("//");
+        let decoration =
+            line.starts_with("#[") || line.starts_with("#![") || line.starts_with("//");
         if !column0 || decoration {
             continue;
         }
@@ -180,7 +188,10 @@ fn rewrite_codec(source: &str) -> String {
     let mut kept = Vec::new();
     let mut dropped = Vec::new();
     for item in split_items(source) {
-        if let Some(what) = CODEC_DROPPED.iter().find(|what| declares(&item.header, what)) {
+        if let Some(what) = CODEC_DROPPED
+            .iter()
+            .find(|what| declares(&item.header, what))
+        {
             dropped.push(*what);
         } else if item.header == "mod tests {" && item.text.contains("#[cfg(test)]") {
             continue;
@@ -189,7 +200,10 @@ fn rewrite_codec(source: &str) -> String {
         }
     }
     for what in CODEC_DROPPED {
-        assert!(dropped.contains(what), "{CODEC}: expected item `{what}` not found");
+        assert!(
+            dropped.contains(what),
+            "{CODEC}: expected item `{what}` not found"
+        );
     }
     let (text, replaced) = rewrite_uses(kept);
     assert!(replaced >= 1, "{CODEC}: no burn_p2p_core import found");
@@ -207,7 +221,10 @@ fn rewrite_codec(source: &str) -> String {
 fn rewrite_workload(source: &str) -> String {
     let (text, replaced) = rewrite_uses(split_items(source));
     assert!(replaced >= 1, "{WORKLOAD}: no burn_p2p_core import found");
-    for needed in ["fn build_pseudo_gradient(", "fn apply_aggregated_outer_update("] {
+    for needed in [
+        "fn build_pseudo_gradient(",
+        "fn apply_aggregated_outer_update(",
+    ] {
         assert!(text.contains(needed), "{WORKLOAD}: `{needed}` not found");
     }
     text

@@ -156,7 +156,7 @@ fn signs() -> Family {
         columns.push((0..PEERS).map(|_| b"++--0z"[rng.below(6)]).collect());
     }
     let base = vec![-0.0_f32; n];
-    let mut locals = vec![Vec::with_capacity(n); PEERS];
+    let mut locals: Vec<Vec<f32>> = (0..PEERS).map(|_| Vec::with_capacity(n)).collect();
     for column in &columns {
         for (p, local) in locals.iter_mut().enumerate() {
             let magnitude = if rng.unit() < 0.2 {
@@ -250,7 +250,7 @@ fn fp16_halfway() -> Family {
         1.0 / 3.0,
         2.0 / 3.0,
         1e-5,
-        3.141_592_7,
+        std::f32::consts::PI,
         1.0,
         pow2(-26),
     ];
@@ -418,8 +418,22 @@ fn qsgd_norm_edge() -> Family {
 /// peers carry 1e20, 3e38 (a Mean sum overflows) and similar.
 fn large() -> Family {
     let low = [
-        1e18, -1e18, 5e17, 1.0, 2.0, -3.0, 1e15, 7e17, 1.0, 1e10, -1e15, 1e16, 123_456_790.0, 1e-3,
-        -8e17, 2e17,
+        1e18,
+        -1e18,
+        5e17,
+        1.0,
+        2.0,
+        -3.0,
+        1e15,
+        7e17,
+        1.0,
+        1e10,
+        -1e15,
+        1e16,
+        123_456_790.0,
+        1e-3,
+        -8e17,
+        2e17,
     ];
     let high = [
         3e38,
@@ -603,7 +617,10 @@ fn outer_name(outer: &OuterOptimizerPolicy) -> String {
     name
 }
 
-fn signmaj(minimum_agreement_micros: u64, tie_break: SignMajorityTieBreak) -> DiLoCoAggregationPolicy {
+fn signmaj(
+    minimum_agreement_micros: u64,
+    tie_break: SignMajorityTieBreak,
+) -> DiLoCoAggregationPolicy {
     DiLoCoAggregationPolicy::SignMajority {
         minimum_agreement_micros,
         tie_break,
@@ -981,7 +998,15 @@ fn long_cases(
     }
     for codec in [GradientCodec::Fp32, GradientCodec::Fp16] {
         for aggregation in [mean, median] {
-            push("gen-n70001".into(), codec.clone(), aggregation, 15, 70_001, 1.0, 4);
+            push(
+                "gen-n70001".into(),
+                codec.clone(),
+                aggregation,
+                15,
+                70_001,
+                1.0,
+                4,
+            );
         }
     }
     push(

@@ -108,12 +108,19 @@ fn f32_json_number(value: f32) -> String {
     assert!(value.is_finite(), "gen scale must be finite");
     let wide = f64::from(value);
     let text = format!("{wide:?}");
-    assert_eq!(text.parse::<f64>().ok(), Some(wide), "{text} does not read back");
+    assert_eq!(
+        text.parse::<f64>().ok(),
+        Some(wide),
+        "{text} does not read back"
+    );
     text
 }
 
 fn f32le_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|value| value.to_le_bytes()).collect()
+    values
+        .iter()
+        .flat_map(|value| value.to_le_bytes())
+        .collect()
 }
 
 fn f32le_hex(values: &[f32]) -> String {
@@ -187,7 +194,11 @@ fn pack(values: Vec<f32>) -> FlattenedTensorPack {
 /// The error's Display text: anyhow's top-level message (`format!("{err}")`).
 fn message(err: &anyhow::Error) -> String {
     let text = format!("{err}");
-    assert_eq!(text, format!("{err:#}"), "error with a context chain: {err:#}");
+    assert_eq!(
+        text,
+        format!("{err:#}"),
+        "error with a context chain: {err:#}"
+    );
     text
 }
 
@@ -290,11 +301,22 @@ fn case_json(case: &Case, outcome: &Outcome) -> String {
             .collect::<Vec<_>>()
             .join(",")
     };
-    write!(out, ",\"pseudo_gradients\":[{}]", list(&outcome.pseudo_gradients)).expect("write");
+    write!(
+        out,
+        ",\"pseudo_gradients\":[{}]",
+        list(&outcome.pseudo_gradients)
+    )
+    .expect("write");
     if let Some(encoded) = &outcome.encoded {
         let items = encoded
             .iter()
-            .map(|bytes| format!("{{\"len\":{},\"sha256\":\"{}\"}}", bytes.len(), sha256_hex(bytes)))
+            .map(|bytes| {
+                format!(
+                    "{{\"len\":{},\"sha256\":\"{}\"}}",
+                    bytes.len(),
+                    sha256_hex(bytes)
+                )
+            })
             .collect::<Vec<_>>();
         write!(out, ",\"encoded\":[{}]", items.join(",")).expect("write");
     }
@@ -353,7 +375,11 @@ fn main() -> anyhow::Result<()> {
     )?;
     let mut errors_by_stage = std::collections::BTreeMap::<&str, usize>::new();
     for (index, case) in cases.iter().enumerate() {
-        assert!(names.insert(case.name.clone()), "duplicate case name {}", case.name);
+        assert!(
+            names.insert(case.name.clone()),
+            "duplicate case name {}",
+            case.name
+        );
         assert!(!case.locals.is_empty(), "{}: no locals", case.name);
         let outcome = run(case);
         let stagewise = outcome
