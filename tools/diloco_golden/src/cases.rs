@@ -789,6 +789,23 @@ pub fn all_cases() -> Vec<Case> {
             }
         }
     }
+    // 666666 lets 4 of 6 votes (0.6666667_f32) through where 666667 does not.
+    for codec in [
+        GradientCodec::Fp32,
+        GradientCodec::SignSgd {
+            error_feedback: false,
+        },
+    ] {
+        for k in 1..=PEERS {
+            builder.push(
+                &signs,
+                &codec,
+                &signmaj(666_666, SignMajorityTieBreak::Zero),
+                k,
+                &lr1,
+            );
+        }
+    }
     for codec in [
         GradientCodec::Qsgd {
             bits: 1,
