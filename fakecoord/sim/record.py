@@ -130,9 +130,9 @@ class Recorder:
     def round_record(self, r: int, results: list[PeerResult], metrics: dict) -> dict:
         plan = self.engine.plan
         finished = sum(res.ok for res in results)
-        asked = sum(not res.dropped for res in results)
+        asked = sum(not res.dropped and not res.outside_group for res in results)
         for res in results:
-            if res.dropped:
+            if res.dropped or res.outside_group:
                 continue
             pending = self.pending.pop(res.peer, None)
             if pending is not None:
@@ -163,8 +163,13 @@ class Recorder:
             "eval_value": self.value(metrics),
             "eval": metrics,
             "contributors": [res.peer for res in results if res.ok],
-            "failed": [res.peer for res in results if not res.ok and not res.dropped],
+            "failed": [
+                res.peer
+                for res in results
+                if not res.ok and not res.dropped and not res.outside_group
+            ],
             "dropped": [res.peer for res in results if res.dropped],
+            "outside_group": [res.peer for res in results if res.outside_group],
             "peers": {str(res.peer): res.record() for res in results},
         }
 
@@ -216,6 +221,12 @@ class Recorder:
     def stop_reason(self, streak: int) -> str:
         """Why the run stops: the last round's errors, grouped by text."""
         last = self.report["rounds"][-1]
+        if last.get("round_failed") and not last["failed"]:
+            rounds = "round" if streak == 1 else f"{streak} rounds in a row, up to round"
+            return (
+                f"the network fails {rounds} {last['round']} (--max-failed-rounds "
+                f"{self.engine.config.max_failed_rounds}): {last['round_failed']}"
+            )
         errors: dict[str, list[tuple[str, str]]] = {}
         for p, entry in last["peers"].items():
             if entry["status"] == "failed":
