@@ -148,16 +148,18 @@ class Engine:
         interrupted = False
         self.workers: Workers | None = None
         try:
+            if self.config.device is not None:
+                self.view.event(
+                    f"[yellow]warning[/]: {device_override_warning(self.config.device)}"
+                )
             self._setup()
+            if self.config.device is not None:
+                self.report["device_override"] = device_override_warning(self.config.device)
             assert self.state is not None
             startup = time.monotonic() - self._started
             self.report["timings"]["startup_seconds"] += round(startup, 6)
             first = self.state.completed_rounds + 1
             self.view.start(self.config.rounds, first - 1, self.describe())
-            if self.config.device is not None:
-                warning = device_override_warning(self.config.device)
-                self.report["device_override"] = warning
-                self.view.event(f"[yellow]warning[/]: {warning}")
             for r in range(first, self.config.rounds + 1):
                 if self.on_round is not None:
                     self.on_round(r)
