@@ -32,7 +32,6 @@ Config keys (all optional): ``data_dir`` (needed by ``evaluate``), ``seed``
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
