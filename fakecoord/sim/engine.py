@@ -179,6 +179,11 @@ class Engine:
                     self.report["stopped_after_round"] = r
                     break
             self._finish()
+            failure = self.strategy.run_failure(self.report)
+            if failure is not None:
+                self.report["run_failed"] = failure
+                self.recorder.write_report(self.out / REPORT_NAME)
+                raise RunFailed(failure)
             return self.report
         except KeyboardInterrupt:
             interrupted = True
@@ -366,6 +371,10 @@ class Engine:
         if metrics is None:
             metrics = self._evaluate(self.strategy.model(outcome.state), r)
         record = self.recorder.round_record(r, results, metrics)
+        eval_error = self.recorder.eval_failure(metrics)
+        if eval_error is not None:
+            record["eval_error"] = eval_error
+            self.view.event(f"[yellow]round {r}: evaluation failed[/]: {eval_error}")
         record[self.strategy.summary_key] = outcome.summary
         if outcome.failed is not None:
             record["round_failed"] = outcome.failed
@@ -374,6 +383,14 @@ class Engine:
         new_baseline = self.state.baseline
         if baseline is not None:
             record["baseline"], new_baseline = baseline.result()
+            failure = record["baseline"].get("error") or self.recorder.eval_failure(
+                record["baseline"].get("eval", {})
+            )
+            if failure is not None:
+                record["baseline"]["eval_error"] = failure
+                self.view.event(
+                    f"[yellow]round {r}: the baseline's evaluation failed[/]: {failure}"
+                )
         ended = time.monotonic()
         worker = union_seconds(self.workers.since(mark), started, ended)
         record["timings"] = {

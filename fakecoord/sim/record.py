@@ -90,7 +90,19 @@ class Recorder:
 
     def value(self, metrics: dict) -> float | None:
         value = metrics.get(self.metric)
-        return float(value) if numeric(value) else None
+        return float(value) if numeric(value) and math.isfinite(value) else None
+
+    def eval_failure(self, metrics: dict) -> str | None:
+        """Why an evaluation gave no usable value (None: it did): the worker's or the
+        workload's error, a missing metric, or a non-finite one."""
+        if "python_error" in metrics:
+            return str(metrics["python_error"])
+        value = metrics.get(self.metric)
+        if not numeric(value):
+            return f"evaluate returned no numeric {self.metric!r}"
+        if not math.isfinite(value):
+            return f"evaluate returned {self.metric} {value}"
+        return None
 
     def check_eval_metric(self, metrics: dict) -> None:
         """Refuse an ``eval_metric`` that the workload's evaluate does not return as a number."""

@@ -266,6 +266,10 @@ class Strategy(ABC, Generic[S]):
         the outcome to commit.  Default: unchanged."""
         return outcome
 
+    def run_failure(self, report: dict) -> str | None:
+        """Called when the run ends: a reason to call the whole run failed (exit 1), or None."""
+        return None
+
     @abstractmethod
     def aggregate_round(
         self, r: int, state: S, results: list[PeerResult], ctx: RoundContext
