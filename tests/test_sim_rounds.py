@@ -25,6 +25,7 @@ from fakecoord.sim.diloco import (
     first_nonfinite_gradient,
 )
 from fakecoord.sim.faults import parse_fault
+from fakecoord.sim.report import _finite
 
 E2E_TIMEOUT = 240
 
@@ -47,6 +48,8 @@ class Recorder:
         self.log = config["log"]
         self.poison = config.get("poison")
         self.calls = 0
+        self.evals = 0
+        self.fail_eval = config.get("fail_eval")
         self.state_file = os.path.join(config["state_dir"], f"state-{os.getpid()}.bin")
 
     def _note(self, **entry):
@@ -82,7 +85,16 @@ class Recorder:
                 "inner_optimizer_state_path": self.state_file}
 
     def evaluate(self, state, split):
+        self.evals += 1
+        if self.evals == self.fail_eval:
+            raise RuntimeError("the validation data went missing")
         return {"loss": float(state["model"].weight.sum())}
+
+    def train_window(self, state, batches):
+        with torch.no_grad():
+            for p in state["model"].parameters():
+                p.add_(0.01)
+        return {"loss": 1.0}
 
     def merge_candidate_models(self, base, candidates, policy):
         return None
@@ -379,3 +391,44 @@ def test_a_link_adds_transfer_time_to_the_simulated_clock(recorder) -> None:
     assert last["simulated_seconds_at_end"] == pytest.approx(
         last["wall_seconds_at_end"] + 2 * 0.316, abs=1e-5
     )
+
+
+# -- failures a user must see -------------------------------------------------------------------
+
+
+def cli_args(recorder: dict, *extra: str, **config) -> list[str]:
+    values = {"log": str(recorder["log"]), "state_dir": str(recorder["state_dir"]), **config}
+    return [
+        "run", "--factory", "sim_recorder:make", "--batches", recorder["batches"],
+        "--config-json", json.dumps(values), "--peers", "2", "--rounds", "3",
+        "--inner-steps", "1", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_a_failed_evaluation_is_a_warning_a_summary_line_and_a_gap(recorder, capsys) -> None:
+    report_file = recorder["tmp"] / "report.json"
+    # Evaluations run on peer 0's worker: the initial one, then one per round.
+    args = cli_args(recorder, "--report", str(report_file), fail_eval=3)
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "round 2: evaluation failed: " in captured.err  # the live log
+    assert "the validation data went missing" in captured.err
+    assert "round 2: evaluation failed: " in captured.out  # the summary
+    report = json.loads(report_file.read_text())
+    second = report["rounds"][1]
+    assert second["eval_value"] is None and "went missing" in second["eval_error"]
+    assert "eval_error" not in report["rounds"][0]
+    values = [report["initial_eval_value"]] + [r["eval_value"] for r in report["rounds"]]
+    xs, ys = _finite([0, 1, 2, 3], values)
+    assert xs == [0, 1, 2, 3] and np.isnan(ys[2]) and not np.isnan(ys[3])  # a gap, not a bridge
+
+
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_a_windows_run_that_never_merges_says_so_and_exits_1(recorder, capsys) -> None:
+    # The recorder's merge_candidate_models declines (returns null) every time.
+    assert main(cli_args(recorder, "--protocol", "windows", "--rounds", "2")) == 1
+    err = capsys.readouterr().err
+    assert "round 1: no merge on peer 0: merge_candidate_models returned null" in err
+    assert "round 2: no merge on peer 1" in err
+    assert "no round merged: every merge failed or was declined (2 rounds)" in err
