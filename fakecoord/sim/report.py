@@ -391,8 +391,12 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
         ax_bytes.plot(*_finite(rx, [b / 1e6 if numeric(b) else None for b in wires]),
                       color="black", marker="x", label="MB on the wire")  # fmt: skip
         ax_bytes.set_ylabel("MB encoded (all peers)")
-        ax_bytes.set_ylim(bottom=0)
+        top = max(b for b in wires if numeric(b)) / 1e6
+        ax_bytes.set_ylim(0, 1.6 * top if top > 0 else 1.0)
         ax_bytes.legend(fontsize="small", loc="upper right")
+        ax_time.set_ylim(
+            0, 1.6 * max(w + c + t for w, c, t in zip(worker, coordinator, transfer, strict=True))
+        )
     ax_time.set_xlabel("round")
     ax_time.set_ylabel("seconds")
     ax_time.legend(fontsize="small", loc="upper left")
