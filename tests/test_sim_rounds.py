@@ -224,8 +224,11 @@ def test_the_returned_inner_state_is_read_right_away_or_refused(tmp_path: Path) 
 @pytest.mark.timeout(E2E_TIMEOUT)
 def test_a_run_sends_the_workloads_device_and_hands_back_its_state(recorder) -> None:
     out = recorder["tmp"] / "run"
-    report = run(recorder_config(recorder), out=out)
+    report = run(recorder_config(recorder, checkpoint_interval_rounds=2), out=out)
     assert report["completed_rounds"] == 3
+    heads = [r["round"] for r in report["rounds"] if "checkpoint_head" in r["aggregate"]]
+    assert heads == [2]  # every 2 completed rounds
+    assert report["rounds"][1]["aggregate"]["checkpoint_head"]["base"] == "rounds/0002/base"
     log = calls(recorder)
     devices = {entry["device"] for entry in log if entry["hook"] == "init_model"}
     assert devices == {"recorder-cpu"}  # never --device's 'cpu'
@@ -432,3 +435,24 @@ def test_a_windows_run_that_never_merges_says_so_and_exits_1(recorder, capsys) -
     assert "round 1: no merge on peer 0: merge_candidate_models returned null" in err
     assert "round 2: no merge on peer 1" in err
     assert "no round merged: every merge failed or was declined (2 rounds)" in err
+
+
+def test_the_new_settings_from_flags_and_toml(tmp_path: Path) -> None:
+    from fakecoord.sim.cli import argument_parser, build_config, merged_options
+
+    parser = argument_parser()
+    config = build_config(merged_options(parser.parse_args([]), parser))
+    assert (config.inner_steps, config.target_group_size, config.minimum_group_size) == (32, 4, 1)
+    assert config.checkpoint_interval_rounds == 8 and config.device is None and config.link == []
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        'link = ["100/20", "peer-1=10"]\ntarget-group-size = 2\nminimum_group_size = 2\n'
+        "checkpoint-interval-rounds = 3\n"
+    )
+    args = parser.parse_args(["--config", str(toml), "--link", "50"])
+    config = build_config(merged_options(args, parser))
+    assert config.link == ["50"]  # flags override the file
+    config = build_config(merged_options(parser.parse_args(["--config", str(toml)]), parser))
+    assert config.link == ["100/20", "peer-1=10"] and config.target_group_size == 2
+    assert config.minimum_group_size == 2 and config.checkpoint_interval_rounds == 3
+    config.validate()

@@ -225,6 +225,17 @@ def summary_lines(report: dict) -> list[str]:
             lines.append(
                 f"round {record['round']} failed (as in the network): {record['round_failed']}"
             )
+    heads = [
+        str(r["round"])
+        for r in report.get("rounds", [])
+        if "checkpoint_head" in r.get("aggregate", {})
+    ]
+    if heads:
+        every = report["settings"].get("checkpoint_interval_rounds")
+        lines.append(
+            f"checkpoint heads (every {every} completed rounds, as the network publishes them): "
+            f"after round {', '.join(heads)}"
+        )
     lines += wire_lines(report)
     if report.get("device_override"):
         lines.append(f"warning: {report['device_override']}")
