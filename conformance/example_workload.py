@@ -48,6 +48,7 @@ class ExampleWorkload:
         model = nn.Sequential(
             nn.Linear(FEATURES, self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1)
         )
+        # The network sends our own runtime_device ("python-torch-cpu") as the device.
         return {"model": model.to(torch_device(device))}
 
     # -- data ------------------------------------------------------------------
