@@ -13,7 +13,11 @@ The upstream code is the spec (``aberration-technology/burn_p2p``, HEAD):
   ``minimum_group_size`` contributions arrived ("DiLoCo aggregation only
   collected N participant(s), below the minimum M").  A failed round changes
   neither the base nor the round counter: the next attempt starts from the
-  same base.
+  same base.  Sums run in group order, as ``engine.rs`` and PROTOCOL.md §6
+  have it.  (``network.rs`` itself builds each member's list as its own
+  contribution first, then the others in peer-id order (a ``BTreeMap``), so
+  with a ``Mean`` over three or more members each member may sum in another
+  order and compute a base a last bit apart.)
 - **Calls into a peer's worker** (``crates/burn_p2p_python/src/lib.rs``):
   ``PythonTorchProject::new`` takes the workload's own ``runtime_device``
   from ``capability_probe``, and every ``device`` it sends
