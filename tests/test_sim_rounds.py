@@ -456,3 +456,5 @@ def test_the_new_settings_from_flags_and_toml(tmp_path: Path) -> None:
     assert config.link == ["100/20", "peer-1=10"] and config.target_group_size == 2
     assert config.minimum_group_size == 2 and config.checkpoint_interval_rounds == 3
     config.validate()
+    with pytest.raises(SettingsError, match=r"minimum_group_size \(3\) cannot exceed target"):
+        SimConfig(target_group_size=2, minimum_group_size=3).validate()

@@ -117,6 +117,17 @@ class SimConfig:
                 "--checkpoint-interval-rounds must be at least 1",
             ),
             (
+                not (_is_int(self.minimum_group_size) and _is_int(self.target_group_size))
+                or self.minimum_group_size <= self.target_group_size,
+                # DiLoCoPolicy::validate (burn_p2p_core schema/diloco.rs)
+                f"DiLoCo minimum_group_size ({self.minimum_group_size}) cannot exceed "
+                f"target_group_size ({self.target_group_size})",
+            ),
+            (
+                _is_int(self.target_group_size) and self.target_group_size <= 65535,
+                "--target-group-size must fit the network's u16 (at most 65535)",
+            ),
+            (
                 self.device is None or (isinstance(self.device, str) and self.device != ""),
                 "--device must name a device (leave it out to use the workload's runtime_device)",
             ),
