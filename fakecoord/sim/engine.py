@@ -11,6 +11,11 @@ Everything a run produces lives under the run directory ``out``::
     out/checkpoint.json            the last committed round (written atomically)
     out/report.json, metrics.jsonl the report, and one line of metrics per round
 
+Each round the strategy picks its group from the peers not dropped
+(``Strategy.select_group``; DiLoCo: the network's peer-id order and group
+sizes, :mod:`fakecoord.network.rounds`), and may fail the round as the
+network fails it (``round_failure``, ``RoundOutcome.failed``: the model
+stays) or stop the run after it (``RoundOutcome.stop``: exit 1).
 Faults never stop the run by themselves: a round completes with the peers
 that finished, a dead worker is restarted when next needed, and the report
 lists each fault with its recovery.  The run stops early (:class:`RunFailed`)
