@@ -458,3 +458,42 @@ def test_the_new_settings_from_flags_and_toml(tmp_path: Path) -> None:
     config.validate()
     with pytest.raises(SettingsError, match=r"minimum_group_size \(3\) cannot exceed target"):
         SimConfig(target_group_size=2, minimum_group_size=3).validate()
+
+
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_run_peer_round_over_a_worker_client(tmp_path: Path) -> None:
+    """The API the conformance flow checks reuse, driven directly: a workload that saves its
+    state only when it was given a path never carries state (as in the network)."""
+    from fakecoord.client import WorkerClient
+
+    root = Path(__file__).resolve().parent.parent
+    with WorkerClient.spawn(
+        "tests.workloads:make_tiny", {}, pythonpath=[root], call_timeout=60.0, accept_timeout=60.0
+    ) as client:
+        device = rounds.runtime_device(client)
+        assert device == "python-torch-cpu"
+        model = client.init_model(device)
+        base = tmp_path / "base"
+        client.export_parameter_pack(model, str(base), "schema")
+        client.release_model(model)
+        kept = None
+        for r in (1, 2):
+            done = rounds.run_peer_round(
+                client, device=device, base_pack=base, work_dir=tmp_path / f"r{r}",
+                batches=[REF], num_inner_steps=2, model_schema_hash="schema",
+                state_dict_filter_value=None, inner_state=kept, where=f"peer-0, round {r}",
+            )  # fmt: skip
+            assert done.job["inner_optimizer_state_path"] is None
+            assert (
+                done.steps_completed == 2
+                and done.local_pack == tmp_path / f"r{r}" / "local-parameters"
+            )
+            assert done.manifest.parameter_count == open_pack(base).parameter_count
+            kept = done.inner_state
+            assert kept is None
+        with pytest.raises(RoundFailed, match="requires at least one batch"):
+            rounds.run_peer_round(
+                client, device=device, base_pack=base, work_dir=tmp_path / "r3", batches=[],
+                num_inner_steps=1, model_schema_hash="schema", state_dict_filter_value=None,
+                inner_state=None, where="peer-0, round 3",
+            )  # fmt: skip
