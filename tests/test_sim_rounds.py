@@ -412,7 +412,7 @@ def cli_args(recorder: dict, *extra: str, **config) -> list[str]:
 def test_a_failed_evaluation_is_a_warning_a_summary_line_and_a_gap(recorder, capsys) -> None:
     report_file = recorder["tmp"] / "report.json"
     # Evaluations run on peer 0's worker: the initial one, then one per round.
-    args = cli_args(recorder, "--report", str(report_file), fail_eval=3)
+    args = cli_args(recorder, "--report", str(report_file), "--codec", "fp32", fail_eval=3)
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "round 2: evaluation failed: " in captured.err  # the live log
@@ -422,6 +422,9 @@ def test_a_failed_evaluation_is_a_warning_a_summary_line_and_a_gap(recorder, cap
     second = report["rounds"][1]
     assert second["eval_value"] is None and "went missing" in second["eval_error"]
     assert "eval_error" not in report["rounds"][0]
+    lines = report_file.with_suffix(".metrics.jsonl").read_text().splitlines()
+    assert "went missing" in json.loads(lines[2])["eval_error"]
+    assert json.loads(lines[1])["encoded_bytes"] == 2 * 32  # two peers, fp32, 8 values
     values = [report["initial_eval_value"]] + [r["eval_value"] for r in report["rounds"]]
     xs, ys = _finite([0, 1, 2, 3], values)
     assert xs == [0, 1, 2, 3] and np.isnan(ys[2]) and not np.isnan(ys[3])  # a gap, not a bridge

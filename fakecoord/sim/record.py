@@ -398,6 +398,14 @@ def metrics_lines(report: dict) -> list[dict]:
                 if entry["status"] == "ok"
             },
         }
+        for key in ("eval_error", "round_failed"):
+            if record.get(key):
+                line[key] = record[key]
+        if "simulated_seconds_at_end" in record["timings"]:
+            line["simulated_seconds"] = record["timings"]["simulated_seconds_at_end"]
+        wire = (record.get("aggregate") or {}).get("wire")
+        if wire:
+            line["encoded_bytes"] = wire["encoded_bytes_total"]
         if record.get("baseline"):
             line["baseline_eval"] = record["baseline"].get("eval", {})
             line["baseline_eval_value"] = record["baseline"].get("eval_value")
