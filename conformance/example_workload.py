@@ -48,7 +48,8 @@ class ExampleWorkload:
         model = nn.Sequential(
             nn.Linear(FEATURES, self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1)
         )
-        return {"model": model.to(device)}
+        # The network sends our own runtime_device ("python-torch-cpu") as the device.
+        return {"model": model.to(torch_device(device))}
 
     # -- data ------------------------------------------------------------------
 
@@ -117,6 +118,12 @@ class ExampleWorkload:
             return  # the canonical state stays as it is
         w = float(strategy["RootEma"]["canonical_weight"])
         _blend(canonical, [(w, canonical), (1.0 - w, local)])
+
+
+def torch_device(name: str) -> torch.device:
+    """The network sends this workload's own ``runtime_device`` (``"python-torch-cpu"``) as
+    every ``device``: map it to torch's name (a plain torch name passes through)."""
+    return torch.device(name.removeprefix("python-torch-"))
 
 
 def quality(candidate: dict, policy: Any) -> float:
