@@ -32,7 +32,7 @@ from ..errors import FakecoordError, RunFailed, SettingsError
 from ..version import package_version
 from .config import MERGE_POLICIES, SimConfig
 
-RESUMABLE = ("rounds", "call_timeout", "start_timeout", "max_failed_rounds")
+RESUMABLE = ("rounds", "call_timeout", "start_timeout", "max_failed_rounds", "start_method")
 """Settings that ``--resume`` may change; every other one comes from the checkpoint."""
 RUN_ONLY = ("resume", "out", "report", "plot", "quiet", "stop_after_round", "config_file")
 """Options about this invocation, not the run's settings."""
@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "nesterov": True, "diloco_backend": "worker", "merge_policy": "QualityWeightedEma",
     "reconcile": "root-ema", "canonical_weight": 0.75, "call_timeout": 60.0,
     "start_timeout": 60.0, "device": None, "microshards_per_step": 2, "eval_metric": "loss",
-    "max_failed_rounds": 1, "baseline_steps": "total",
+    "max_failed_rounds": 1, "baseline_steps": "total", "start_method": "fork-server",
 }  # fmt: skip
 
 
@@ -241,6 +241,12 @@ def argument_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"worker startup (default {d['start_timeout']:g})",
     )
+    add(
+        "--start-method",
+        choices=("fork-server", "spawn"),
+        help="fork-server (the default where it works: Linux, 'python -m worker'): fork "
+        "workers from one process that imported torch once; spawn: a fresh interpreter each",
+    )
     return parser  # fmt: skip
 
 
@@ -383,6 +389,7 @@ def build_config(options: dict[str, Any]) -> SimConfig:
         eval_metric=_typed(options, "eval_metric", str),
         threads_per_peer=options.get("threads_per_peer"),
         max_failed_rounds=_typed(options, "max_failed_rounds", int),
+        start_method=_typed(options, "start_method", str),
     )
 
 

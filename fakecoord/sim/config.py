@@ -88,6 +88,9 @@ class SimConfig:
     0: leave the workload's defaults (oversubscribes when peers share cores)."""
     max_failed_rounds: int = 1
     """Stop after this many consecutive rounds in which no peer contributed."""
+    start_method: str = "fork-server"
+    """``fork-server``: fork workers from one warm process (:mod:`fakecoord.forkserver`)
+    where possible; ``spawn``: a fresh interpreter per worker (``--worker-cmd`` always is)."""
 
     @property
     def is_demo(self) -> bool:
@@ -175,6 +178,10 @@ class SimConfig:
             (
                 _is_int(self.max_failed_rounds) and self.max_failed_rounds >= 1,
                 "--max-failed-rounds must be at least 1",
+            ),
+            (
+                self.start_method in ("fork-server", "spawn"),
+                "--start-method must be fork-server or spawn",
             ),
             (
                 self.protocol == "diloco" or self.merge_policy in MERGE_POLICIES

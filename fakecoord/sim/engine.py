@@ -208,7 +208,9 @@ class Engine:
         return (
             f"fakecoord run: {self.strategy.name}, {c.peers} peers, {c.rounds} rounds x "
             f"{c.inner_steps} steps, {workload}, {self.strategy.describe(c)}; threads per worker: "
-            f"{threads} ({self.threads.reason}); run directory {self.out}"
+            f"{threads} ({self.threads.reason}); workers "
+            f"{self.workers.start_description() if self.workers else 'not started'}; "
+            f"run directory {self.out}"
         )
 
     # -- setup ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import forkserver, spawn
 from ..client import WorkerClient
 from ..errors import (
     FakecoordError,
@@ -124,6 +125,14 @@ class Workers:
         ]
         self.baseline = Slot("baseline", out / "logs" / "baseline.log")
         self.evaluator = Slot("evaluator", out / "logs" / "evaluator.log")
+        self.forkserver: forkserver.ForkServer | None = None
+        self.start_note = start_note(config)
+        if self.start_note is None:
+            env = spawn.child_environment(self.env(), self.pythonpath(), worker_root=True)
+            # The demo's hand-written AdamW never imports torch.optim: no warm-up to share.
+            self.forkserver = forkserver.ForkServer(
+                env, out / "logs" / "forkserver.log", warmup=not config.is_demo
+            )
 
     # -- environment ------------------------------------------------------------
 
@@ -134,6 +143,19 @@ class Workers:
             for name in THREAD_VARIABLES:
                 env[name] = str(self.threads.threads)
         return env
+
+    def pythonpath(self) -> tuple[str, ...]:
+        return (os.getcwd(), str(ROOT))
+
+    def start_description(self) -> str:
+        """How workers started, for the header: forked, spawned, and why."""
+        fs = self.forkserver
+        if fs is None:
+            return f"spawned ({self.start_note})"
+        if fs.forked and not fs.spawned:
+            return "forked from a fork server (torch imported once)"
+        why = fs.notes[0] if fs.notes else fs.broken or "no worker started yet"
+        return f"{fs.forked} forked, {fs.spawned} spawned ({why}; log: {self.rel(fs.log)})"
 
     # -- timing -------------------------------------------------------------------
 
@@ -175,10 +197,11 @@ class Workers:
                     self.factory_config,
                     worker_cmd=c.worker_cmd,
                     env=self.env(),
-                    pythonpath=(os.getcwd(), str(ROOT)),
+                    pythonpath=self.pythonpath(),
                     call_timeout=c.call_timeout,
                     accept_timeout=c.start_timeout,
                     stderr=str(slot.log),
+                    forkserver=self.forkserver,
                 )
             except FakecoordError as exc:
                 raise self.explain(slot, exc) from None
@@ -326,6 +349,17 @@ class Workers:
         for slot in self.slots():
             if slot.client is not None:
                 slot.client.close()
+        if self.forkserver is not None:
+            self.forkserver.close()
+
+
+def start_note(config: SimConfig) -> str | None:
+    """Why workers of this run are spawned rather than forked (None: they are forked)."""
+    if config.start_method == "spawn":
+        return "--start-method spawn"
+    if config.worker_cmd is not None:
+        return "--worker-cmd is always spawned"
+    return forkserver.unavailable()
 
 
 class PeerContext:
