@@ -256,6 +256,7 @@ class Engine:
         if c.baseline:
             slots.append(self.workers.baseline)
         self._start(slots)
+        self.report["workers_start"] = self.workers.start_description()
         if self.resume:
             assert self.state is not None
             self.view.event(f"resuming after round {self.state.completed_rounds}")
