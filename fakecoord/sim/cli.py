@@ -74,6 +74,13 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     add("--protocol", choices=("diloco", "windows"), help=f"(default {d['protocol']})")
     add("--peers", type=int, metavar="N", help=f"peers, one worker each (default {d['peers']})")
+    add(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="host the peers on N worker processes, each peer its own model handles (refused "
+        "for a workload failing the conformance suite's handle-independence checks)",
+    )
     add("--rounds", type=int, metavar="R", help=f"(default {d['rounds']})")
     add(
         "--inner-steps",
@@ -390,6 +397,7 @@ def build_config(options: dict[str, Any]) -> SimConfig:
         threads_per_peer=options.get("threads_per_peer"),
         max_failed_rounds=_typed(options, "max_failed_rounds", int),
         start_method=_typed(options, "start_method", str),
+        workers=_typed(options, "workers", int),
     )
 
 

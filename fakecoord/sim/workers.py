@@ -94,6 +94,8 @@ class Slot:
         """The workload's own device string (``capability_probe``), asked at every start."""
         self.log_start = 0
         """Where the current worker's stderr starts in ``log`` (earlier workers' lines are older)."""
+        self.lock = threading.RLock()
+        """Held around every use by a peer (``--workers``: several peers share one slot)."""
 
     @property
     def alive(self) -> bool:
@@ -123,6 +125,11 @@ class Workers:
         self.peers = [
             Slot(f"peer-{p}", out / "logs" / f"peer-{p}.log") for p in range(config.peers)
         ]
+        if config.workers is not None:  # peers dealt round-robin onto shared slots
+            hosts = [
+                Slot(f"worker-{w}", out / "logs" / f"worker-{w}.log") for w in range(config.workers)
+            ]
+            self.peers = [hosts[p % config.workers] for p in range(config.peers)]
         self.baseline = Slot("baseline", out / "logs" / "baseline.log")
         self.evaluator = Slot("evaluator", out / "logs" / "evaluator.log")
         self.forkserver: forkserver.ForkServer | None = None
@@ -325,7 +332,7 @@ class Workers:
             raise JobFailed(status, self.rel(log), reason)
 
     def slots(self) -> list[Slot]:
-        return [*self.peers, self.baseline, self.evaluator]
+        return list(dict.fromkeys([*self.peers, self.baseline, self.evaluator]))
 
     def teardown(self, interrupted: bool) -> None:
         """Stop every worker and job process and reap it (kill first after an interrupt)."""
@@ -398,7 +405,8 @@ class PeerContext:
         return self._dir
 
     def client(self) -> WorkerClient:
-        client = self.workers.ensure(self.slot, self.round)
+        with self.slot.lock:
+            client = self.workers.ensure(self.slot, self.round)
         self.pid = client.pid
         return client
 
@@ -412,14 +420,16 @@ class PeerContext:
         if slot.runtime_device is None and slot.client is None:
             slot = self.workers.evaluator if self.workers.evaluator.runtime_device else slot
         if slot.runtime_device is None:
-            self.workers.ensure(slot, self.round)
+            with slot.lock:
+                self.workers.ensure(slot, self.round)
         assert slot.runtime_device is not None
         return slot.runtime_device
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call a worker method (or a :mod:`fakecoord.handling` helper), timed as worker time."""
         try:
-            return self.workers.timed(fn, *args, **kwargs)
+            with self.slot.lock:
+                return self.workers.timed(fn, *args, **kwargs)
         except (WorkerExited, WorkerTimeout) as exc:
             raise self.workers.explain(self.slot, exc) from None
 
@@ -430,7 +440,8 @@ class PeerContext:
         return self.run_dir / relative
 
     def after_failure(self, exc: BaseException, model_id: str | None = None) -> None:
-        self.workers.after_failure(self.slot, exc, model_id)
+        with self.slot.lock:
+            self.workers.after_failure(self.slot, exc, model_id)
 
     def inject(self, job: dict, pid: int | None = None) -> dict:
         """Apply the planned fault just before the training call; returns the job to send.
