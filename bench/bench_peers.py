@@ -25,8 +25,11 @@ importable; this script never installs it.
 One run per configuration: the machine is shared, and the load average is
 printed with the table.  Nothing here asserts on time.
 
+With ``--shared 256:2`` the demo also runs with ``--peers 256 --workers 2``
+(every peer in the round's group): target peak PSS <= 4 GB.
+
 Run: ``python -m bench.bench_peers [--peers 1,4,8,32] [--params 5e6] [--rounds 5]
-[--inner-steps 16] [--repeats 3] [--json FILE] [--quick]``.
+[--inner-steps 16] [--repeats 3] [--shared 256:2] [--json FILE] [--quick]``.
 """
 
 from __future__ import annotations
@@ -169,6 +172,17 @@ def measure(workload: str, peers: int, method: str, args: argparse.Namespace) ->
         shutil.rmtree(root, ignore_errors=True)
 
 
+def measure_shared(peers: int, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The demo with ``--workers``: every peer in the round's group."""
+    root = Path(tempfile.mkdtemp(prefix="bench-peers-shared-", dir=args.dir))
+    try:
+        argv = fakecoord_argv("demo", peers, "fork-server", args, root)
+        argv += ["--workers", str(workers), "--target-group-size", str(peers)]
+        return run_once(argv, root / "run", args.sample)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def timed(argv: list[str]) -> float:
     started = time.monotonic()
     subprocess.run(
@@ -253,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", default=None, help="where runs are written (default $TMPDIR)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny, meaningless")
+    parser.add_argument(
+        "--shared", default=None, metavar="PEERS:WORKERS",
+        help="also run the demo with --peers PEERS --workers WORKERS (all peers in the group)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     quick = args.quick
     args.peers = args.peers or ([1, 2] if quick else [1, 4, 8, 32])
@@ -271,6 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for method in METHODS:
                 print(f"  {workload}, {peers} peers, {method} ...", flush=True)
                 results[(workload, peers, method)] = measure(workload, peers, method, args)
+    shared = None
+    if args.shared:
+        peers, workers = (int(x) for x in args.shared.split(":"))
+        print(f"  demo, {peers} peers on {workers} workers ...", flush=True)
+        shared = measure_shared(peers, workers, args)
     demo = default_demo(args)
     load = os.getloadavg()
     print()
@@ -280,6 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for line in table(results, workloads):
         print(line)
+    if shared is not None:
+        print(
+            f"demo, {args.shared.replace(':', ' peers on ')} workers (--workers, every peer in "
+            f"the group), {args.rounds} rounds x {args.inner_steps} steps: wall "
+            f"{shared['wall']:.1f} s, start-up {_s(shared['startup'])} s, round 1 "
+            f"{shared['round1']:.2f} s, rounds 2.. {_s(shared['rounds_median'])} s, peak PSS "
+            f"{_mb(shared['peak_pss'])} MB over {shared['processes']} processes "
+            f"(target <= 4096 MB: {'PASS' if shared['peak_pss'] <= 4 * 2**30 else 'MISS'})"
+        )
     medians = {k: statistics.median(v) for k, v in demo.items()}
     ratio = medians["fork-server"] / medians["import torch"]
     print()
@@ -308,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         for (w, p, m), r in results.items()
                     ],
                     "default_demo": demo,
+                    "shared": shared,
                 },
                 indent=1,
             )
