@@ -353,9 +353,16 @@ class Workers:
                     pass
 
     def close(self) -> None:
-        for slot in self.slots():
-            if slot.client is not None:
-                slot.client.close()
+        """Close every worker (all at once: each waits for its worker to exit), then the fork server."""
+        closing = [
+            threading.Thread(target=slot.client.close, name=f"close-{slot.label}")
+            for slot in self.slots()
+            if slot.client is not None
+        ]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join()
         if self.forkserver is not None:
             self.forkserver.close()
 
