@@ -8,7 +8,8 @@ peer count, the run is started twice, once per ``--start-method``
 - **wall**: from starting ``python -m fakecoord run`` to its exit;
 - **start-up**: from starting it until round 1's directory appears (the
   first training step is under way);
-- **round 1** and **rounds 2.. median**: the report's ``round_seconds``;
+- **round 1** and **rounds 2.. median**: the report's ``round_seconds``
+  (every peer is in the round's group: ``--target-group-size`` = peers);
 - **peak PSS**: the largest sum, over the coordinator and all its
   descendants (fork server and workers), of ``Pss`` in
   ``/proc/<pid>/smaps_rollup``, sampled every ``--sample`` seconds.  PSS
@@ -146,6 +147,7 @@ def fakecoord_argv(
         PYTHON, "-m", "fakecoord", "run", "--quiet", "--peers", str(peers),
         "--rounds", str(args.rounds), "--inner-steps", str(args.inner_steps),
         "--start-method", method, "--out", str(root / "run"), "--start-timeout", "600",
+        "--target-group-size", str(peers),
     ]  # fmt: skip
     if workload != "demo":
         batches = root / "batches.json"
@@ -177,7 +179,7 @@ def measure_shared(peers: int, workers: int, args: argparse.Namespace) -> dict[s
     root = Path(tempfile.mkdtemp(prefix="bench-peers-shared-", dir=args.dir))
     try:
         argv = fakecoord_argv("demo", peers, "fork-server", args, root)
-        argv += ["--workers", str(workers), "--target-group-size", str(peers)]
+        argv += ["--workers", str(workers)]
         return run_once(argv, root / "run", args.sample)
     finally:
         shutil.rmtree(root, ignore_errors=True)

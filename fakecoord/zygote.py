@@ -12,7 +12,7 @@ the worker's side of the wire, like the worker itself.
 
 Fork safety (see docs/simulation.md, "How workers start"):
 
-- the server never starts a thread: its loop is one ``select`` over the
+- the server never starts a thread: its loop is one ``poll`` over the
   control socket and the children's pidfds;
 - torch's intra-op pool (OpenMP) is capped at one thread before any torch op
   runs, and the server's environment caps OpenMP, MKL and OpenBLAS at one
@@ -96,7 +96,7 @@ class Server:
             if sig not in (signal.SIGKILL, signal.SIGSTOP)
         }
         self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        self.torch_threads = 1
+        self.poller = select.poll()  # no FD_SETSIZE limit: any number of children
 
     def send(self, message: dict, fds: Sequence[int] = ()) -> None:
         data = json.dumps(message).encode()
@@ -106,23 +106,31 @@ class Server:
             self.control.send(data)
 
     def serve(self) -> None:
-        while True:
-            ready, _, _ = select.select([self.control.fileno(), *self.children], [], [])
-            for fd in ready:
-                if fd == self.control.fileno():
+        """Serve until EOF on the control socket or the coordinator is gone, then
+        :meth:`shutdown`."""
+        control = self.control.fileno()
+        self.poller.register(control, select.POLLIN)
+        try:
+            while True:
+                for fd, _ in self.poller.poll():
+                    if fd != control:
+                        self.reap(fd)
+                        continue
                     try:
                         data, fds, _, _ = socket.recv_fds(self.control, MAX_PACKET, MAX_FDS)
                     except OSError:
                         data, fds = b"", []
                     if not data:
-                        self.shutdown()
                         return
                     self.handle(json.loads(data), fds)
-                else:
-                    self.reap(fd)
+        except OSError:  # the coordinator is gone (EPIPE on a reply)
+            return
+        finally:
+            self.shutdown()
 
     def reap(self, pidfd: int) -> None:
         pid = self.children.pop(pidfd)
+        self.poller.unregister(pidfd)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         self.send({"op": "exit", "pid": pid, "returncode": os.waitstatus_to_exitcode(status)})
@@ -153,6 +161,7 @@ class Server:
                 self.child(request, fds[0])  # never returns
             pidfd = os.pidfd_open(pid)
             self.children[pidfd] = pid
+            self.poller.register(pidfd, select.POLLIN)
             self.send({"op": "forked", "id": request["id"], "pid": pid}, [pidfd])
         finally:
             for fd in fds:
