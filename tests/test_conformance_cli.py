@@ -458,6 +458,24 @@ def test_independent_layout_hash_matches_the_workers_on_several_states() -> None
             assert mine.ignored == theirs.ignored_non_float_keys
 
 
+def test_the_suites_filter_compiles_40000_globs_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 item 19 on the coordinator side: fnmatch recompiled every glob for every name."""
+    import fnmatch
+
+    from conformance.layout import selects
+
+    calls: list[str] = []
+    translate = fnmatch.translate
+    monkeypatch.setattr(fnmatch, "translate", lambda g: calls.append(g) or translate(g))
+    include = [f"layers.{i}.*" for i in range(40_000)]
+    exclude = [f"*.bias-{i}?" for i in range(40_000)] + ["*.bias"]
+    names = [f"layers.{i}.{kind}" for i in (0, 7, 39_999, 40_000) for kind in ("weight", "bias")]
+    kept = [n for n in names if selects(n, include, exclude)]
+    assert kept == ["layers.0.weight", "layers.7.weight", "layers.39999.weight"]
+    assert len(calls) <= len(include) + len(exclude)
+    assert selects("x", [], []) and not selects("x", [], ["x"]) and not selects("x", ["y"], [])
+
+
 def test_exact_values_are_exact_in_their_dtype() -> None:
     import numpy as np
     import torch
