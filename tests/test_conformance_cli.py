@@ -155,6 +155,33 @@ def test_cli_exit_1_names_expectation_result_and_hook(
     assert failure is not None and failure.get("message", "").startswith("expected ")
 
 
+HOSTILE = "\x1b[31mred\x1b[0m \x00nul \udcff\ud800 \ufffe\uffff \x0c\x7f ok\u00e9\U0001f600\n"
+
+
+def test_junit_xml_is_well_formed_whatever_the_failure_text_holds(tmp_path: Path) -> None:
+    """Issue 16 item 15: a dead worker's stderr (ESC, NUL...) made the file unparsable."""
+    from conformance.runner import FAIL, SKIP, Outcome, Report
+
+    report = Report(options(STUB))
+    report.outcomes = [
+        Outcome(CHECKS[0], FAIL, f"worker died: {HOSTILE}", f"stderr:\n{HOSTILE}", 0.1, [HOSTILE]),
+        Outcome(CHECKS[1], SKIP, HOSTILE),
+    ]
+    report.write_junit(tmp_path / "r.xml")
+    root = ET.parse(tmp_path / "r.xml").getroot()  # well-formed
+    failure = root.find("testcase/failure")
+    assert failure is not None
+    escaped = (
+        "\\x1b[31mred\\x1b[0m \\x00nul \\udcff\\ud800 \\ufffe\\uffff \\x0c\\x7f ok\u00e9\U0001f600"
+    )
+    assert failure.get("message") == f"worker died: {escaped}\n"
+    assert failure.text == f"stderr:\n{escaped}\n"
+    prop = root.find("testcase/properties/property")
+    assert prop is not None and prop.get("value") == f"{escaped}\n"
+    skipped = root.find("testcase[2]/skipped")
+    assert skipped is not None and skipped.get("message") == f"{escaped}\n"
+
+
 def test_cli_xfail_flags_and_file_turn_a_failure_into_xfail(
     capsys: pytest.CaptureFixture, zygote: str, tmp_path: Path
 ) -> None:
