@@ -3,9 +3,13 @@ checked against the golden vectors made with the reference worker (tests/golden/
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +194,100 @@ def test_staged_directory_removes_its_staging_on_failure(tmp_path: Path) -> None
     with pytest.raises(FileExistsError):
         with files.staged_directory(tmp_path / "d"):
             pass
+
+
+# -- a full disk (issue 16 item 14) -------------------------------------------------------
+
+
+def _write_each_way(target: Path, count: int) -> list[str]:
+    """Write a ``count``-value pack at ``target`` with each writer; the PackError texts."""
+    values = np.arange(count, dtype=np.float32)
+    errors = []
+    for how in ("write_pack", "write_pack-float64", "pack_writer", "pack_stream_writer"):
+        hashes = {"layout_hash": "h", "model_schema_hash": "s"}
+        try:
+            if how == "write_pack":
+                packs.write_pack(target, values, **hashes)
+            elif how == "write_pack-float64":
+                packs.write_pack(target, values.astype(np.float64), **hashes)
+            elif how == "pack_writer":
+                with packs.pack_writer(target, count, **hashes) as out:
+                    out[:] = values
+            else:
+                with packs.pack_stream_writer(target, count, **hashes) as sink:
+                    for start in range(0, count, 1000):
+                        sink.write(values[start : start + 1000])
+        except PackError as exc:
+            errors.append(f"{how}: {exc}")
+        else:
+            errors.append(f"{how}: no error")
+    return errors
+
+
+def test_a_full_disk_is_a_pack_error_naming_the_pack_and_leaves_no_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every writer writes with os.write: ENOSPC there is the documented PackError (this
+    runs everywhere; the next test fills a real file system)."""
+    real_write = os.write
+    calls = []
+
+    def full_after_one_write(fd: int, data: memoryview) -> int:
+        calls.append(fd)
+        if len(calls) % 2 == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data[: len(data) // 2 or 1])
+
+    target = tmp_path / "pack"
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", full_after_one_write)
+        errors = _write_each_way(target, 5000)
+    assert errors == [
+        f"{how}: cannot write parameter pack {str(target)!r}: {os.strerror(errno.ENOSPC)}"
+        for how in ("write_pack", "write_pack-float64", "pack_writer", "pack_stream_writer")
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+_FULL_DISK_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, sys.argv[2])
+from tests.test_coord_packs import _write_each_way
+from pathlib import Path
+from fakecoord import packs
+target = Path(sys.argv[1]) / "pack"
+errors = _write_each_way(target, 1 << 20)  # 4 MiB of values on a 1 MiB file system
+packs._fallocate = False  # as where the file system cannot reserve: write() meets ENOSPC
+errors += _write_each_way(target, 1 << 20)
+print(json.dumps({"errors": errors, "left": os.listdir(sys.argv[1])}))
+"""
+
+
+def test_a_really_full_file_system_is_a_pack_error_not_a_sigbus(tmp_path: Path) -> None:
+    """A 1 MiB tmpfs in a private mount namespace (``unshare -rm``: root, or an unprivileged
+    user where user namespaces are enabled) filled by each writer."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare(1) to mount a small tmpfs; the monkeypatched test covers it")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    script = 'mount -t tmpfs -o size=1m tmpfs "$1" || exit 77; exec "$2" -c "$3" "$1" "$4"'
+    run = subprocess.run(
+        [unshare, "-rm", "sh", "-c", script, "sh", str(mount_point), sys.executable,
+         _FULL_DISK_SCRIPT, str(root)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if run.returncode == 77 or "unshare failed" in run.stderr:
+        pytest.skip(f"cannot mount a tmpfs here ({run.stderr.strip()[-200:]})")
+    assert run.returncode == 0, f"status {run.returncode} (-7 is SIGBUS): {run.stderr[-2000:]}"
+    result = json.loads(run.stdout)
+    target = mount_point / "pack"
+    assert result == {
+        "errors": [
+            f"{how}: cannot write parameter pack {str(target)!r}: {os.strerror(errno.ENOSPC)}"
+            for how in ("write_pack", "write_pack-float64", "pack_writer", "pack_stream_writer")
+        ]
+        * 2,
+        "left": [],
+    }
