@@ -127,8 +127,9 @@ class Report:
         }
 
     def write_json(self, path: str | Path) -> None:
-        """The JSON report, published atomically (fakecoord.files)."""
-        files.write_bytes(path, (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8"))
+        """The JSON report: published atomically, or written into a stream such as
+        ``/dev/stdout`` or a FIFO (:func:`fakecoord.files.write_output`)."""
+        files.write_output(path, (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8"))
 
     def write_junit(self, path: str | Path) -> None:
         """JUnit XML as CI systems read it: XFAIL and SKIP are ``<skipped>``."""
@@ -167,8 +168,7 @@ class Report:
             node.tail = xml_safe(node.tail)
             for key, value in node.attrib.items():
                 node.attrib[key] = xml_safe(value) or ""
-        with files.staged_file(path) as out:
-            ET.ElementTree(suite).write(out, encoding="utf-8", xml_declaration=True)
+        files.write_output(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
 
 _NOT_XML = re.compile("[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

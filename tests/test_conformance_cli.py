@@ -139,6 +139,34 @@ def test_cli_exit_0_prints_one_line_per_check_and_writes_reports(
     assert suite.find("testcase[@name='errors.bad_files']/skipped") is not None
 
 
+def test_cli_reports_onto_a_stdout_link_and_a_fifo_are_written_into_them(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """Issue 16 item 16: the rename replaced a /dev/stdout-like link (nothing reached
+    stdout, exit 0) and a FIFO (its reader waited forever)."""
+    from tests.test_coord_packs import FifoReader
+
+    read_end, write_end = os.pipe()
+    stdout_like = tmp_path / "stdout"
+    stdout_like.symlink_to(f"/proc/self/fd/{write_end}")
+    fifo = tmp_path / "junit.fifo"
+    reader = FifoReader(fifo)
+    try:
+        code, _, _ = run_cli(
+            capsys, "--factory", STUB, "--select", "errors.unknown_method",
+            "--json", str(stdout_like), "--junit-xml", str(fifo),
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            sent = pipe.read()
+    assert code == 0
+    assert json.loads(sent)["summary"]["passed"] == 1
+    assert ET.fromstring(reader.read_all()).get("tests") == "1"
+    assert stdout_like.is_symlink() and os.readlink(stdout_like) == f"/proc/self/fd/{write_end}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.fifo", "stdout"]
+
+
 def test_cli_exit_1_names_expectation_result_and_hook(
     capsys: pytest.CaptureFixture, zygote: str, tmp_path: Path
 ) -> None:

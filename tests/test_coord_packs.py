@@ -7,9 +7,12 @@ import errno
 import hashlib
 import json
 import os
+import select
 import shutil
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +294,119 @@ def test_a_really_full_file_system_is_a_pack_error_not_a_sigbus(tmp_path: Path) 
         * 2,
         "left": [],
     }
+
+
+# -- outputs the user names: streams in place, files by rename (issue 16 item 16) ----------
+
+
+class FifoReader:
+    """The read end of a FIFO, opened before any writer (non-blocking, so it never hangs)."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+
+    def read_all(self, timeout: float = 10.0) -> bytes:
+        """What writers sent until the last one closed (or ``timeout`` passed)."""
+        chunks, deadline = [], time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([self.fd], [], [], left)[0]:
+                break
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                if chunks:
+                    break
+                time.sleep(0.01)  # no writer has opened it yet
+                continue
+            chunks.append(chunk)
+        os.close(self.fd)
+        return b"".join(chunks)
+
+
+def test_an_output_into_a_fifo_is_written_into_it_not_renamed_over_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "report.fifo"
+    reader = FifoReader(fifo)
+    files.write_output(fifo, b'{"report": 1}\n')
+    assert reader.read_all() == b'{"report": 1}\n'
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # the FIFO was not replaced
+    assert entries(tmp_path) == ["report.fifo"]
+
+
+def test_an_output_through_a_link_to_stdout_is_written_through_it(tmp_path: Path) -> None:
+    """As ``--json /dev/stdout`` (a link to /proc/self/fd/1): the rename replaced the link
+    and nothing reached stdout; as root it would have replaced /dev/stdout itself."""
+    read_end, write_end = os.pipe()
+    try:
+        stdout_like = tmp_path / "stdout"
+        stdout_like.symlink_to(f"/proc/self/fd/{write_end}")
+        files.write_output(stdout_like, b"line 1\n")
+        files.write_output(stdout_like, b"line 2\n")
+        os.close(write_end)
+        write_end = -1
+        with os.fdopen(read_end, "rb") as pipe:
+            read_end = -1
+            assert pipe.read() == b"line 1\nline 2\n"
+        assert stdout_like.is_symlink()
+        devnull = tmp_path / "null"
+        devnull.symlink_to(os.devnull)
+        files.write_output(devnull, b"discarded")
+        assert devnull.is_symlink() and os.readlink(devnull) == os.devnull
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_an_output_onto_a_file_or_a_link_to_one_is_published_by_rename(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    link = tmp_path / "r.json"
+    link.symlink_to(victim)
+    files.write_output(link, b"new")
+    assert not link.is_symlink() and link.read_bytes() == b"new"
+    assert victim.read_text() == "keep"
+    files.write_output(tmp_path / "fresh" / "r.json", b"made")
+    assert (tmp_path / "fresh" / "r.json").read_bytes() == b"made"
+    assert not [p for p in tmp_path.rglob("*") if files.PARTIAL_MARK in p.name]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a link and a FIFO as nobody")
+def test_a_link_or_fifo_another_user_planted_never_receives_the_output(tmp_path: Path) -> None:
+    planted_fifo = tmp_path / "theirs.fifo"
+    reader = FifoReader(planted_fifo)
+    os.chown(planted_fifo, 65534, 65534)
+    files.write_output(planted_fifo, b"secret")
+    assert planted_fifo.read_bytes() == b"secret"  # replaced by our own file
+    assert reader.read_all(timeout=0.2) == b""
+    ours = tmp_path / "ours.fifo"
+    reader = FifoReader(ours)
+    link = tmp_path / "r.json"
+    link.symlink_to(ours)
+    os.lchown(link, 65534, 65534)
+    files.write_output(link, b"secret")
+    assert not link.is_symlink() and link.read_bytes() == b"secret"
+    assert reader.read_all(timeout=0.2) == b""
+
+
+def entries(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_fakecoord_run_report_into_a_fifo_is_written_into_it(tmp_path: Path) -> None:
+    """``python -m fakecoord run --report`` goes through the same rule: a FIFO is written
+    into, a regular file (or a link to one) is published by rename, never followed."""
+    from fakecoord.sim.cli import _outputs
+
+    fifo = tmp_path / "report.fifo"
+    reader = FifoReader(fifo)
+    report = {"completed_rounds": 0, "rounds": [], "timings": {}}
+    _outputs(report, {"report": str(fifo)}, None)
+    assert json.loads(reader.read_all()) == report
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    link = tmp_path / "r.json"
+    link.symlink_to(victim)
+    _outputs(report, {"report": str(link)}, None)
+    assert json.loads(link.read_text()) == report and not link.is_symlink()
+    assert victim.read_text() == "keep"
