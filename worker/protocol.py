@@ -113,23 +113,37 @@ ACK = {"ok": True}
 class GlobSet:
     """Globs matched as :func:`fnmatch.fnmatchcase` matches each, compiled once.
 
-    A name matches when it equals a glob without ``*?[`` or matches one of
-    the others, which are compiled into one regular expression when the set
-    is built (``fnmatch``'s own cache holds 32,768 patterns: a request with
-    more globs than that compiled every glob again for every key).
+    A name matches when it equals a glob without ``*?[``, starts with the
+    literal part of a ``literal*`` glob, or matches one of the others, which
+    are compiled into one regular expression when the set is built
+    (``fnmatch``'s own cache holds 32,768 patterns: a request with more
+    globs than that compiled every glob again for every key).
     """
 
-    __slots__ = ("_literals", "_match")
+    __slots__ = ("_literals", "_match", "_prefix_lengths", "_prefixes")
 
     def __init__(self, globs: tuple[str, ...]) -> None:
-        unique = dict.fromkeys(globs)
-        self._literals = frozenset(g for g in unique if not _GLOB_MAGIC.intersection(g))
-        wild = [g for g in unique if _GLOB_MAGIC.intersection(g)]
+        literals, prefixes, wild = set(), set(), []
+        for glob in dict.fromkeys(globs):
+            if not _GLOB_MAGIC.intersection(glob):
+                literals.add(glob)
+            elif glob.endswith("*") and not _GLOB_MAGIC.intersection(glob[:-1]):
+                prefixes.add(glob[:-1])
+            else:
+                wild.append(glob)
+        self._literals = frozenset(literals)
+        self._prefixes = frozenset(prefixes)
+        self._prefix_lengths = sorted({len(p) for p in prefixes})
         self._match = re.compile("|".join(map(fnmatch.translate, wild))).match if wild else None
 
     def matches(self, name: str) -> bool:
         if name in self._literals:
             return True
+        for length in self._prefix_lengths:
+            if length > len(name):
+                break
+            if name[:length] in self._prefixes:
+                return True
         return self._match is not None and self._match(name) is not None
 
 
