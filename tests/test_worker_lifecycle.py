@@ -359,3 +359,43 @@ def test_exit_process_ends_within_its_grace_with_the_decided_status(tmp_path, bl
         pytest.fail("the process did not end")
     assert proc.returncode == 3, err
     assert out == b"decided\nflushed at the forced exit"
+
+
+SIGNAL_DURING_EXIT_SOURCE = textwrap.dedent(
+    """
+    import sys, threading, time
+    from worker import stopping
+
+    def linger():
+        while stopping._exit_status is None:
+            time.sleep(0.01)
+        print("ending", flush=True)
+        time.sleep(3600)
+
+    stopping.install_signal_handlers()
+    stopping.request("SIGTERM")  # as after a first stop: later signals used to be ignored
+    threading.Thread(target=linger, daemon=False).start()
+    stopping.exit_process(5, grace=3600.0)
+    """
+)
+
+
+def test_a_stop_signal_while_the_process_is_ending_ends_it_at_once(tmp_path):
+    """With a grace far beyond the test's timeout, only the signal can end the process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_DURING_EXIT_SOURCE],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ending\n"
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=IO_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("the process did not end at the signal")
+    assert status == 5, proc.stderr.read() if proc.stderr else ""
+    proc.stdout.close()
+    if proc.stderr:
+        proc.stderr.close()
