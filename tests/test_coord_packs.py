@@ -296,6 +296,37 @@ def test_a_really_full_file_system_is_a_pack_error_not_a_sigbus(tmp_path: Path) 
     }
 
 
+_FSIZE_SCRIPT = """
+import json, os, resource, signal, sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from tests.test_coord_packs import _write_each_way
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+errors = _write_each_way(Path(sys.argv[1]) / "pack", 1 << 20)  # 4 MiB of values
+print(json.dumps({"errors": errors, "left": os.listdir(sys.argv[1])}))
+"""
+
+
+def test_a_file_size_limit_is_a_pack_error_naming_the_pack(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE (unprivileged, everywhere): the kernel's EFBIG from write() is the
+    documented PackError too (pack_stream_writer's write() let the raw OSError out)."""
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", _FSIZE_SCRIPT, str(tmp_path), str(root)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    target = tmp_path / "pack"
+    assert json.loads(run.stdout) == {
+        "errors": [
+            f"{how}: cannot write parameter pack {str(target)!r}: {os.strerror(errno.EFBIG)}"
+            for how in ("write_pack", "write_pack-float64", "pack_writer", "pack_stream_writer")
+        ],
+        "left": [],
+    }
+
+
 # -- outputs the user names: streams in place, files by rename (issue 16 item 16) ----------
 
 
