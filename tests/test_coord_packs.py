@@ -9,6 +9,7 @@ import json
 import os
 import select
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -386,6 +387,20 @@ def test_an_output_through_a_link_to_stdout_is_written_through_it(tmp_path: Path
         for fd in (read_end, write_end):
             if fd >= 0:
                 os.close(fd)
+
+
+def test_an_output_through_a_link_to_a_socket_is_refused_not_renamed_over(tmp_path: Path) -> None:
+    """``/dev/stdout`` when stdout is a socket: it cannot be opened by name; say so rather
+    than replace the link."""
+    one, other = socket.socketpair()
+    with one, other:
+        stdout_like = tmp_path / "stdout"
+        stdout_like.symlink_to(f"/proc/self/fd/{one.fileno()}")
+        with pytest.raises(OSError, match="socket") as refused:
+            files.write_output(stdout_like, b"report")
+        assert refused.value.errno == errno.ENXIO
+        assert stdout_like.is_symlink()
+        assert entries(tmp_path) == ["stdout"]
 
 
 def test_an_output_onto_a_file_or_a_link_to_one_is_published_by_rename(tmp_path: Path) -> None:
