@@ -11,7 +11,9 @@ workload code runs in the suite's process.  torch is imported on use.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+import functools
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,10 +83,22 @@ class LocalLayout:
 
 
 def selects(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    """The Filter rule: kept when some include glob matches (or there are none) and no exclude glob."""
-    if include and not any(fnmatch.fnmatchcase(name, g) for g in include):
+    """The Filter rule: kept when some include glob matches (or there are none) and no exclude glob.
+
+    Globs match as :func:`fnmatch.fnmatchcase`; each list is compiled once
+    (fnmatch's own cache holds 32,768 patterns, so longer lists recompiled
+    every glob for every name).
+    """
+    if include and not _glob_matcher(tuple(include))(name):
         return False
-    return not any(fnmatch.fnmatchcase(name, g) for g in exclude)
+    return not exclude or not _glob_matcher(tuple(exclude))(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a name matches one of ``globs`` (not empty: an empty pattern matches all)."""
+    match = re.compile("|".join(map(fnmatch.translate, dict.fromkeys(globs)))).match
+    return lambda name: match(name) is not None
 
 
 def named_modules(state: Any) -> list[tuple[str, Any]]:

@@ -14,6 +14,7 @@ says how to make it run); XFAIL (a FAIL listed as expected).  With
 from __future__ import annotations
 
 import json
+import re
 import time
 import traceback
 import xml.etree.ElementTree as ET
@@ -126,8 +127,9 @@ class Report:
         }
 
     def write_json(self, path: str | Path) -> None:
-        """The JSON report, published atomically (fakecoord.files)."""
-        files.write_bytes(path, (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8"))
+        """The JSON report: published atomically, or written into a stream such as
+        ``/dev/stdout`` or a FIFO (:func:`fakecoord.files.write_output`)."""
+        files.write_output(path, (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8"))
 
     def write_junit(self, path: str | Path) -> None:
         """JUnit XML as CI systems read it: XFAIL and SKIP are ``<skipped>``."""
@@ -161,8 +163,32 @@ class Report:
             if outcome.warnings:
                 out = ET.SubElement(case, "system-out")
                 out.text = "".join(f"WARN {outcome.id} {w}\n" for w in outcome.warnings)
-        with files.staged_file(path) as out:
-            ET.ElementTree(suite).write(out, encoding="utf-8", xml_declaration=True)
+        for node in suite.iter():
+            node.text = xml_safe(node.text)
+            node.tail = xml_safe(node.tail)
+            for key, value in node.attrib.items():
+                node.attrib[key] = xml_safe(value) or ""
+        files.write_output(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
+
+
+_NOT_XML = re.compile("[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+"""The characters XML 1.0 forbids (controls, lone surrogates, U+FFFE, U+FFFF), and the
+DEL and C1 controls it discourages."""
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def xml_safe(text: str | None) -> str | None:
+    """``text`` with every character XML 1.0 forbids written as ``\\xNN`` / ``\\uNNNN``.
+
+    A dead worker's stderr (colour codes: ESC) or an exception's text may hold
+    any character; unescaped, one makes the JUnit file not well-formed and CI
+    parsers drop the whole run.
+    """
+    return text if text is None else _NOT_XML.sub(_escape_char, text)
 
 
 def execute(

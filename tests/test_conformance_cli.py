@@ -139,6 +139,34 @@ def test_cli_exit_0_prints_one_line_per_check_and_writes_reports(
     assert suite.find("testcase[@name='errors.bad_files']/skipped") is not None
 
 
+def test_cli_reports_onto_a_stdout_link_and_a_fifo_are_written_into_them(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """Issue 16 item 16: the rename replaced a /dev/stdout-like link (nothing reached
+    stdout, exit 0) and a FIFO (its reader waited forever)."""
+    from tests.test_coord_packs import FifoReader
+
+    read_end, write_end = os.pipe()
+    stdout_like = tmp_path / "stdout"
+    stdout_like.symlink_to(f"/proc/self/fd/{write_end}")
+    fifo = tmp_path / "junit.fifo"
+    reader = FifoReader(fifo)
+    try:
+        code, _, _ = run_cli(
+            capsys, "--factory", STUB, "--select", "errors.unknown_method",
+            "--json", str(stdout_like), "--junit-xml", str(fifo),
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            sent = pipe.read()
+    assert code == 0
+    assert json.loads(sent)["summary"]["passed"] == 1
+    assert ET.fromstring(reader.read_all()).get("tests") == "1"
+    assert stdout_like.is_symlink() and os.readlink(stdout_like) == f"/proc/self/fd/{write_end}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.fifo", "stdout"]
+
+
 def test_cli_exit_1_names_expectation_result_and_hook(
     capsys: pytest.CaptureFixture, zygote: str, tmp_path: Path
 ) -> None:
@@ -153,6 +181,33 @@ def test_cli_exit_1_names_expectation_result_and_hook(
     assert "; got ok:true" in line and "; fix: the worker's parameter validation" in line
     failure = ET.parse(tmp_path / "r.xml").getroot().find("testcase/failure")
     assert failure is not None and failure.get("message", "").startswith("expected ")
+
+
+HOSTILE = "\x1b[31mred\x1b[0m \x00nul \udcff\ud800 \ufffe\uffff \x0c\x7f ok\u00e9\U0001f600\n"
+
+
+def test_junit_xml_is_well_formed_whatever_the_failure_text_holds(tmp_path: Path) -> None:
+    """Issue 16 item 15: a dead worker's stderr (ESC, NUL...) made the file unparsable."""
+    from conformance.runner import FAIL, SKIP, Outcome, Report
+
+    report = Report(options(STUB))
+    report.outcomes = [
+        Outcome(CHECKS[0], FAIL, f"worker died: {HOSTILE}", f"stderr:\n{HOSTILE}", 0.1, [HOSTILE]),
+        Outcome(CHECKS[1], SKIP, HOSTILE),
+    ]
+    report.write_junit(tmp_path / "r.xml")
+    root = ET.parse(tmp_path / "r.xml").getroot()  # well-formed
+    failure = root.find("testcase/failure")
+    assert failure is not None
+    escaped = (
+        "\\x1b[31mred\\x1b[0m \\x00nul \\udcff\\ud800 \\ufffe\\uffff \\x0c\\x7f ok\u00e9\U0001f600"
+    )
+    assert failure.get("message") == f"worker died: {escaped}\n"
+    assert failure.text == f"stderr:\n{escaped}\n"
+    prop = root.find("testcase/properties/property")
+    assert prop is not None and prop.get("value") == f"{escaped}\n"
+    skipped = root.find("testcase[2]/skipped")
+    assert skipped is not None and skipped.get("message") == f"{escaped}\n"
 
 
 def test_cli_xfail_flags_and_file_turn_a_failure_into_xfail(
@@ -456,6 +511,24 @@ def test_independent_layout_hash_matches_the_workers_on_several_states() -> None
             theirs = compute_layout(state, StateFilter(include, exclude))
             assert (mine.hash, mine.names) == (theirs.hash, theirs.included_keys)
             assert mine.ignored == theirs.ignored_non_float_keys
+
+
+def test_the_suites_filter_compiles_40000_globs_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 item 19 on the coordinator side: fnmatch recompiled every glob for every name."""
+    import fnmatch
+
+    from conformance.layout import selects
+
+    calls: list[str] = []
+    translate = fnmatch.translate
+    monkeypatch.setattr(fnmatch, "translate", lambda g: calls.append(g) or translate(g))
+    include = [f"layers.{i}.*" for i in range(40_000)]
+    exclude = [f"*.bias-{i}?" for i in range(40_000)] + ["*.bias"]
+    names = [f"layers.{i}.{kind}" for i in (0, 7, 39_999, 40_000) for kind in ("weight", "bias")]
+    kept = [n for n in names if selects(n, include, exclude)]
+    assert kept == ["layers.0.weight", "layers.7.weight", "layers.39999.weight"]
+    assert len(calls) <= len(include) + len(exclude)
+    assert selects("x", [], []) and not selects("x", [], ["x"]) and not selects("x", ["y"], [])
 
 
 def test_exact_values_are_exact_in_their_dtype() -> None:

@@ -492,11 +492,12 @@ def _run(config: SimConfig, options: dict[str, Any], out: Path | None) -> int:
 
 
 def _outputs(report: dict, options: dict[str, Any], write_plot: Any) -> None:
+    from ..files import write_output
     from .record import metrics_lines
 
     if options.get("report"):
         path = Path(options["report"])
-        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_output(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
         lines = metrics_lines(report)
         path.with_suffix(".metrics.jsonl").write_text(
             "".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8"
