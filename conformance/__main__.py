@@ -59,7 +59,10 @@ def argument_parser() -> argparse.ArgumentParser:
         help="a JSON array of BatchRefs the workload can train on "
         "(default: generated micro_epoch refs)",
     )
-    p.add_argument("--device", default="cpu", help="the device given to init_model (default cpu)")
+    p.add_argument("--device", default=None,
+                   help="override the device given to init_model, import_parameter_pack and "
+                        "parameter_pack_plan (default: the workload's own runtime_device, as "
+                        "the network sends it; an override that differs is a WARN)")  # fmt: skip
     p.add_argument("--custom-split", metavar="NAME", default="conformance-holdout",
                    help='the name evaluate gets as {"Custom": NAME} (default conformance-holdout)')  # fmt: skip
     p.add_argument(
@@ -189,7 +192,8 @@ def _main(argv: Sequence[str] | None) -> int:
     for item in args.xfail:
         check_id, _, reason = item.partition("=")
         xfail[check_id] = reason or "expected to fail (--xfail)"
-    print(f"burn-p2p conformance: {args.factory} on {args.device}", flush=True)
+    where = f" on --device {args.device}" if args.device else ""
+    print(f"burn-p2p conformance: {args.factory}{where}", flush=True)
     report = run_checks(
         options,
         select=args.select,

@@ -84,6 +84,10 @@ CHECKS: tuple[Check, ...] = (
     Check("protocol.train_window_metrics",
           "train_window answers valid MetricValues (no NaN, lists or null) for the batches",
           ("train_window",), protocol.train_window_metrics),
+    Check("protocol.portable_results",
+          "hook results are what the protocol allows as the hooks return them (a str "
+          "workload_name, a dict from train_window), not only as this worker repairs them",
+          ("workload_name", "train_window"), protocol.portable_results, uses_probe=True),
     Check("protocol.evaluate_metrics",
           "evaluate answers valid MetricValues for Train, Validation, Test and {Custom: ...}",
           ("evaluate",), protocol.evaluate_metrics),

@@ -77,7 +77,9 @@ class Options:
 
     factory: str
     config: Any = None
-    device: str = "cpu"
+    device: str | None = None
+    """``--device``: overrides the workload's own ``runtime_device`` (which the network
+    sends, and the suite sends by default) in init_model, import and plan calls."""
     batches: list | str | os.PathLike | None = None
     worker_cmd: Sequence[str] | None = None
     pythonpath: Sequence[str] = ()

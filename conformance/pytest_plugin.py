@@ -41,7 +41,7 @@ OPTIONS = (
     ("factory", "MOD:ATTR", "run the conformance checks against this workload factory", "string"),
     ("config", "JSON", "JSON config passed to the factory (default {})", "string"),
     ("batches", "FILE", "JSON array of BatchRefs (default: generated micro_epoch refs)", "string"),
-    ("device", "DEV", "device passed to init_model (default cpu)", "string"),
+    ("device", "DEV", "override the workload's runtime_device in init_model (WARN)", "string"),
     ("custom-split", "NAME", 'name evaluate gets as {"Custom": NAME}', "string"),
     ("worker-cmd", "CMD", "worker command, shell-quoted (default: python -m worker)", "string"),
     ("xfails-file", "FILE", "expected failures: one 'CHECK_ID [reason]' per line", "string"),
@@ -200,7 +200,7 @@ def _options(config: pytest.Config) -> Any:
     return Options(
         factory=_setting(config, "factory"),
         config=workload_config,
-        device=_setting(config, "device") or "cpu",
+        device=_setting(config, "device") or None,
         custom_split=_setting(config, "custom-split") or "conformance-holdout",
         batches=_setting(config, "batches"),
         worker_cmd=shlex.split(cmd) if cmd else None,

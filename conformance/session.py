@@ -365,6 +365,40 @@ class Session:
             self._cache["capability"] = decoded
         return self._cache["capability"]
 
+    def device(self) -> str:
+        """The device every ``init_model`` / ``import_parameter_pack`` /
+        ``parameter_pack_plan`` call gets: the workload's own ``runtime_device``
+        from ``capability_probe``, as the network sends it (lib.rs
+        ``PythonTorchProject::new_with_data_pipeline`` keeps
+        ``probe.runtime_device`` and passes it to every such call), unless
+        ``--device`` overrides it (protocol.capability_probe WARNs when they
+        differ).  When ``capability_probe`` cannot answer: the override, else
+        ``"cpu"`` (protocol.capability_probe fails for that)."""
+        if "device" not in self._cache:
+            override = self.options.device
+            if override is not None:
+                self._cache["device"] = override
+            else:
+                try:
+                    self._cache["device"] = self.capability()["runtime_device"]
+                except CheckFailed:
+                    return "cpu"
+        return self._cache["device"]
+
+    def device_override(self) -> str | None:
+        """Why ``--device`` differs from the workload's ``runtime_device`` (a WARN), or None."""
+        override = self.options.device
+        if override is None:
+            return None
+        own = self.capability()["runtime_device"]
+        if own == override:
+            return None
+        return (
+            f"--device {override!r} overrides the workload's runtime_device {own!r}; the "
+            f"network always sends {own!r} to init_model, import_parameter_pack and "
+            "parameter_pack_plan, so this run does not certify that device string"
+        )
+
     def plan(self, state_filter: dict | None = None, *, fresh: bool = False) -> dict:
         """``parameter_pack_plan`` (cached for the empty filter unless ``fresh``).
 
@@ -374,7 +408,7 @@ class Session:
         if key and key in self._cache:
             return self._cache[key]
         params = {
-            "device": self.options.device,
+            "device": self.device(),
             "state_dict_filter": state_filter or dict(spec.EMPTY_FILTER),
         }
         hook = "init_model() (the plan is computed on a fresh init_model state)"
@@ -420,7 +454,7 @@ class Session:
     def new_model(self) -> str:
         """A fresh ``init_model`` handle (released after the check)."""
         what = 'init_model to answer {"model_id": str}'
-        params = {"device": self.options.device}
+        params = {"device": self.device()}
         return self.track(self.handle("init_model", params, what=what, hook="init_model()"))
 
     def export(
@@ -452,7 +486,7 @@ class Session:
             raise CheckFailed("a valid parameter pack on disk", str(exc), hook) from None
 
     def import_pack(self, path: Path, state_dict_filter: dict | None = None) -> str:
-        params: dict[str, Any] = {"device": self.options.device, "parameter_pack_path": str(path)}
+        params: dict[str, Any] = {"device": self.device(), "parameter_pack_path": str(path)}
         if state_dict_filter is not None:
             params["state_dict_filter"] = state_dict_filter
         what = 'import_parameter_pack to answer {"model_id": str}'
@@ -511,6 +545,7 @@ class Session:
                 config=o.config,
                 device=o.device,
                 calls=PROBE_CALLS,
+                batches=o.batch_refs if o.batch_refs is not None else generated_batches(2),
                 root=self.root / "probe",
                 timeout=o.call_timeout,
                 command=o.probe_cmd,
