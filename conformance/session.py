@@ -115,6 +115,7 @@ class Session:
         self.check_id = ""
         self.warnings: list[str] = []
         self.spawns = 0
+        self._extra: list[Any] = []
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -126,6 +127,9 @@ class Session:
 
     def close(self) -> None:
         """Stop every process this session started and remove its scratch files."""
+        for client in self._extra:
+            client.close()
+        self._extra = []
         self.drop_raw()
         self.drop_client()
         if self._probe is not None:
@@ -145,7 +149,11 @@ class Session:
         self.warnings.append(one_line(text))
 
     def end_check(self) -> None:
-        """Release the models the finished check created (failures ignored)."""
+        """Release the models the finished check created (failures ignored); stop the
+        extra workers it started."""
+        extra, self._extra = self._extra, []
+        for client in extra:
+            client.close()
         models, self._models = self._models, []
         if self._client is None or self._client_dead:
             return
@@ -210,6 +218,89 @@ class Session:
             self._client_dead = False
         self._used_in_check = True
         return self._client
+
+    def spawn_worker(self, name: str, env: Mapping[str, str] | None = None) -> Any:
+        """A second worker process for a flow check (stopped after the check):
+        ``env`` entries are added to the worker's environment (e.g. PYTHONHASHSEED)."""
+        from fakecoord import WorkerClient
+
+        self.spawns += 1
+        o = self.options
+        environment = dict(os.environ if o.env is None else o.env)
+        environment.update(env or {})
+        try:
+            client = WorkerClient.spawn(
+                o.factory,
+                o.config,
+                worker_cmd=o.worker_cmd,
+                env=environment,
+                cwd=o.cwd,
+                pythonpath=o.pythonpath,
+                call_timeout=o.call_timeout,
+                accept_timeout=o.accept_timeout or o.call_timeout,
+                stderr=str(self.root / f"worker-{self.spawns}-{name}.log"),
+                shutdown_timeout=o.exit_timeout,
+            )
+        except FakecoordError as exc:
+            raise CheckFailed(
+                f"a second worker process ({name}) to start and connect",
+                one_line(exc),
+                "the factory or the worker command",
+                details=str(exc),
+            ) from None
+        self._extra.append(client)
+        return client
+
+    def network_peer(
+        self,
+        client: Any = None,
+        *,
+        state_dict_filter: dict | None = None,
+        require_exact_steps: bool = False,
+        name: str = "the worker",
+    ) -> Any:
+        """A :class:`~conformance.network_calls.NetworkPeer` on the run's worker (or
+        ``client``, a :meth:`spawn_worker`), with the network's device; any failure of
+        a call is a :class:`CheckFailed` naming the hook behind the method."""
+        from .network_calls import NetworkPeer
+
+        def call(method: str, params: Any) -> Any:
+            hook = self.hook_of(method)
+            expected = f"{method} to answer as the network calls it (in {name})"
+            if client is None:
+                result = self.call(method, params, expected=expected, hook=hook)
+                self.decode(method, result, what=expected, hook=hook)  # validated, kept raw
+                return result
+            self._unblocked(method, expected, hook)
+            try:
+                result = client.call(method, params)
+            except FakecoordError as exc:
+                dead = self._client_dead  # the run's own worker is not the one that broke
+                failure = self._failure(method, exc, expected, hook)
+                self._client_dead = dead
+                raise failure from None
+            self.decode(method, result, what=expected, hook=hook)
+            return result
+
+        return NetworkPeer(
+            call=call,
+            device=self.device(),
+            scratch=self.path,
+            model_schema_hash=self.options.model_schema_hash,
+            state_dict_filter=dict(state_dict_filter or spec.EMPTY_FILTER),
+            require_exact_steps=require_exact_steps,
+        )
+
+    def hook_of(self, method: str) -> str:
+        """The workload hook(s) to fix when ``method`` fails."""
+        if method == "export_parameter_pack":
+            return self.export_hook
+        if method == "import_parameter_pack":
+            return self.import_hook
+        if method in ("materialize_model_artifact", "load_model_artifact"):
+            return f"{method}_path() / {method}()"
+        hooks = METHOD_HOOKS.get(method)
+        return " / ".join(f"{h}()" for h in hooks) if hooks else f"the worker ({method})"
 
     def drop_client(self) -> None:
         client, self._client = self._client, None
