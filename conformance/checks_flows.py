@@ -69,6 +69,26 @@ def _needs_inner_loop(s: Session) -> None:
 # -- DiLoCo rounds with the inner state carried --------------------------------
 
 
+def _round(
+    s: Session, peer: NetworkPeer, base: packs.Pack, batches: list, state: Any, number: int
+) -> tuple[str, Any]:
+    """One local round (network_calls.diloco_round); the node's refusals are FAILs."""
+    try:
+        model_id, inner = diloco_round(peer, base, batches, 2, state)
+    except NetworkRefused as exc:
+        given = "no state (a first round)" if state is None else "the state it returned"
+        raise CheckFailed(
+            f"round {number}'s inner_optimizer_state_path to name a readable regular file "
+            "(the node reads it with fs::read right after the call, and fails the round "
+            "otherwise)",
+            f"{exc} (the job carried {given})",
+            INNER + ": write the state to a file of your choosing and return its path, "
+            "or return null when you keep none",
+        ) from None
+    s.track(model_id)
+    return model_id, inner
+
+
 def diloco_rounds(s: Session) -> str:
     """Two local rounds of one peer (diloco/network.rs: import_parameter_pack of the
     current base, run_inner_steps with the state saved last round; lib.rs
@@ -81,19 +101,7 @@ def diloco_rounds(s: Session) -> str:
     rounds = []
     state = None
     for number in (1, 2):
-        try:
-            model_id, inner = diloco_round(peer, base, batches, 2, state)
-        except NetworkRefused as exc:
-            given = "no state (a first round)" if state is None else "the state it returned"
-            raise CheckFailed(
-                f"round {number}'s inner_optimizer_state_path to name a readable regular file "
-                "(the node reads it with fs::read right after the call, and fails the round "
-                "otherwise)",
-                f"{exc} (the job carried {given})",
-                INNER + ": write the state to a file of your choosing and return its path, "
-                "or return null when you keep none",
-            ) from None
-        s.track(model_id)
+        model_id, inner = _round(s, peer, base, batches, state, number)
         local = s.read(inner.local_pack, INNER)
         if (local.layout_hash, local.parameter_count) != (base.layout_hash, base.parameter_count):
             raise CheckFailed(
@@ -142,7 +150,11 @@ def train_handles(s: Session) -> str:
         raise CheckSkipped("merge_candidate_models answered no merge for two candidates")
     s.track(merged)
     imported = s.track(peer.import_pack(s.template()))
-    kinds = {"an init_model handle": initial, "a merge result": merged, "an imported base": imported}
+    kinds = {
+        "an init_model handle": initial,
+        "a merge result": merged,
+        "an imported base": imported,
+    }
     for kind, model_id in kinds.items():
         before = _pack_of(s, peer, model_id, s.export_hook)
         try:
@@ -326,7 +338,7 @@ def evaluate_fresh_worker(s: Session) -> str:
     peer = s.network_peer()
     model_id, what = _trained_or_crafted(s, peer)
     pack = s.read(peer.export_pack(model_id), s.export_hook)
-    client = s.spawn_worker("validator")
+    _, client = s.second_workers()
     fresh = s.network_peer(client, name="a fresh worker that never trained")
     fresh.call("hello", None)
     fresh.call("capability_probe", None)
@@ -351,7 +363,7 @@ def exchange_between_processes(s: Session) -> str:
     writer exited, with different PYTHONHASHSEED (peers are separate processes on
     separate machines; DiLoCoWorkload::export/import_parameter_pack,
     materialize/load_model_artifact); compared by what the model computes."""
-    writer_client = s.spawn_worker("writer", {"PYTHONHASHSEED": "1"})
+    writer_client, reader_client = s.second_workers()
     writer = s.network_peer(writer_client, name="the writer (PYTHONHASHSEED=1)")
     writer.call("hello", None)
     source = writer.init_model()
@@ -369,7 +381,6 @@ def exchange_between_processes(s: Session) -> str:
     keep = s.path("exchanged-artifact.safetensors")
     keep.write_bytes(artifact.read_bytes())
     writer_client.shutdown()
-    reader_client = s.spawn_worker("reader", {"PYTHONHASHSEED": "2"})
     reader = s.network_peer(reader_client, name="the reader (PYTHONHASHSEED=2)")
     reader.call("hello", None)
     imported = reader.import_pack(pack)
@@ -442,8 +453,7 @@ def filters_in_jobs(s: Session) -> str:
         except CheckSkipped:
             batches = None
         if batches is not None:
-            base_id, inner = diloco_round(peer, exported, batches, 2, None)
-            s.track(base_id)
+            _, inner = _round(s, peer, exported, batches, None, 1)
             local = s.read(inner.local_pack, INNER)
             if local.parameter_count != count or local.layout_hash != exported.layout_hash:
                 raise CheckFailed(

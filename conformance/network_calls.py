@@ -141,9 +141,7 @@ class NetworkPeer:
         """``load_model_artifact`` into an existing handle (the node keeps the handle)."""
         staged = self._staged("load-artifact") / "artifact.safetensors"
         staged.write_bytes(Path(artifact).read_bytes())
-        self.call(
-            "load_model_artifact", {"model_id": model_id, "artifact_path": str(staged)}
-        )
+        self.call("load_model_artifact", {"model_id": model_id, "artifact_path": str(staged)})
 
     def export_pack(self, model_id: str) -> Path:
         """``DiLoCoWorkload::export_parameter_pack``: a staged ``parameters`` directory."""
@@ -230,9 +228,7 @@ def read_state_blob(path: str) -> bytes:
     try:
         info = os.stat(path)
     except OSError as exc:
-        raise NetworkRefused(
-            f"read optimizer state blob {path}: {exc.strerror or exc}"
-        ) from None
+        raise NetworkRefused(f"read optimizer state blob {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
         kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
         raise NetworkRefused(f"read optimizer state blob {path}: {kind}")

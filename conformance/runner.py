@@ -8,7 +8,9 @@ Statuses: PASS; WARN (passed, but the workload did something legal and
 suspicious: the reason says what); FAIL; SKIP (could not run here, the reason
 says how to make it run); XFAIL (a FAIL listed as expected).  With
 ``strict``, a WARN is a FAIL.  The exit status derives from the report alone:
-1 when a check failed, else 0.
+1 when a check failed; else :data:`EXIT_INCOMPLETE` (3) when the training
+checks could not run (the workload trained on none of the run's batches: the
+certification is incomplete) unless ``allow_untrained``; else 0.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class Outcome:
         }
 
 
+EXIT_INCOMPLETE = 3
+"""The run's exit status when no check failed but the training checks could not run."""
+
 REPORT_FORMAT = "burn-p2p-conformance-report-v1"
 """The JSON report's ``format``: raised only when a field changes meaning (CHANGELOG.md)."""
 
@@ -75,6 +80,11 @@ class Report:
     """Worker processes the run started."""
     strict: bool = False
     """WARN counted as FAIL (``--strict``); the outcomes already carry it."""
+    untrained: str | None = None
+    """Why the training checks could not run (the workload trained on none of the
+    run's batches), or None."""
+    allow_untrained: bool = False
+    """``--allow-untrained``: an untrained run may exit 0 (the author knows)."""
 
     def by_id(self, check_id: str) -> Outcome:
         for outcome in self.outcomes:
@@ -90,8 +100,29 @@ class Report:
         return self.count(FAIL) > 0
 
     @property
+    def incomplete(self) -> bool:
+        """No check failed, but the training checks could not run (and that is not allowed)."""
+        return not self.failed and self.untrained is not None and not self.allow_untrained
+
+    @property
+    def outcome(self) -> str:
+        """``failed``, ``incomplete`` or ``passed``: what the exit status says."""
+        return "failed" if self.failed else "incomplete" if self.incomplete else "passed"
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed else EXIT_INCOMPLETE if self.incomplete else 0
+
+    def incomplete_text(self) -> str:
+        """The closing explanation of an incomplete run (empty when complete)."""
+        if not self.incomplete:
+            return ""
+        return (
+            f"INCOMPLETE: the training checks could not run ({self.untrained}). The workload "
+            "is not certified: pass --batches FILE (a JSON array of BatchRefs it can train "
+            "on; pytest: --workload-batches FILE), or --allow-untrained if you know it "
+            f"cannot train here (exit status {EXIT_INCOMPLETE} otherwise)"
+        )
 
     def summary(self) -> str:
         """The closing line (``warned`` is appended, so older parsers of the line still work)."""
@@ -121,6 +152,9 @@ class Report:
                 "duration_s": round(self.duration, 3),
                 "worker_processes": self.spawns,
                 "exit_status": self.exit_code,
+                "outcome": self.outcome,
+                "untrained": self.untrained,
+                "allow_untrained": self.allow_untrained,
             },
             "checks": [o.to_json() for o in self.outcomes],
         }
@@ -136,10 +170,16 @@ class Report:
             name="burn-p2p-conformance",
             tests=str(len(self.outcomes)),
             failures=str(self.count(FAIL)),
-            errors="0",
+            errors="1" if self.incomplete else "0",
             skipped=str(self.count(SKIP) + self.count(XFAIL)),
             time=f"{self.duration:.3f}",
         )
+        if self.incomplete:
+            case = ET.SubElement(
+                suite, "testcase", classname="conformance.run", name="certification_complete"
+            )
+            node = ET.SubElement(case, "error", message="incomplete: training checks did not run")
+            node.text = self.incomplete_text()
         for outcome in self.outcomes:
             case = ET.SubElement(
                 suite,
@@ -265,6 +305,7 @@ def run_checks(
     on_outcome: Callable[[Outcome], None] | None = None,
     session: Session | None = None,
     strict: bool = False,
+    allow_untrained: bool = False,
 ) -> Report:
     """Run the selected checks against the workload in ``options``.
 
@@ -279,7 +320,7 @@ def run_checks(
     for pattern, reason in (xfail or {}).items():
         for check_id in resolve([pattern], "--xfail"):
             expected_failures[check_id] = reason
-    report = Report(options, strict=strict)
+    report = Report(options, strict=strict, allow_untrained=allow_untrained)
     start = time.monotonic()
     own = session is None
     session = session or Session(options)
@@ -295,6 +336,7 @@ def run_checks(
             report.outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
+        report.untrained = session.untrained()
     finally:
         report.spawns = session.spawns
         if own:
@@ -322,6 +364,7 @@ def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
 
 
 __all__ = [
+    "EXIT_INCOMPLETE",
     "FAIL",
     "PASS",
     "SKIP",

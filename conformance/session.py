@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ class Session:
         self._client_dead = False
         self._raw: RawWorker | None = None
         self._counter = itertools.count(1)
+        self._lock = threading.Lock()
         self._models: list[str] = []
         self._cache: dict[str, Any] = {}
         self._used_in_check = False
@@ -116,6 +118,7 @@ class Session:
         self.warnings: list[str] = []
         self.spawns = 0
         self._extra: list[Any] = []
+        self._kept: list[Any] = []
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -127,9 +130,9 @@ class Session:
 
     def close(self) -> None:
         """Stop every process this session started and remove its scratch files."""
-        for client in self._extra:
+        for client in [*self._extra, *self._kept]:
             client.close()
-        self._extra = []
+        self._extra, self._kept = [], []
         self.drop_raw()
         self.drop_client()
         if self._probe is not None:
@@ -219,12 +222,34 @@ class Session:
         self._used_in_check = True
         return self._client
 
+    def second_workers(self) -> tuple[Any, Any]:
+        """Two more worker processes for the flow checks, started side by side and kept
+        for the run: a writer (PYTHONHASHSEED=1) and a reader that never trains
+        (PYTHONHASHSEED=2).  A check may shut the writer down."""
+        if "second_workers" not in self._cache:
+            from concurrent.futures import ThreadPoolExecutor
+
+            specs = (("writer", {"PYTHONHASHSEED": "1"}), ("reader", {"PYTHONHASHSEED": "2"}))
+            with ThreadPoolExecutor(2) as pool:
+                futures = [pool.submit(self._spawn_worker, n, e) for n, e in specs]
+                clients = [f.result() for f in futures]
+            self._kept.extend(clients)
+            self._cache["second_workers"] = tuple(clients)
+        return self._cache["second_workers"]
+
     def spawn_worker(self, name: str, env: Mapping[str, str] | None = None) -> Any:
         """A second worker process for a flow check (stopped after the check):
         ``env`` entries are added to the worker's environment (e.g. PYTHONHASHSEED)."""
+        client = self._spawn_worker(name, env)
+        self._extra.append(client)
+        return client
+
+    def _spawn_worker(self, name: str, env: Mapping[str, str] | None = None) -> Any:
         from fakecoord import WorkerClient
 
-        self.spawns += 1
+        with self._lock:
+            self.spawns += 1
+            number = self.spawns
         o = self.options
         environment = dict(os.environ if o.env is None else o.env)
         environment.update(env or {})
@@ -238,7 +263,7 @@ class Session:
                 pythonpath=o.pythonpath,
                 call_timeout=o.call_timeout,
                 accept_timeout=o.accept_timeout or o.call_timeout,
-                stderr=str(self.root / f"worker-{self.spawns}-{name}.log"),
+                stderr=str(self.root / f"worker-{number}-{name}.log"),
                 shutdown_timeout=o.exit_timeout,
             )
         except FakecoordError as exc:
@@ -248,7 +273,6 @@ class Session:
                 "the factory or the worker command",
                 details=str(exc),
             ) from None
-        self._extra.append(client)
         return client
 
     def network_peer(
@@ -683,6 +707,12 @@ class Session:
         if "probe" not in self._cache:
             self._cache["probe"] = run_train_probe(self)
         return self._cache["probe"]
+
+    def untrained(self) -> str | None:
+        """Why the run's training checks could not run (the first train_window on the
+        run's batches raised or did 0 steps), when a check asked; else None."""
+        probe = self._cache.get("probe")
+        return probe.skip if probe is not None else None
 
     def training_batches(self, count: int = 2) -> tuple[list, str]:
         """Batches for a check that trains, and where they come from.

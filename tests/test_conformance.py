@@ -59,11 +59,13 @@ def options(factory: str, config: dict | None = None, **kwargs: Any) -> Options:
 def forked(
     factory: str, config: dict | None, zygote: str, defect: str | None = None, **kw: Any
 ) -> Options:
-    """Options whose worker and layout probe are forked by the fork server."""
-    return options(
-        factory, config, worker_cmd=bw.worker_command(defect, zygote),
-        probe_cmd=bw.probe_command(zygote), **kw,
-    )  # fmt: skip
+    """Options whose worker and layout probe are forked by the fork server (``kw`` may
+    override either, e.g. ``worker_cmd=None`` for real worker processes)."""
+    commands = {
+        "worker_cmd": bw.worker_command(defect, zygote),
+        "probe_cmd": bw.probe_command(zygote),
+    }
+    return options(factory, config, **{**commands, **kw})
 
 
 def not_passed(report: Any) -> list[str]:
