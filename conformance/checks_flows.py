@@ -463,7 +463,7 @@ def filters_in_jobs(s: Session) -> str:
                     INNER + " / " + hook + ": honour job['state_dict_filter']",
                 )
             checked.append("inner-loop output pack")
-    return f"filter excluding {keys[0]!r}: {' and '.join(checked)} hold the plan's {count} values"
+    return f"filter excluding {keys[0]!r}: {' and '.join(checked)} hold exactly the plan's {count} values"
 
 
 __all__ = [

@@ -155,6 +155,29 @@ def test_cli_exit_1_names_expectation_result_and_hook(
     assert failure is not None and failure.get("message", "").startswith("expected ")
 
 
+def test_cli_an_untrained_run_exits_3_incomplete_unless_allowed(
+    capsys: pytest.CaptureFixture, zygote: str, tmp_path: Path
+) -> None:
+    # train_window raises SystemExit on every generated ref: SKIPs, never exit 0.
+    worker = " ".join(bw.worker_command(None, zygote))
+    argv = ["--factory", BROKEN, "--config-json", '{"base": "train_exits"}',
+            "--worker-cmd", worker, "--select", "semantics.train_window_updates_model",
+            "--json", str(tmp_path / "r.json"), "--junit-xml", str(tmp_path / "r.xml")]  # fmt: skip
+    code, lines, _ = run_cli(capsys, *argv)
+    assert code == 3
+    assert lines[-1].startswith("INCOMPLETE: the training checks could not run")
+    assert "--batches FILE" in lines[-1] and "--allow-untrained" in lines[-1]
+    assert "SystemExit" in lines[-1]
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert summary["outcome"] == "incomplete" and summary["exit_status"] == 3
+    suite = ET.parse(tmp_path / "r.xml").getroot()
+    assert suite.get("errors") == "1"
+    assert suite.find("testcase[@name='certification_complete']/error") is not None
+    code, lines, _ = run_cli(capsys, *argv, "--allow-untrained")
+    assert code == 0 and SUMMARY.match(lines[-1])
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["outcome"] == "passed"
+
+
 def test_cli_xfail_flags_and_file_turn_a_failure_into_xfail(
     capsys: pytest.CaptureFixture, zygote: str, tmp_path: Path
 ) -> None:

@@ -124,6 +124,7 @@ BASES = {
     "mixed_precision": (MixedPrecision,),
     "shards_only": (ShardsOnly,),
     "zero_steps": (ZeroSteps,),
+    "train_exits": (flow.TrainExits,),
     "marker": (proc.ImportMarker,),
 }
 
