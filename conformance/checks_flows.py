@@ -214,7 +214,9 @@ def merge_edge_cases(s: Session) -> str:
             "model_id null (no merge)",
             MERGE,
         )
-    got = s.read(peer.export_pack(s.track(merged)), s.export_hook)
+    got = s.same_layout(
+        s.read(peer.export_pack(s.track(merged)), s.export_hook), MERGE, "the merge result"
+    )
     slack = tolerance(pa.values, s.low_precision())
     if not within(got.values, pa.values, slack):
         raise CheckFailed(
@@ -245,7 +247,9 @@ def merge_edge_cases(s: Session) -> str:
         if merged is None:
             answers.append(f"{what}: no merge")
             continue
-        got = s.read(peer.export_pack(s.track(merged)), s.export_hook)
+        got = s.same_layout(
+            s.read(peer.export_pack(s.track(merged)), s.export_hook), MERGE, "the merge result"
+        )
         slack = tolerance(base_pack.values, s.low_precision())
         if not within(got.values, base_pack.values, slack):
             raise CheckFailed(
@@ -289,7 +293,9 @@ def root_ema_policies(s: Session) -> str:
                 repr(returned),
                 "the worker",
             )
-        got = s.read(peer.export_pack(merged), s.export_hook)
+        got = s.same_layout(
+            s.read(peer.export_pack(merged), s.export_hook), EMA, f"the EMA result ({name})"
+        )
         if not bool(np.isfinite(got.values).all()):
             raise CheckFailed(f"finite values after root EMA ({name})", "NaN or infinity", EMA)
         if count_outside(got.values, pb.values, pm.values, slack):

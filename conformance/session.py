@@ -593,6 +593,29 @@ class Session:
         self.request("export_parameter_pack", params, expected=what, hook=self.export_hook)
         return self.read(path, self.export_hook)
 
+    def result(self, model_id: str, hook: str, what: str) -> Pack:
+        """Export a hook's result and check it has the template's layout and count first
+        (a merge that changes the parameter count is a FAIL with that reason, not a
+        comparison of arrays of different sizes)."""
+        return self.same_layout(self.export(model_id), hook, what)
+
+    def same_layout(self, pack: Pack, hook: str, what: str) -> Pack:
+        """``pack``, after checking it has the template's layout hash and parameter count."""
+        want = self.template()
+        if (pack.layout_hash, pack.parameter_count) != (want.layout_hash, want.parameter_count):
+            changed = (
+                f"{pack.parameter_count} values instead of {want.parameter_count}"
+                if pack.parameter_count != want.parameter_count
+                else f"layout {pack.layout_hash} instead of {want.layout_hash}"
+            )
+            raise CheckFailed(
+                f"{what} in the base's layout ({want.parameter_count} values, layout "
+                f"{want.layout_hash}): every peer compares packs by layout hash",
+                changed,
+                hook + ": keep every key, shape and dtype of the base",
+            )
+        return pack
+
     def read(self, path: Path, hook: str) -> Pack:
         """The pack at ``path``, validated and read into memory (fakecoord.packs)."""
         try:
@@ -625,10 +648,26 @@ class Session:
         )
 
     def crafted(self, seed: int) -> tuple[str, Pack]:
-        """A model holding seeded values no ``init_model`` gives, and its exported pack."""
+        """A model holding seeded values no ``init_model`` gives (tied weights kept tied),
+        and its exported pack."""
         from .values import perturbed
 
-        return self.holding(perturbed(self.template().values, seed), f"crafted-{seed}")
+        values = self.tied(perturbed(self.template().values, seed))
+        return self.holding(values, f"crafted-{seed}")
+
+    def tied(self, values: Any) -> Any:
+        """``values`` with tied weights (two names, one tensor) equal, as every peer's pack
+        holds them; unchanged when the layout is not the generic one or is unknown."""
+        if "tie_layout" not in self._cache:
+            layout = None
+            if not self.custom_packs:
+                try:
+                    layout = self.local_layout()
+                except (CheckSkipped, CheckFailed):
+                    layout = None
+            self._cache["tie_layout"] = layout
+        layout = self._cache["tie_layout"]
+        return layout.tie(values) if layout is not None else values
 
     def holding(self, values: Any, name: str) -> tuple[str, Pack]:
         """A model imported from a pack of ``values`` (template layout), and its exported pack.

@@ -83,6 +83,7 @@ DEFECTS: dict[str, tuple[Any, ...]] = {
     "import_drops_last": (wl.ImportDropsLast, "custom_packs", "packs.roundtrip_bit_identical"),
     "wrong_schema_hash": (wl.WrongSchemaHash, "custom_packs", "packs.manifest_valid"),
     "import_swallows_errors": (wl.ImportSwallowsErrors, "custom_packs", "errors.bad_files"),
+    "merge_widens": (wl.MergeWidens, "example", "semantics.merge_weighted_mean"),
     "name_not_str": (flow.NameNotStr, "example", "protocol.portable_results"),
     "train_returns_none": (flow.TrainReturnsNone, "example", "protocol.portable_results"),
     "inner_state_directory": (flow.InnerStateDirectory, "example", "flows.diloco_rounds"),
@@ -150,6 +151,13 @@ def make_broken(config: dict) -> Any:
     return subject_class(defect, base)(config)
 
 
+def make_control(config: dict) -> Any:
+    """A legal but unusual workload (:mod:`.controls`, imported on use: it imports torch)."""
+    from .controls import make_control as make
+
+    return make(config)
+
+
 FACTORIES = {
     "stub": "tests.broken:make_stub",
     "example": "tests.broken:make_broken",
@@ -178,6 +186,7 @@ __all__ = [
     "WARNINGS",
     "StubWorkload",
     "make_broken",
+    "make_control",
     "make_stub",
     "probe_command",
     "subject_class",
