@@ -128,7 +128,10 @@ def evaluate_metrics(s: Session) -> str:
         what = f'evaluate(split={split!r}) to answer {{"metrics": {{str: MetricValue}}}}'
         hook = "evaluate()"
         if split is custom:
-            hook += " (if it serves only named custom splits, pass --custom-split NAME)"
+            hook += (
+                " (serve any custom split name, e.g. by scoring unknown names on a default "
+                f"split, or pass {s.options.flag('custom-split')} NAME with a name it serves)"
+            )
         params = {"model_id": model_id, "split": split}
         seen.append(s.request("evaluate", params, expected=what, hook=hook))
     if all(metrics == seen[0] for metrics in seen) and any(

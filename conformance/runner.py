@@ -117,11 +117,12 @@ class Report:
         """The closing explanation of an incomplete run (empty when complete)."""
         if not self.incomplete:
             return ""
+        flag = self.options.flag
         return (
             f"INCOMPLETE: the training checks could not run ({self.untrained}). The workload "
-            "is not certified: pass --batches FILE (a JSON array of BatchRefs it can train "
-            "on; pytest: --workload-batches FILE), or --allow-untrained if you know it "
-            f"cannot train here (exit status {EXIT_INCOMPLETE} otherwise)"
+            f"is not certified: pass {flag('batches')} FILE (a JSON array of BatchRefs it can "
+            f"train on), or {flag('allow-untrained')} if you know it cannot train here "
+            f"(exit status {EXIT_INCOMPLETE} otherwise)"
         )
 
     def summary(self) -> str:
@@ -219,7 +220,8 @@ def execute(
         if not warnings:
             outcome = Outcome(check, PASS, reason)
         elif strict:
-            text = one_line("warning (--strict makes it a failure): " + "; ".join(warnings))
+            strict_flag = session.options.flag("strict")
+            text = one_line(f"warning ({strict_flag} makes it a failure): " + "; ".join(warnings))
             outcome = Outcome(check, FAIL, text, f"passed otherwise: {reason}", warnings=warnings)
         else:
             outcome = Outcome(
@@ -356,11 +358,32 @@ def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
             session.raw()
         else:
             session.client()
+            _check_workload_object(session)
     except CheckFailed as exc:
         raise UsageError(
             f"cannot start the workload {session.options.factory!r}: {exc.got}"
             + (f"\n{exc.details}" if exc.details and exc.details not in exc.got else "")
         ) from None
+
+
+def _check_workload_object(session: Session) -> None:
+    """One usage error, not dozens of FAILs, when the factory returned None or an object
+    without the first required hook (``runtime_device``): every check would fail alike."""
+    factory = session.options.factory
+    hello = session.hello()
+    if hello["workload_name"] == "NoneType":
+        raise UsageError(
+            f"the factory {factory!r} returned None: it must return the workload object "
+            "(docs/workload-authors.md §2)"
+        )
+    ok, answer = session.attempt(
+        "capability_probe", None, expected="capability_probe to answer", hook="runtime_device()"
+    )
+    if not ok and "has no attribute 'runtime_device'" in str(answer):
+        raise UsageError(
+            f"the factory {factory!r} returned an object without the required hooks "
+            f"({one_line(answer)}): it must return the workload object (docs/workload-authors.md §2)"
+        )
 
 
 __all__ = [

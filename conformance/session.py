@@ -509,7 +509,8 @@ class Session:
         if own == override:
             return None
         return (
-            f"--device {override!r} overrides the workload's runtime_device {own!r}; the "
+            f"{self.options.flag('device')} {override!r} overrides the workload's "
+            f"runtime_device {own!r}; the "
             f"network always sends {own!r} to init_model, import_parameter_pack and "
             "parameter_pack_plan, so this run does not certify that device string"
         )
@@ -764,7 +765,9 @@ class Session:
         if probe.skip:
             raise CheckSkipped(probe.skip)
         if self.options.batch_refs is not None:
-            return list(self.options.batch_refs), "the BatchRefs from --batches"
+            return list(
+                self.options.batch_refs
+            ), f"the BatchRefs from {self.options.flag('batches')}"
         return generated_batches(count), f"{count} generated micro_epoch refs"
 
     # -- raw worker processes (framing checks) ---------------------------------------

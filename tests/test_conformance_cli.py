@@ -318,6 +318,45 @@ def test_pytest_plugin_runs_each_check_as_a_test_with_a_stable_id(
     )
 
 
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [("return None", "returned None"), ("raise RuntimeError('no GPU here')", "no GPU here")],
+)
+def test_a_bad_factory_is_one_usage_error_under_the_cli_and_pytest(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, body: str, words: str
+) -> None:
+    pytester.makepyfile(badfactory=f"def make(config):\n    {body}\n")
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{pytester.path}")
+    cli = subprocess.run(
+        [sys.executable, "-m", "conformance", "--factory", "badfactory:make"],
+        cwd=pytester.path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cli.returncode == 2 and words in cli.stderr and cli.stdout.count("FAIL") == 0
+    result = pytester.runpytest(
+        *_plugin_args(), "--workload-factory", "badfactory:make", "-p", "no:cacheprovider"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str() + result.stderr.str()
+    assert words in text and "FAIL " not in text
+    assert len(text.splitlines()) < 60
+
+
+def test_pytest_hints_name_workload_options_and_an_untrained_run_exits_3(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, zygote: str
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    worker = " ".join(bw.worker_command(None, zygote))
+    args = [*_plugin_args(), "--workload-factory", BROKEN,
+            "--workload-config", '{"base": "train_exits"}', "--workload-worker-cmd", worker,
+            "-k", "train_window_updates_model", "-rs", "-p", "no:cacheprovider"]  # fmt: skip
+    result = pytester.runpytest(*args)
+    assert result.ret == 3
+    text = result.stdout.str()
+    assert "--workload-batches FILE" in text and "INCOMPLETE" in text
+    assert " --batches " not in text
+    assert pytester.runpytest(*args, "--workload-allow-untrained").ret == 0
+
+
 def test_pytest_plugin_reads_ini_options_and_ids_do_not_depend_on_the_cwd(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, zygote: str
 ) -> None:
