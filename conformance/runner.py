@@ -347,10 +347,32 @@ def run_checks(
     return report
 
 
+EXTRA_MODULES = ("numpy", "hypothesis")
+"""What the ``[conformance]`` extra installs and the suite imports on use."""
+INSTALL_LINE = "pip install 'burn-p2p-python-worker[conformance]'"
+
+
+def require_extra() -> None:
+    """Raise :class:`UsageError` naming the ``[conformance]`` extra when one of its
+    modules cannot be imported (instead of checks that crash on the import)."""
+    import importlib
+
+    for name in EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(
+                f"the conformance suite needs its [conformance] extra, which is not installed "
+                f"(cannot import {name!r}: {exc}); install it with: {INSTALL_LINE}"
+            ) from None
+
+
 def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
     """Start the layout probe in the background when a check will need it, and the
     worker the first check needs (a raw one when only framing checks run); a
-    worker that cannot start is a :class:`UsageError`."""
+    worker that cannot start, or a missing ``[conformance]`` extra, is a
+    :class:`UsageError`."""
+    require_extra()
     if any(c.uses_probe for c in checks):
         session.start_probe()
     try:

@@ -357,6 +357,23 @@ def test_pytest_hints_name_workload_options_and_an_untrained_run_exits_3(
     assert pytester.runpytest(*args, "--workload-allow-untrained").ret == 0
 
 
+def test_a_missing_extra_is_named_with_the_install_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "hypothesis.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'hypothesis'\", name='hypothesis')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{blocked}{os.pathsep}{ROOT}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "conformance", "--factory", STUB, "--select", "packs.*"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "[conformance] extra" in done.stderr and "hypothesis" in done.stderr
+    assert "pip install 'burn-p2p-python-worker[conformance]'" in done.stderr
+    assert "crashed" not in done.stdout
+
+
 def test_pytest_plugin_reads_ini_options_and_ids_do_not_depend_on_the_cwd(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, zygote: str
 ) -> None:
