@@ -344,7 +344,7 @@ def make_workload(config: dict | None) -> DemoWorkload:
 
 def _device(name: str) -> torch.device:
     try:
-        return torch.device(name)
+        return torch.device(name.removeprefix("python-torch-"))  # its own runtime_device
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"init_model: unknown device {name!r} ({exc})") from None
 
