@@ -453,6 +453,17 @@ def filters_in_jobs(s: Session) -> str:
             hook + ": honour state_dict_filter",
         )
     checked = ["export"]
+    reimported = s.track(peer.import_pack(exported))
+    again = s.read(peer.export_pack(reimported), hook)
+    if not same_bits(again.values, exported.values):
+        raise CheckFailed(
+            f"a pack imported and exported again under filter {f} to hold the same values",
+            describe_difference(again.values, exported.values)
+            if again.values.shape == exported.values.shape
+            else f"{again.parameter_count} values instead of {exported.parameter_count}",
+            s.import_hook + ": honour state_dict_filter on import",
+        )
+    checked.append("import")
     if "diloco_checkpoint_job" in s.capabilities():
         try:
             batches, _ = s.training_batches(2)
@@ -469,7 +480,9 @@ def filters_in_jobs(s: Session) -> str:
                     INNER + " / " + hook + ": honour job['state_dict_filter']",
                 )
             checked.append("inner-loop output pack")
-    return f"filter excluding {keys[0]!r}: {' and '.join(checked)} hold exactly the plan's {count} values"
+    return (
+        f"filter excluding {keys[0]!r}: {', '.join(checked)} hold exactly the plan's {count} values"
+    )
 
 
 __all__ = [
