@@ -232,8 +232,10 @@ class Session:
             specs = (("writer", {"PYTHONHASHSEED": "1"}), ("reader", {"PYTHONHASHSEED": "2"}))
             with ThreadPoolExecutor(2) as pool:
                 futures = [pool.submit(self._spawn_worker, n, e) for n, e in specs]
-                clients = [f.result() for f in futures]
-            self._kept.extend(clients)
+            clients = [f.result() for f in futures if f.exception() is None]
+            self._kept.extend(clients)  # closed with the session, even when one failed
+            for future in futures:
+                future.result()  # the first failure to start, as a CheckFailed
             self._cache["second_workers"] = tuple(clients)
         return self._cache["second_workers"]
 
