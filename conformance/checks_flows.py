@@ -99,10 +99,15 @@ def diloco_rounds(s: Session) -> str:
     peer = s.network_peer()
     base = _pack_of(s, peer, s.track(peer.init_model()), s.export_hook)
     rounds = []
+    locals_ = []
     state = None
+    round_two_base = base
     for number in (1, 2):
+        if number == 2:
+            round_two_base = base
         model_id, inner = _round(s, peer, base, batches, state, number)
         local = s.read(inner.local_pack, INNER)
+        locals_.append(local)
         if (local.layout_hash, local.parameter_count) != (base.layout_hash, base.parameter_count):
             raise CheckFailed(
                 f"round {number}'s local pack in the base's layout ({base.parameter_count} values)",
@@ -124,6 +129,17 @@ def diloco_rounds(s: Session) -> str:
                 "run_inner_loop returned an inner optimizer state that a round of training "
                 "left byte-identical: it says it keeps a state but carries nothing between "
                 "rounds"
+            )
+    if first.state is not None:
+        # Round 2 again without the state: a state given back that changes nothing is
+        # saved and never loaded.
+        _, fresh = _round(s, peer, round_two_base, batches, None, 2)
+        without = s.read(fresh.local_pack, INNER)
+        if same_bits(without.values, locals_[1].values):
+            s.warn(
+                "the inner optimizer state run_inner_loop returned changes nothing: round 2 "
+                "with it gives bit-identical parameters to round 2 without it (saved, never "
+                "loaded from job['inner_optimizer_state_path'])"
             )
     kept = [str(len(r.state.data)) for r in rounds if r.state is not None]
     return (

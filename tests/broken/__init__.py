@@ -117,6 +117,9 @@ WARNINGS: dict[str, tuple[Any, ...]] = {
         sem.InnerLoopIgnoresBatches, "example", "diloco.inner_loop_updates_pack"
     ),
     "inner_state_constant": (flow.InnerStateConstant, "example", "flows.diloco_rounds"),
+    "inner_state_never_loaded": (
+        flow.InnerStateNeverLoaded, "example", "flows.diloco_rounds"
+    ),
 }  # fmt: skip
 
 BASES = {

@@ -35,6 +35,29 @@ class InnerStateConstant:
         return {**result, "inner_optimizer_state_path": path}
 
 
+class InnerStateNeverLoaded:
+    """Saves an optimizer state every round and never loads the one it is given back
+    (a WARN: the network carries a state that changes nothing)."""
+
+    def run_inner_loop(self, state: dict, job: dict) -> dict:
+        import io
+
+        import torch
+
+        optimizer = torch.optim.AdamW(state["model"].parameters(), lr=self.lr)
+        for i in range(job["num_inner_steps"]):
+            x, y = self.batch(job["batches"][i % len(job["batches"])])
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(state["model"](x), y).backward()
+            optimizer.step()
+        buffer = io.BytesIO()
+        torch.save(optimizer.state_dict(), buffer)
+        handle, path = tempfile.mkstemp(prefix="inner-state-")
+        os.write(handle, buffer.getvalue())
+        os.close(handle)
+        return {"steps_completed": job["num_inner_steps"], "inner_optimizer_state_path": path}
+
+
 # -- flows.train_handles ----------------------------------------------------------------
 
 
