@@ -20,6 +20,7 @@ from .errors import CheckFailed, CheckSkipped, NetworkRefused, one_line
 from .network_calls import MERGE_POLICIES, NetworkPeer, diloco_round
 from .options import candidate
 from .session import Session
+from .session_flows import network_peer, second_workers
 from .values import (
     count_outside,
     describe_difference,
@@ -96,7 +97,9 @@ def diloco_rounds(s: Session) -> str:
     returned path read with fs::read right after the call)."""
     _needs_inner_loop(s)
     batches, source = s.training_batches(2)
-    peer = s.network_peer()
+    peer = network_peer(
+        s,
+    )
     base = _pack_of(s, peer, s.track(peer.init_model()), s.export_hook)
     rounds = []
     locals_ = []
@@ -158,7 +161,9 @@ def train_handles(s: Session) -> str:
     import numpy as np
 
     batches, source = s.training_batches(2)
-    peer = s.network_peer()
+    peer = network_peer(
+        s,
+    )
     initial = s.track(peer.init_model())
     other = s.track(peer.init_model())
     merged = peer.merge(initial, [candidate(initial, 1.0), candidate(other, 1.0)], "WeightedMean")
@@ -218,7 +223,9 @@ def train_handles(s: Session) -> str:
 def merge_edge_cases(s: Session) -> str:
     """A single candidate, and candidates whose weights sum to 0 (burn_p2p_engine
     merge_weighted_mean_modules: ``total_weight <= f64::EPSILON`` gives the base)."""
-    peer = s.network_peer()
+    peer = network_peer(
+        s,
+    )
     base, base_pack = s.crafted(501)
     a, pa = s.crafted(502)
     b, _ = s.crafted(503)
@@ -287,7 +294,9 @@ def root_ema_policies(s: Session) -> str:
     merge with the deployment's policy; lib.rs apply_single_root_ema)."""
     import numpy as np
 
-    peer = s.network_peer()
+    peer = network_peer(
+        s,
+    )
     base, pb = s.crafted(601)
     _, pm = s.crafted(602)
     slack = tolerance(np.maximum(np.abs(pb.values), np.abs(pm.values)), s.low_precision())
@@ -357,11 +366,13 @@ def evaluate_fresh_worker(s: Session) -> str:
     lib.rs new_with_data_pipeline) imports a base and evaluates without ever training."""
     from fakecoord import spec
 
-    peer = s.network_peer()
+    peer = network_peer(
+        s,
+    )
     model_id, what = _trained_or_crafted(s, peer)
     pack = s.read(peer.export_pack(model_id), s.export_hook)
-    _, client = s.second_workers()
-    fresh = s.network_peer(client, name="a fresh worker that never trained")
+    _, client = second_workers(s)
+    fresh = network_peer(s, client, name="a fresh worker that never trained")
     fresh.call("hello", None)
     fresh.call("capability_probe", None)
     imported = fresh.import_pack(pack)
@@ -385,8 +396,8 @@ def exchange_between_processes(s: Session) -> str:
     writer exited, with different PYTHONHASHSEED (peers are separate processes on
     separate machines; DiLoCoWorkload::export/import_parameter_pack,
     materialize/load_model_artifact); compared by what the model computes."""
-    writer_client, reader_client = s.second_workers()
-    writer = s.network_peer(writer_client, name="the writer (PYTHONHASHSEED=1)")
+    writer_client, reader_client = second_workers(s)
+    writer = network_peer(s, writer_client, name="the writer (PYTHONHASHSEED=1)")
     writer.call("hello", None)
     source = writer.init_model()
     probe = s.train_probe()
@@ -403,7 +414,7 @@ def exchange_between_processes(s: Session) -> str:
     keep = s.path("exchanged-artifact.safetensors")
     keep.write_bytes(artifact.read_bytes())
     writer_client.shutdown()
-    reader = s.network_peer(reader_client, name="the reader (PYTHONHASHSEED=2)")
+    reader = network_peer(s, reader_client, name="the reader (PYTHONHASHSEED=2)")
     reader.call("hello", None)
     imported = reader.import_pack(pack)
     again = s.read(reader.export_pack(imported), s.export_hook)
@@ -456,7 +467,7 @@ def filters_in_jobs(s: Session) -> str:
     if len(keys) < 2:
         raise CheckSkipped("the plan has fewer than two float keys to filter")
     f = {"include_globs": [], "exclude_globs": [keys[0]]}
-    peer = s.network_peer(state_dict_filter=f)
+    peer = network_peer(s, state_dict_filter=f)
     plan = peer.plan()
     count = plan["parameter_count"]
     hook = s.export_hook
