@@ -8,7 +8,9 @@ Statuses: PASS; WARN (passed, but the workload did something legal and
 suspicious: the reason says what); FAIL; SKIP (could not run here, the reason
 says how to make it run); XFAIL (a FAIL listed as expected).  With
 ``strict``, a WARN is a FAIL.  The exit status derives from the report alone:
-1 when a check failed, else 0.
+1 when a check failed; else :data:`EXIT_INCOMPLETE` (3) when the training
+checks could not run (the workload trained on none of the run's batches: the
+certification is incomplete) unless ``allow_untrained``; else 0.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class Outcome:
         }
 
 
+EXIT_INCOMPLETE = 3
+"""The run's exit status when no check failed but the training checks could not run."""
+
 REPORT_FORMAT = "burn-p2p-conformance-report-v1"
 """The JSON report's ``format``: raised only when a field changes meaning (CHANGELOG.md)."""
 
@@ -76,6 +81,11 @@ class Report:
     """Worker processes the run started."""
     strict: bool = False
     """WARN counted as FAIL (``--strict``); the outcomes already carry it."""
+    untrained: str | None = None
+    """Why the training checks could not run (the workload trained on none of the
+    run's batches), or None."""
+    allow_untrained: bool = False
+    """``--allow-untrained``: an untrained run may exit 0 (the author knows)."""
 
     def by_id(self, check_id: str) -> Outcome:
         for outcome in self.outcomes:
@@ -91,8 +101,30 @@ class Report:
         return self.count(FAIL) > 0
 
     @property
+    def incomplete(self) -> bool:
+        """No check failed, but the training checks could not run (and that is not allowed)."""
+        return not self.failed and self.untrained is not None and not self.allow_untrained
+
+    @property
+    def outcome(self) -> str:
+        """``failed``, ``incomplete`` or ``passed``: what the exit status says."""
+        return "failed" if self.failed else "incomplete" if self.incomplete else "passed"
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed else EXIT_INCOMPLETE if self.incomplete else 0
+
+    def incomplete_text(self) -> str:
+        """The closing explanation of an incomplete run (empty when complete)."""
+        if not self.incomplete:
+            return ""
+        flag = self.options.flag
+        return (
+            f"INCOMPLETE: the training checks could not run ({self.untrained}). The workload "
+            f"is not certified: pass {flag('batches')} FILE (a JSON array of BatchRefs it can "
+            f"train on), or {flag('allow-untrained')} if you know it cannot train here "
+            f"(exit status {EXIT_INCOMPLETE} otherwise)"
+        )
 
     def summary(self) -> str:
         """The closing line (``warned`` is appended, so older parsers of the line still work)."""
@@ -122,6 +154,9 @@ class Report:
                 "duration_s": round(self.duration, 3),
                 "worker_processes": self.spawns,
                 "exit_status": self.exit_code,
+                "outcome": self.outcome,
+                "untrained": self.untrained,
+                "allow_untrained": self.allow_untrained,
             },
             "checks": [o.to_json() for o in self.outcomes],
         }
@@ -138,10 +173,16 @@ class Report:
             name="burn-p2p-conformance",
             tests=str(len(self.outcomes)),
             failures=str(self.count(FAIL)),
-            errors="0",
+            errors="1" if self.incomplete else "0",
             skipped=str(self.count(SKIP) + self.count(XFAIL)),
             time=f"{self.duration:.3f}",
         )
+        if self.incomplete:
+            case = ET.SubElement(
+                suite, "testcase", classname="conformance.run", name="certification_complete"
+            )
+            node = ET.SubElement(case, "error", message="incomplete: training checks did not run")
+            node.text = self.incomplete_text()
         for outcome in self.outcomes:
             case = ET.SubElement(
                 suite,
@@ -205,7 +246,8 @@ def execute(
         if not warnings:
             outcome = Outcome(check, PASS, reason)
         elif strict:
-            text = one_line("warning (--strict makes it a failure): " + "; ".join(warnings))
+            strict_flag = session.options.flag("strict")
+            text = one_line(f"warning ({strict_flag} makes it a failure): " + "; ".join(warnings))
             outcome = Outcome(check, FAIL, text, f"passed otherwise: {reason}", warnings=warnings)
         else:
             outcome = Outcome(
@@ -291,6 +333,7 @@ def run_checks(
     on_outcome: Callable[[Outcome], None] | None = None,
     session: Session | None = None,
     strict: bool = False,
+    allow_untrained: bool = False,
 ) -> Report:
     """Run the selected checks against the workload in ``options``.
 
@@ -305,7 +348,7 @@ def run_checks(
     for pattern, reason in (xfail or {}).items():
         for check_id in resolve([pattern], "--xfail"):
             expected_failures[check_id] = reason
-    report = Report(options, strict=strict)
+    report = Report(options, strict=strict, allow_untrained=allow_untrained)
     start = time.monotonic()
     own = session is None
     session = session or Session(options)
@@ -321,6 +364,7 @@ def run_checks(
             report.outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
+        report.untrained = session.untrained()
     finally:
         report.spawns = session.spawns
         if own:
@@ -329,10 +373,32 @@ def run_checks(
     return report
 
 
+EXTRA_MODULES = ("numpy", "hypothesis")
+"""What the ``[conformance]`` extra installs and the suite imports on use."""
+INSTALL_LINE = "pip install 'burn-p2p-python-worker[conformance]'"
+
+
+def require_extra() -> None:
+    """Raise :class:`UsageError` naming the ``[conformance]`` extra when one of its
+    modules cannot be imported (instead of checks that crash on the import)."""
+    import importlib
+
+    for name in EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(
+                f"the conformance suite needs its [conformance] extra, which is not installed "
+                f"(cannot import {name!r}: {exc}); install it with: {INSTALL_LINE}"
+            ) from None
+
+
 def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
     """Start the layout probe in the background when a check will need it, and the
     worker the first check needs (a raw one when only framing checks run); a
-    worker that cannot start is a :class:`UsageError`."""
+    worker that cannot start, or a missing ``[conformance]`` extra, is a
+    :class:`UsageError`."""
+    require_extra()
     if any(c.uses_probe for c in checks):
         session.start_probe()
     try:
@@ -340,6 +406,7 @@ def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
             session.raw()
         else:
             session.client()
+            _check_workload_object(session)
     except CheckFailed as exc:
         raise UsageError(
             f"cannot start the workload {session.options.factory!r}: {exc.got}"
@@ -347,7 +414,29 @@ def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
         ) from None
 
 
+def _check_workload_object(session: Session) -> None:
+    """One usage error, not dozens of FAILs, when the factory returned None (every
+    worker then names the workload ``NoneType``): every check would fail alike.
+
+    Lenient on purpose: anything else a broken worker answers here (a malformed
+    hello, a crash) is left to the checks, which judge it."""
+    from fakecoord.errors import FakecoordError
+
+    factory = session.options.factory
+    client = session.client()
+    try:
+        hello = client.call("hello", None, timeout=session.options.exit_timeout)
+    except FakecoordError:
+        return
+    if isinstance(hello, dict) and hello.get("workload_name") == "NoneType":
+        raise UsageError(
+            f"the factory {factory!r} returned None: it must return the workload object "
+            "(docs/workload-authors.md §2)"
+        )
+
+
 __all__ = [
+    "EXIT_INCOMPLETE",
     "FAIL",
     "PASS",
     "SKIP",

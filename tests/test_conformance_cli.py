@@ -210,6 +210,29 @@ def test_junit_xml_is_well_formed_whatever_the_failure_text_holds(tmp_path: Path
     assert skipped is not None and skipped.get("message") == f"{escaped}\n"
 
 
+def test_cli_an_untrained_run_exits_3_incomplete_unless_allowed(
+    capsys: pytest.CaptureFixture, zygote: str, tmp_path: Path
+) -> None:
+    # train_window raises SystemExit on every generated ref: SKIPs, never exit 0.
+    worker = " ".join(bw.worker_command(None, zygote))
+    argv = ["--factory", BROKEN, "--config-json", '{"base": "train_exits"}',
+            "--worker-cmd", worker, "--select", "semantics.train_window_updates_model",
+            "--json", str(tmp_path / "r.json"), "--junit-xml", str(tmp_path / "r.xml")]  # fmt: skip
+    code, lines, _ = run_cli(capsys, *argv)
+    assert code == 3
+    assert lines[-1].startswith("INCOMPLETE: the training checks could not run")
+    assert "--batches FILE" in lines[-1] and "--allow-untrained" in lines[-1]
+    assert "SystemExit" in lines[-1]
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert summary["outcome"] == "incomplete" and summary["exit_status"] == 3
+    suite = ET.parse(tmp_path / "r.xml").getroot()
+    assert suite.get("errors") == "1"
+    assert suite.find("testcase[@name='certification_complete']/error") is not None
+    code, lines, _ = run_cli(capsys, *argv, "--allow-untrained")
+    assert code == 0 and SUMMARY.match(lines[-1])
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["outcome"] == "passed"
+
+
 def test_cli_xfail_flags_and_file_turn_a_failure_into_xfail(
     capsys: pytest.CaptureFixture, zygote: str, tmp_path: Path
 ) -> None:
@@ -348,6 +371,62 @@ def test_pytest_plugin_runs_each_check_as_a_test_with_a_stable_id(
             "*FAIL errors.unknown_method expected *; got ok:true*",
         ]
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [("return None", "returned None"), ("raise RuntimeError('no GPU here')", "no GPU here")],
+)
+def test_a_bad_factory_is_one_usage_error_under_the_cli_and_pytest(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, body: str, words: str
+) -> None:
+    pytester.makepyfile(badfactory=f"def make(config):\n    {body}\n")
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{pytester.path}")
+    cli = subprocess.run(
+        [sys.executable, "-m", "conformance", "--factory", "badfactory:make"],
+        cwd=pytester.path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cli.returncode == 2 and words in cli.stderr and cli.stdout.count("FAIL") == 0
+    result = pytester.runpytest(
+        *_plugin_args(), "--workload-factory", "badfactory:make", "-p", "no:cacheprovider"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str() + result.stderr.str()
+    assert words in text and "FAIL " not in text
+    assert len(text.splitlines()) < 60
+
+
+def test_pytest_hints_name_workload_options_and_an_untrained_run_exits_3(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, zygote: str
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    worker = " ".join(bw.worker_command(None, zygote))
+    args = [*_plugin_args(), "--workload-factory", BROKEN,
+            "--workload-config", '{"base": "train_exits"}', "--workload-worker-cmd", worker,
+            "-k", "train_window_updates_model", "-rs", "-p", "no:cacheprovider"]  # fmt: skip
+    result = pytester.runpytest(*args)
+    assert result.ret == 3
+    text = result.stdout.str()
+    assert "--workload-batches FILE" in text and "INCOMPLETE" in text
+    assert " --batches " not in text
+    assert pytester.runpytest(*args, "--workload-allow-untrained").ret == 0
+
+
+def test_a_missing_extra_is_named_with_the_install_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "hypothesis.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'hypothesis'\", name='hypothesis')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{blocked}{os.pathsep}{ROOT}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "conformance", "--factory", STUB, "--select", "packs.*"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "[conformance] extra" in done.stderr and "hypothesis" in done.stderr
+    assert "pip install 'burn-p2p-python-worker[conformance]'" in done.stderr
+    assert "crashed" not in done.stdout
 
 
 def test_pytest_plugin_reads_ini_options_and_ids_do_not_depend_on_the_cwd(
