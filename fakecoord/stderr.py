@@ -15,6 +15,7 @@ does the same by default and keeps the last 16 KiB so that
 from __future__ import annotations
 
 import codecs
+import errno
 import io
 import os
 import stat
@@ -27,6 +28,23 @@ EXIT_GRACE = 2.0
 """Seconds :meth:`StderrCapture.close` waits for the copier to reach EOF."""
 
 StderrTarget = None | str | os.PathLike | int | IO[Any]
+
+
+def open_log(path: str | os.PathLike, *, truncate: bool = False) -> IO[bytes]:
+    """Open a log file for appending (or truncated), never through a link: ``O_NOFOLLOW``
+    (a symlink planted at ``path`` raises ``OSError`` ELOOP), ``O_NONBLOCK`` while opening and
+    ``fstat`` after (a FIFO or device is refused with ``OSError``), close-on-exec."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    flags |= os.O_TRUNC if truncate else os.O_APPEND
+    fd = os.open(path, flags, 0o644)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "wb" if truncate else "ab")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class StderrCapture:
@@ -54,7 +72,7 @@ class StderrCapture:
             self._make_pipe()
         elif isinstance(target, (str, os.PathLike)):
             self._tail_path = os.fspath(target)
-            self._owned_file = open(self._tail_path, "ab")  # closed in started() or close()
+            self._owned_file = open_log(self._tail_path)  # closed in started() or close()
             self.popen_arg = self._owned_file
         elif isinstance(target, int):
             self.popen_arg = target
@@ -187,4 +205,4 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-__all__ = ["STDERR_TAIL_BYTES", "StderrCapture", "StderrTarget"]
+__all__ = ["STDERR_TAIL_BYTES", "StderrCapture", "StderrTarget", "open_log"]

@@ -24,6 +24,8 @@ from .faults import Fault, FaultPlan, parse_fault
 from .outer import AGGREGATORS, CODECS, OuterSGD
 
 DEMO_FACTORY = "fakecoord.demo:make_workload"
+MAX_SEED = 2**32 - 1
+"""``--seed`` is in ``0..MAX_SEED``: numpy's legacy seeding takes no more, torch and random take it."""
 PROTOCOLS = ("diloco", "windows")
 BACKENDS = ("worker", "command")
 MERGE_POLICIES = (
@@ -91,7 +93,11 @@ class SimConfig:
             (_is_int(self.peers) and self.peers >= 1, "--peers must be at least 1"),
             (_is_int(self.rounds) and self.rounds >= 1, "--rounds must be at least 1"),
             (_is_int(self.inner_steps) and self.inner_steps >= 1, "--inner-steps must be at least 1"),
-            (_is_int(self.seed), "--seed must be an integer"),
+            (
+                _is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
+                f"--seed must be an integer in 0..{MAX_SEED} (2**32-1: the range random, numpy "
+                f"and torch all accept), got {self.seed!r}",
+            ),
             (self.aggregate in AGGREGATORS, f"--aggregate must be one of {', '.join(AGGREGATORS)}"),
             (self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}"),
             (
@@ -293,6 +299,7 @@ def check_device(device: str) -> None:
 __all__ = [
     "BACKENDS",
     "DEMO_FACTORY",
+    "MAX_SEED",
     "MERGE_POLICIES",
     "PROTOCOLS",
     "SimConfig",

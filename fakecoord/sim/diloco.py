@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import handling
-from ..errors import FakecoordError, OuterError, PackError, SettingsError, SimError
+from .. import handling, schema, spec
+from ..errors import DecodeError, FakecoordError, OuterError, PackError, SettingsError, SimError
 from ..files import write_json
 from ..packs import check_compatible, read_manifest
+from ..schema import STRING, Field, Option, Struct
 from . import bootstrap
 from .config import SimConfig
 from .outer import Aggregator, OuterSGD, outer_step_packs, resolve_aggregator
@@ -38,6 +39,7 @@ from .strategy import (
     BaselineOutcome,
     BaselineState,
     ModelRef,
+    PeerMap,
     PeerResult,
     RoundContext,
     RoundOutcome,
@@ -356,6 +358,15 @@ class DiLoCo(Strategy[DiLoCoState]):
             "inner_opt": {str(p): v for p, v in state.inner_opt.items()},
         }
 
+    state_schema = Struct(
+        "DiLoCoState",
+        (
+            Field("base", STRING),
+            Field("velocity", Option(STRING), default=None),
+            Field("inner_opt", PeerMap(Option(STRING))),
+        ),
+    )
+
     def state_from_json(self, data: dict) -> DiLoCoState:
         return DiLoCoState(
             data["base"], data.get("velocity"), {int(p): v for p, v in data["inner_opt"].items()}
@@ -375,33 +386,30 @@ def _fresh_copy(peer: PeerContext, previous: str | None) -> Path:
     return target
 
 
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+"""A result manifest larger than this is refused unread."""
+
+
 def read_result(path: Path, steps: int) -> dict:
-    """Read a command backend result manifest (PROTOCOL.md §5); raises ``ValueError``."""
+    """Read a command backend result manifest (PROTOCOL.md §5) as the Rust coordinator does
+    (``serde_json::from_slice::<PythonDiLoCoCheckpointResult>``: no NaN/Infinity, no lone
+    surrogates, every field of its type); raises ``ValueError`` naming the file and the field."""
+    where = f"result manifest {str(path)!r}"
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"result manifest {str(path)!r}: cannot read ({exc})") from None
-    if not isinstance(result, dict):
-        raise ValueError(f"result manifest {str(path)!r}: expected a JSON object")
-    done = result.get("steps_completed")
-    if type(done) is not int or done != steps:
-        raise ValueError(
-            f"result manifest {str(path)!r}: steps_completed is {done!r}, but {steps} were required"
-        )
-    metrics = result.get("metrics", {})
-    if not isinstance(metrics, dict) or not all(
-        isinstance(v, (int, float, bool, str)) for v in metrics.values()
-    ):
-        raise ValueError(
-            f"result manifest {str(path)!r}: metrics must map names to numbers, bools or strings"
-        )
-    for key in (
-        "local_parameter_pack_path",
-        "inner_optimizer_state_path",
-        "inner_optimizer_state_encoding",
-    ):
-        if result.get(key) is not None and not isinstance(result[key], str):
-            raise ValueError(f"result manifest {str(path)!r}: {key} must be a string")
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_RESULT_BYTES:
+                raise ValueError(f"{where}: larger than {MAX_RESULT_BYTES} bytes")
+            raw = f.read(MAX_RESULT_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read ({exc})") from None
+    try:
+        result = schema.decode_bytes(spec.CHECKPOINT_RESULT, raw)
+    except DecodeError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    assert isinstance(result, dict)
+    done = result["steps_completed"]
+    if done != steps:
+        raise ValueError(f"{where}: steps_completed is {done!r}, but {steps} were required")
     return result
 
 
