@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import wire
-from ..errors import FakecoordError, RunFailed, SettingsError
+from ..errors import FakecoordError, RunFailed, SettingsError, one_line
 from ..signals import Terminated, interrupt_status, sigterm_raises
 from ..version import package_version
 from .config import MERGE_POLICIES, SimConfig
@@ -215,10 +215,11 @@ def coerce(opt: Opt, value: Any, where: str) -> Any:
     flag's text); raises :class:`SettingsError` naming ``where`` and the expected type."""
     kind = opt.kind
 
+    def shown() -> str:
+        return one_line(repr(value), 80)
+
     def refuse() -> SettingsError:
-        shown = repr(value)
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        return SettingsError(f"{where}: expected {KIND_NAMES[kind]}, got {shown}")
+        return SettingsError(f"{where}: expected {KIND_NAMES[kind]}, got {shown()}")
 
     if kind == "int":
         if type(value) is not int:
@@ -231,7 +232,7 @@ def coerce(opt: Opt, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise refuse()
         if opt.choices is not None and value not in opt.choices:
-            raise SettingsError(f"{where}: expected one of {', '.join(opt.choices)}, got {value!r}")
+            raise SettingsError(f"{where}: expected one of {', '.join(opt.choices)}, got {shown()}")
     elif kind in ("flag", "switch"):
         if not isinstance(value, bool):
             raise refuse()
@@ -275,8 +276,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         opt = by_name.get(TOML_ALIASES.get(name, name))
         if opt is None:
             known = ", ".join(sorted(by_name))
-            raise SettingsError(f"--config {str(path)!r}: unknown key {key!r}; known keys: {known}")
-        value = coerce(opt, value, f"--config {str(path)!r}: {key} ({opt.flag})")
+            raise SettingsError(
+                f"--config {str(path)!r}: unknown key {one_line(repr(key), 80)}; known keys: {known}"
+            )
+        value = coerce(opt, value, f"--config {str(path)!r}: {one_line(key, 80)} ({opt.flag})")
         if opt.kind == "path":
             value = str((path.parent / value).resolve())
         out[opt.key] = value
@@ -321,7 +324,7 @@ def build_config(options: dict[str, Any]) -> SimConfig:
             argv = shlex.split(text)
         except ValueError as exc:
             raise SettingsError(
-                f"--{name.replace('_', '-')}: cannot split {text!r} ({exc})"
+                f"--{name.replace('_', '-')}: cannot split {one_line(repr(text), 80)} ({exc})"
             ) from None
         if not argv:
             raise SettingsError(f"--{name.replace('_', '-')}: must name a program")

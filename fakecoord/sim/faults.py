@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..errors import FaultSpecError
+from ..errors import FaultSpecError, one_line
 
 EVENT_KINDS = ("crash", "hang", "error")
 CONDITION_KINDS = ("slow", "drop")
@@ -68,6 +68,13 @@ class Fault:
         return self.last is None or round_index <= self.last
 
 
+class _Shown(str):
+    """A spec as messages show it: ``{text!r}`` escaped and cut to 120 characters."""
+
+    def __repr__(self) -> str:
+        return one_line(str.__repr__(self), 120)
+
+
 def parse_fault(text: str) -> Fault:
     """Parse one spec (see the module docstring); raises :class:`FaultSpecError`.
 
@@ -77,6 +84,7 @@ def parse_fault(text: str) -> Fault:
     if not isinstance(text, str):
         raise FaultSpecError(f"--fault: expected a spec string, got {type(text).__name__}")
     spec = text.strip()
+    text = _Shown(text)
     kind = spec.split("@", 1)[0]
     if kind not in FAULT_KINDS:
         if "@" not in spec:

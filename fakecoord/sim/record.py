@@ -17,9 +17,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .. import schema, wire
-from ..errors import DecodeError, SettingsError
+from ..errors import DecodeError, SettingsError, one_line
 from ..files import write_bytes, write_json
-from ..schema import BOOL, F64, I64, JSON_VALUE, STRING, U32, Field, Map, Option, Struct, Vec
+from ..schema import (
+    BOOL,
+    F64,
+    I64,
+    JSON_VALUE,
+    STRING,
+    U32,
+    Enum,
+    Field,
+    Map,
+    Option,
+    Struct,
+    Variant,
+    Vec,
+)
 from .config import SimConfig
 from .faults import parse_fault
 from .strategy import BaselineState, PeerMap, PeerResult
@@ -68,7 +82,13 @@ def config_schema() -> Struct:
     return Struct("SimConfig", tuple(fields))
 
 
-_MODEL_REF = Struct("ModelRef", (Field("kind", STRING), Field("path", STRING)))
+_MODEL_REF = Struct(
+    "ModelRef",
+    (
+        Field("kind", Enum("ModelKind", (Variant("pack"), Variant("artifact")))),
+        Field("path", STRING),
+    ),
+)
 _ROUND = Struct(
     "RoundRecord",
     (
@@ -183,6 +203,11 @@ _REPORT = Struct(
             ),
         ),
         Field("resumed", Vec(Struct("Resumed", (Field("after_round", U32),))), default=[]),
+        Field(
+            "threads",
+            Option(Struct("Threads", (Field("per_worker", Option(U32)), Field("reason", STRING)))),
+            default=None,
+        ),
     ),
 )
 CHECKPOINT = Struct(
@@ -257,7 +282,7 @@ def read_checkpoint(path: Path, where: str) -> dict:
                 decoded["state"]["completed_rounds"],
             )
     except DecodeError as exc:
-        raise SettingsError(f"{where}: the checkpoint is damaged: {exc}") from None
+        raise SettingsError(f"{where}: the checkpoint is damaged: {one_line(str(exc))}") from None
     return decoded
 
 
@@ -538,7 +563,8 @@ class Recorder:
         data = read_checkpoint(path, where)
         if data["strategy"] != e.strategy.name:
             raise SettingsError(
-                f"{where}: the run used the {data['strategy']!r} strategy, not {e.strategy.name!r}"
+                f"{where}: the run used the {one_line(repr(data['strategy']), 80)} strategy, "
+                f"not {e.strategy.name!r}"
             )
         raw = data["state"]
         try:
@@ -546,10 +572,12 @@ class Recorder:
                 schema.decode(e.strategy.state_schema, raw["strategy"], "state.strategy")
             strategy_state = e.strategy.state_from_json(raw["strategy"])
         except DecodeError as exc:
-            raise SettingsError(f"{where}: the checkpoint is damaged: {exc}") from None
+            raise SettingsError(
+                f"{where}: the checkpoint is damaged: {one_line(str(exc))}"
+            ) from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SettingsError(
-                f"{where}: the checkpoint is damaged: state.strategy: {short_error(exc)}"
+                f"{where}: the checkpoint is damaged: state.strategy: {one_line(short_error(exc))}"
             ) from None
         baseline = raw["baseline"]
         state = RunState(

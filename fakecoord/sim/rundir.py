@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import SettingsError
 
@@ -23,22 +24,40 @@ PLOT_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "tif", "tiff", "webp
 
 
 def _writable_dir(path: Path) -> bool:
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    return _probe(path, path.is_dir) and os.access(path, os.W_OK | os.X_OK)
+
+
+def _probe(path: Path, test: Any) -> bool:
+    """``test()`` (a ``Path`` predicate), with a path the system refuses (too long, a
+    component that is a file) answering False instead of raising."""
+    try:
+        return bool(test())
+    except (OSError, ValueError):
+        return False
+
+
+def _absolute(flag: str, target: str | os.PathLike) -> Path:
+    text = os.fspath(target)
+    if not isinstance(text, str) or not text or "\x00" in text:
+        raise SettingsError(f"{flag}: expected a non-empty path without NUL, got {text!r:.80}")
+    return Path(os.path.abspath(text))
 
 
 def check_output_file(flag: str, target: str | os.PathLike, *, beside: str = "") -> Path:
     """Refuse an output file that cannot be written: its directory must exist and be
     writable, and the path must not be a directory (``beside``: the suffix of a second file
     written next to it).  Returns the absolute path."""
-    path = Path(os.path.abspath(target))
-    where = f"{flag} {str(target)!r}"
-    if path.is_dir():
+    path = _absolute(flag, target)
+    where = f"{flag} {str(target)!r:.200}"
+    if _probe(path, path.is_dir):
         raise SettingsError(f"{where}: is a directory; name a file")
-    if not path.parent.is_dir():
+    if len(path.name.encode("utf-8", "surrogateescape")) > 200:
+        raise SettingsError(f"{where}: the file name is longer than 200 bytes")
+    if not _probe(path.parent, path.parent.is_dir):
         raise SettingsError(f"{where}: the directory {str(path.parent)!r} does not exist")
     if not _writable_dir(path.parent):
         raise SettingsError(f"{where}: cannot write into {str(path.parent)!r} (permission denied)")
-    if beside and path.with_suffix(beside).is_dir():
+    if beside and _probe(path, path.with_suffix(beside).is_dir):
         raise SettingsError(f"{where}: {str(path.with_suffix(beside))!r} is a directory")
     return path
 
@@ -56,20 +75,24 @@ def check_plot_file(target: str | os.PathLike) -> Path:
 
 def check_out_dir(flag: str, target: str | os.PathLike) -> Path:
     """Refuse a run directory that cannot be created or written, or that another user owns."""
-    path = Path(os.path.abspath(target))
-    where = f"{flag} {str(target)!r}"
+    path = _absolute(flag, target)
+    where = f"{flag} {str(target)!r:.200}"
+    if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in path.parts):
+        raise SettingsError(f"{where}: a component is longer than 255 bytes")
     if os.path.lexists(path):
-        if not path.is_dir():
+        if not _probe(path, path.is_dir):
             raise SettingsError(f"{where}: exists and is not a directory")
         check_owner(flag, path)
         if not _writable_dir(path):
             raise SettingsError(f"{where}: cannot write into it (permission denied)")
         return path
     ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not _writable_dir(ancestor):
-        raise SettingsError(f"{where}: cannot create it: {str(ancestor)!r} is not writable")
+        raise SettingsError(
+            f"{where}: cannot create it: {str(ancestor)!r} is not a writable directory"
+        )
     return path
 
 
