@@ -336,12 +336,15 @@ def test_an_output_failing_at_the_end_keeps_and_names_the_run_directory(
 @pytest.mark.parametrize(
     ("toml", "message"),
     [
-        ("batches = 5", "batches (--batches): expected a path string, got 5"),
-        ("out = 7", "out (--out): expected a path string, got 7"),
-        ("resume = 1", "resume (--resume): expected a path string, got 1"),
+        ("batches = 5", "batches (--batches): expected a path string (not empty, no NUL), got 5"),
+        ("out = 7", "out (--out): expected a path string (not empty, no NUL), got 7"),
+        ("resume = 1", "resume (--resume): expected a path string (not empty, no NUL), got 1"),
         ("command = 5", "command (--command): expected a command string or an array of strings"),
-        ("report = true", "report (--report): expected a path string, got True"),
-        ("plot = [1]", "plot (--plot): expected a path string, got [1]"),
+        (
+            "report = true",
+            "report (--report): expected a path string (not empty, no NUL), got True",
+        ),
+        ("plot = [1]", "plot (--plot): expected a path string (not empty, no NUL), got [1]"),
         ('baseline = "false"', "baseline (--baseline): expected a boolean"),
         ('quiet = "false"', "quiet (--quiet): expected a boolean"),
         ('nesterov = "false"', "nesterov (--nesterov): expected a boolean"),
@@ -358,6 +361,14 @@ def test_a_toml_value_of_the_wrong_type_names_the_key_and_the_type(
     path.write_text(toml + "\n")
     assert main(["run", "--config", str(path), "--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "1.5", "-0.1"])
+def test_a_canonical_weight_the_checkpoint_cannot_hold_is_refused(capsys, weight: str) -> None:
+    """Found by the sim fuzz target: ``--canonical-weight nan`` passed every check, and the
+    first checkpoint write then raised (allow_nan=False)."""
+    assert main(["run", "--quiet", "--protocol", "windows", "--canonical-weight", weight]) == 2
+    assert "--canonical-weight must be a number in [0, 1]" in capsys.readouterr().err
 
 
 def test_every_option_is_one_entry_read_by_both_the_flags_and_toml(tmp_path: Path) -> None:

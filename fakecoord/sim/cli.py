@@ -86,7 +86,7 @@ KIND_NAMES = {
     "int": "an integer",
     "float": "a number",
     "str": "a string",
-    "path": "a path string",
+    "path": "a path string (not empty, no NUL)",
     "flag": "a boolean (true or false, not a string)",
     "switch": "a boolean (true or false, not a string)",
     "specs": "a string or an array of strings",
@@ -229,7 +229,7 @@ def coerce(opt: Opt, value: Any, where: str) -> Any:
             raise refuse()
         value = float(value)
     elif kind in ("str", "path"):
-        if not isinstance(value, str):
+        if not isinstance(value, str) or kind == "path" and (not value or "\x00" in value):
             raise refuse()
         if opt.choices is not None and value not in opt.choices:
             raise SettingsError(f"{where}: expected one of {', '.join(opt.choices)}, got {shown()}")

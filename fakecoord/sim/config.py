@@ -13,11 +13,12 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import OuterError, SettingsError
 from .faults import Fault, FaultPlan, parse_fault
@@ -168,6 +169,7 @@ class SimConfig:
             json.dumps(self.config, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"--config-json: not standard JSON ({exc})") from None
+        _check_reconcile(self.reconcile)
         self.fault_plan()
 
     def fault_plan(self) -> FaultPlan:
@@ -192,6 +194,21 @@ def _is_int(value: Any) -> bool:
 
 def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e9
+
+
+def _check_reconcile(value: Any) -> None:
+    """``Replace`` or ``{"RootEma": {"canonical_weight": w}}`` with a finite ``w`` in [0, 1]."""
+    if value == "Replace":
+        return
+    weight = value.get("RootEma", {}).get("canonical_weight") if isinstance(value, dict) else None
+    if not _number(weight) or not 0.0 <= weight <= 1.0:
+        raise SettingsError(
+            f"--canonical-weight must be a number in [0, 1] (RootEma), got {weight!r}"
+        )
+
+
+def _number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_filter(value: Any) -> None:

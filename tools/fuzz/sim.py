@@ -1,6 +1,6 @@
 """Target "sim": the inputs of ``python -m fakecoord run`` (the coordinator side).
 
-Three properties, each judged by the same rule: an input is either refused
+Three properties (each check returns whether its input was accepted), judged by one rule: an input is either refused
 with :class:`~fakecoord.errors.SettingsError` (exit 2, a one-line reason) or
 accepted, and then everything downstream that reads it must work:
 
@@ -148,7 +148,7 @@ def toml_inputs() -> st.SearchStrategy:
     return st.dictionaries(st.sampled_from(KEYS), TOML_VALUES, max_size=5)
 
 
-def check_toml(document: dict[str, Any]) -> None:
+def check_toml(document: dict[str, Any]) -> bool:
     text = "".join(f"{k} = {toml_value(v)}\n" for k, v in document.items())
     with temporary_root() as root, working_directory(root):
         path = root / "run.toml"
@@ -160,8 +160,9 @@ def check_toml(document: dict[str, Any]) -> None:
             cli.check_outputs(options)
         except SettingsError as exc:
             _one_line(exc)
-            return
+            return False
         _accepted_config(config)
+        return True
 
 
 def _one_line(exc: BaseException) -> None:
@@ -306,7 +307,7 @@ def _mutate(data: Any, path: list[int], op: str, value: Any) -> None:
         node = node[key]
 
 
-def check_checkpoint(mutations: list[tuple[list[int], str, Any]]) -> None:
+def check_checkpoint(mutations: list[tuple[list[int], str, Any]]) -> bool:
     data = copy.deepcopy(VALID_CHECKPOINT)
     for path, op, value in mutations:
         _mutate(data, path, op, value)
@@ -320,7 +321,7 @@ def check_checkpoint(mutations: list[tuple[list[int], str, Any]]) -> None:
             state, report = recorder.load_checkpoint(root / "checkpoint.json")
         except SettingsError as exc:
             _one_line(exc)
-            return
+            return False
         # Accepted: the resumed run renders and re-writes what it read.
         metrics_lines(report)
         summary_lines(report)
@@ -328,6 +329,7 @@ def check_checkpoint(mutations: list[tuple[list[int], str, Any]]) -> None:
         plotted_metrics(report)
         json.dumps(report, allow_nan=False)
         _accepted_config(config)
+        return state.completed_rounds == len(report["rounds"])
 
 
 # ---------------------------------------------------------------------------
@@ -373,7 +375,7 @@ def _layout(root: Path) -> None:
     (root / "unreadable").mkdir(mode=0o500)
 
 
-def check_path(case: tuple[str, bool, list[str]]) -> None:
+def check_path(case: tuple[str, bool, list[str]]) -> bool:
     flag, absolute, parts = case
     checks: dict[str, Callable[[str], Path]] = {
         "--report": lambda p: check_output_file("--report", p, beside=".metrics.jsonl"),
@@ -387,13 +389,14 @@ def check_path(case: tuple[str, bool, list[str]]) -> None:
             accepted = checks[flag](text)
         except SettingsError as exc:
             _one_line(exc)
-            return
+            return False
         if os.geteuid() == 0 and "unreadable" in parts:
-            return  # root writes into a 0o500 directory: accepted rightly
+            return True  # root writes into a 0o500 directory: accepted rightly
         if flag == "--out":
             accepted.mkdir(parents=True, exist_ok=True)
         elif Path(text).name != "fifo":
             write_json(accepted, {"ok": True})
+        return True
 
 
 VALID_CHECKPOINT = valid_checkpoint()
