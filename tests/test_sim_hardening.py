@@ -70,6 +70,8 @@ class Hostile:
             loss = nn.functional.mse_loss(model(self.x), self.y)
             loss.backward()
             opt.step()
+        if self.config.get("busy_file"):
+            open(self.config["busy_file"], "a").close()
         time.sleep(self.config.get("sleep", 0))
         return {"loss": float(loss), **self.config.get("train_metrics", {})}
 
@@ -310,6 +312,19 @@ def test_unwritable_outputs_exit_2_before_anything_starts(
     assert main(hostile_args(hostile, "--quiet", *extra)) == 2
     assert message in capsys.readouterr().err
     assert run_dirs(hostile["tmp"]) == []
+
+
+def test_a_stream_is_an_acceptable_report_path(tmp_path: Path) -> None:
+    """``--report /dev/stdout`` or a FIFO passes the check (written into, never replaced:
+    fakecoord/files.py), with no metrics file beside it."""
+    from fakecoord.sim.rundir import check_output_file, is_stream
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (Path("/dev/null"), fifo):
+        assert check_output_file("--report", path, beside=".metrics.jsonl") == path
+        assert is_stream(path)
+    assert not is_stream(tmp_path)
 
 
 @pytest.mark.timeout(E2E_TIMEOUT)
@@ -599,16 +614,15 @@ def test_sigterm_stops_every_worker_exits_143_and_the_run_resumes(hostile) -> No
 @pytest.mark.timeout(E2E_TIMEOUT)
 def test_sigterm_stops_the_conformance_suite_and_its_worker(hostile) -> None:
     """Item 13: ``python -m conformance`` died on SIGTERM without stopping its worker."""
-    pids = hostile["tmp"] / "pids"
-    config = {"sleep": 600, "pid_file": str(pids)}
+    pids, busy = hostile["tmp"] / "pids", hostile["tmp"] / "busy"
+    config = {"sleep": 600, "pid_file": str(pids), "busy_file": str(busy)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "conformance", "--factory", "sim_hostile:make",
          "--config-json", json.dumps(config), "--timeout", "600"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        _wait_for(lambda: pids.exists() and len(pids.read_text().split()) >= 1, proc)
-        time.sleep(3)  # let it reach a training call, which sleeps
+        _wait_for(busy.exists, proc)  # a worker is inside a 600 s training call
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:

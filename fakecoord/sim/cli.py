@@ -41,7 +41,7 @@ from ..signals import Terminated, interrupt_status, sigterm_raises
 from ..version import package_version
 from .config import MERGE_POLICIES, SimConfig
 from .faults import MAX_SLOWDOWN
-from .rundir import RunLock, check_out_dir, check_output_file, check_plot_file
+from .rundir import RunLock, check_out_dir, check_output_file, check_plot_file, is_stream
 
 RESUMABLE = ("rounds", "call_timeout", "start_timeout", "max_failed_rounds")
 """Settings that ``--resume`` may change; every other one comes from the checkpoint."""
@@ -522,10 +522,12 @@ def _outputs(report: dict, options: dict[str, Any]) -> str | None:
     if options.get("report"):
         path = Path(option(options, "report"))
         try:
+            stream = is_stream(path)  # /dev/stdout, a FIFO: the report alone
             write_json(path, report)
-            lines = metrics_lines(report)
-            text = "".join(json.dumps(line, allow_nan=False) + "\n" for line in lines)
-            write_bytes(path.with_suffix(".metrics.jsonl"), text.encode("utf-8"))
+            if not stream:
+                lines = metrics_lines(report)
+                text = "".join(json.dumps(line, allow_nan=False) + "\n" for line in lines)
+                write_bytes(path.with_suffix(".metrics.jsonl"), text.encode("utf-8"))
         except (OSError, ValueError, TypeError) as exc:
             return f"cannot write --report {str(path)!r} ({exc})"
     if options.get("plot"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,16 @@ def _probe(path: Path, test: Any) -> bool:
         return False
 
 
+def is_stream(path: Path) -> bool:
+    """A character device or a FIFO (links followed): what the atomic writer writes into
+    directly instead of replacing it."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
 def _absolute(flag: str, target: str | os.PathLike) -> Path:
     text = os.fspath(target)
     if not isinstance(text, str) or not text or "\x00" in text:
@@ -46,11 +57,16 @@ def _absolute(flag: str, target: str | os.PathLike) -> Path:
 def check_output_file(flag: str, target: str | os.PathLike, *, beside: str = "") -> Path:
     """Refuse an output file that cannot be written: its directory must exist and be
     writable, and the path must not be a directory (``beside``: the suffix of a second file
-    written next to it).  Returns the absolute path."""
+    written next to it).  A writable character device or FIFO (``/dev/stdout``) is accepted
+    as it is.  Returns the absolute path."""
     path = _absolute(flag, target)
     where = f"{flag} {str(target)!r:.200}"
     if _probe(path, path.is_dir):
         raise SettingsError(f"{where}: is a directory; name a file")
+    if is_stream(path):  # /dev/stdout, a FIFO: written directly, never replaced
+        if not os.access(path, os.W_OK):
+            raise SettingsError(f"{where}: cannot write to it (permission denied)")
+        return path
     if len(path.name.encode("utf-8", "surrogateescape")) > 200:
         raise SettingsError(f"{where}: the file name is longer than 200 bytes")
     if not _probe(path.parent, path.parent.is_dir):
@@ -156,4 +172,5 @@ __all__ = [
     "check_output_file",
     "check_owner",
     "check_plot_file",
+    "is_stream",
 ]

@@ -280,6 +280,7 @@ __all__ = [
     "BaselineOutcome",
     "BaselineState",
     "ModelRef",
+    "PeerMap",
     "PeerResult",
     "RoundContext",
     "RoundOutcome",
