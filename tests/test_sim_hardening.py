@@ -387,6 +387,25 @@ def test_a_canonical_weight_the_checkpoint_cannot_hold_is_refused(capsys, weight
     assert "--canonical-weight must be a number in [0, 1]" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"peers": 2**63}, "--peers must be in 1..4096"),
+        ({"inner_steps": 2**32}, "--inner-steps must be in 1..4294967295 (u32)"),
+        ({"rounds": 10**10}, "--rounds must be in 1..1000000000"),
+        ({"reconcile": {"RootEma": None}}, "--canonical-weight must be a number in [0, 1]"),
+        ({"reconcile": "x" * 10**6}, "--canonical-weight must be a number in [0, 1]"),
+    ],
+)
+def test_settings_a_checkpoint_could_not_hold_are_refused(changes: dict, message: str) -> None:
+    """Found by the sim fuzz target: these passed the checks (or raised AttributeError), and
+    the run then wrote a checkpoint its own resume refuses (peers beyond i64, inner steps
+    beyond the wire's u32)."""
+    with pytest.raises(SettingsError) as refused:
+        SimConfig(**changes).validate()
+    assert message in str(refused.value) and len(str(refused.value)) < 300
+
+
 def test_every_option_is_one_entry_read_by_both_the_flags_and_toml(tmp_path: Path) -> None:
     """Item 7: the parser and the TOML reader are both derived from OPTIONS."""
     parser = argument_parser()

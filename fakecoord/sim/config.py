@@ -20,11 +20,17 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from ..errors import OuterError, SettingsError
+from ..errors import OuterError, SettingsError, one_line
 from .faults import Fault, FaultPlan, parse_fault
 from .outer import AGGREGATORS, CODECS, OuterSGD
 
 DEMO_FACTORY = "fakecoord.demo:make_workload"
+MAX_PEERS = 4096
+"""Peers (one worker process each) and threads per worker, at most."""
+MAX_COUNT = 10**9
+"""Rounds and ``--max-failed-rounds``, at most."""
+U32_MAX = 2**32 - 1
+"""``--inner-steps`` travels as ``num_inner_steps: u32``."""
 MAX_SEED = 2**32 - 1
 """``--seed`` is in ``0..MAX_SEED``: numpy's legacy seeding takes no more, torch and random take it."""
 PROTOCOLS = ("diloco", "windows")
@@ -91,9 +97,9 @@ class SimConfig:
         """Raise :class:`SettingsError` naming the first invalid setting (no I/O)."""
         checks = [
             (self.protocol in PROTOCOLS, f"--protocol must be one of {', '.join(PROTOCOLS)}"),
-            (_is_int(self.peers) and self.peers >= 1, "--peers must be at least 1"),
-            (_is_int(self.rounds) and self.rounds >= 1, "--rounds must be at least 1"),
-            (_is_int(self.inner_steps) and self.inner_steps >= 1, "--inner-steps must be at least 1"),
+            (_in(self.peers, 1, MAX_PEERS), f"--peers must be in 1..{MAX_PEERS}"),
+            (_in(self.rounds, 1, MAX_COUNT), f"--rounds must be in 1..{MAX_COUNT}"),
+            (_in(self.inner_steps, 1, U32_MAX), f"--inner-steps must be in 1..{U32_MAX} (u32)"),
             (
                 _is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
                 f"--seed must be an integer in 0..{MAX_SEED} (2**32-1: the range random, numpy "
@@ -108,8 +114,8 @@ class SimConfig:
             (_positive(self.call_timeout), "--call-timeout must be a positive number of seconds"),
             (_positive(self.start_timeout), "--start-timeout must be a positive number of seconds"),
             (
-                _is_int(self.microshards_per_step) and self.microshards_per_step >= 1,
-                "--microshards-per-step must be at least 1",
+                _in(self.microshards_per_step, 1, U32_MAX),
+                f"--microshards-per-step must be in 1..{U32_MAX}",
             ),
             (
                 self.baseline_steps in ("total", "per-peer"),
@@ -135,13 +141,13 @@ class SimConfig:
                 "--eval-metric must name a metric of the workload's evaluate",
             ),
             (
-                self.threads_per_peer is None
-                or (_is_int(self.threads_per_peer) and self.threads_per_peer >= 0),
-                "--threads-per-peer must be 0 (the workload's defaults) or a positive count",
+                self.threads_per_peer is None or _in(self.threads_per_peer, 0, MAX_PEERS),
+                f"--threads-per-peer must be 0 (the workload's defaults) or a count up to "
+                f"{MAX_PEERS}",
             ),
             (
-                _is_int(self.max_failed_rounds) and self.max_failed_rounds >= 1,
-                "--max-failed-rounds must be at least 1",
+                _in(self.max_failed_rounds, 1, MAX_COUNT),
+                f"--max-failed-rounds must be in 1..{MAX_COUNT}",
             ),
             (
                 self.protocol == "diloco" or self.merge_policy in MERGE_POLICIES
@@ -192,6 +198,10 @@ def _is_int(value: Any) -> bool:
     return type(value) is int
 
 
+def _in(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
 def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e9
 
@@ -200,10 +210,12 @@ def _check_reconcile(value: Any) -> None:
     """``Replace`` or ``{"RootEma": {"canonical_weight": w}}`` with a finite ``w`` in [0, 1]."""
     if value == "Replace":
         return
-    weight = value.get("RootEma", {}).get("canonical_weight") if isinstance(value, dict) else None
+    root = value.get("RootEma") if isinstance(value, dict) else None
+    weight = root.get("canonical_weight") if isinstance(root, dict) else root
     if not _number(weight) or not 0.0 <= weight <= 1.0:
         raise SettingsError(
-            f"--canonical-weight must be a number in [0, 1] (RootEma), got {weight!r}"
+            "--canonical-weight must be a number in [0, 1] (RootEma), got "
+            + one_line(repr(weight), 80)
         )
 
 
