@@ -401,7 +401,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         options = merged_options(args)
         if options.get("resume") and options.get("out"):
-            if Path(options["resume"]).resolve() != Path(options["out"]).resolve():
+            resume, out_dir = option(options, "resume"), option(options, "out")
+            if Path(resume).resolve() != Path(out_dir).resolve():
                 raise SettingsError("--resume DIR already names the run directory; drop --out")
         out: Path | None
         if options.get("resume"):
