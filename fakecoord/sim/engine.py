@@ -292,7 +292,7 @@ class Engine:
             )
         for text, labels in errors.items():
             self.view.event(
-                f"[yellow]worker start failed[/] {', '.join(labels)}: {text} (retried when needed)"
+                f"worker start failed {', '.join(labels)}: {text} (retried when needed)", "yellow"
             )
         self._note_workload()
         needed = self.strategy.required_capability(self.config)
