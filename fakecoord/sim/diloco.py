@@ -430,9 +430,10 @@ class DiLoCo(Strategy[DiLoCoState]):
             if modelled.late:
                 wire["past_aggregation_timeout"] = modelled.late
                 ctx.event(
-                    f"[yellow]round {r}: {', '.join(modelled.late)} would need more than "
+                    f"round {r}: {', '.join(modelled.late)} would need more than "
                     f"{AGGREGATION_TIMEOUT_SECONDS:g} s (the network's aggregation_timeout_ms) to "
-                    "fetch the other contributions; the network would aggregate without them[/]"
+                    "fetch the other contributions; the network would aggregate without them",
+                    "yellow",
                 )
         summary["wire"] = wire
         round_id = old.round_id

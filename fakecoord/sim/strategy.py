@@ -188,7 +188,7 @@ class RoundContext:
         parallel: Callable[[Callable[[PeerContext], Any], list[int]], dict[int, Any]],
         evaluate: Callable[[ModelRef], dict],
         unplanned: Callable[[int, BaseException, str], None],
-        event: Callable[[str], None],
+        event: Callable[..., None],
     ) -> None:
         self.round = round_index
         self.dir = directory
@@ -204,6 +204,7 @@ class RoundContext:
         self.unplanned = unplanned
         """``unplanned(peer, exc, phase)``: record a failure outside the training call."""
         self.event = event
+        """``event(text, style=None)``: a line in the live log (plain text, never markup)."""
 
     def rel(self, path: Path | str) -> str:
         return os.path.relpath(path, self.run_dir)

@@ -125,8 +125,9 @@ class Windows(Strategy[WindowsState]):
                 peer.after_failure(exc)
             if not merge["merged"]:
                 ctx.event(
-                    f"[yellow]round {r}: no merge[/] on peer {reducer}: {merge['error']}; the "
-                    "canonical model stays as it was"
+                    f"round {r}: no merge on peer {reducer}: {merge['error']}; the "
+                    "canonical model stays as it was",
+                    "yellow",
                 )
         by_peer = {res.peer: res for res in survivors}
 
