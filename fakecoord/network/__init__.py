@@ -1,0 +1,34 @@
+"""The network's DiLoCo, modelled on the coordinator side (PROTOCOL.md §6).
+
+Written from the upstream Rust code (the spec): ``crates/burn_p2p_core/src/schema/diloco.rs``
+(the policy), ``crates/burn_p2p/src/diloco/codec.rs`` (codecs, aggregations) and
+``crates/burn_p2p_workload/src/diloco.rs`` (the pseudo-gradient and the default outer update).
+
+- :mod:`.policy`: ``DiLoCoPolicy`` and its parts in their serde JSON shape, defaults, validation
+  and the refusals a Python workload meets;
+- :mod:`.codecs`, :mod:`.aggregation`: the registries of transport codecs and aggregations with
+  the network's exact arithmetic (whole packs and chunk by chunk);
+- :mod:`.step`: :func:`network_step`, one group's step, byte for byte the network's.
+
+Uses numpy; never imports :mod:`worker`.
+"""
+
+from __future__ import annotations
+
+from .policy import (
+    DiLoCoAggregationPolicy,
+    DiLoCoPolicy,
+    DiLoCoRejoinPolicy,
+    DiLoCoTopologyPolicy,
+    GradientCodec,
+    OuterOptimizerPolicy,
+)
+
+__all__ = [
+    "DiLoCoAggregationPolicy",
+    "DiLoCoPolicy",
+    "DiLoCoRejoinPolicy",
+    "DiLoCoTopologyPolicy",
+    "GradientCodec",
+    "OuterOptimizerPolicy",
+]
