@@ -23,6 +23,7 @@ from .policy import (
     GradientCodec,
     OuterOptimizerPolicy,
 )
+from .step import StepDetail, network_step, network_step_detail, run_step
 
 __all__ = [
     "DiLoCoAggregationPolicy",
@@ -31,4 +32,8 @@ __all__ = [
     "DiLoCoTopologyPolicy",
     "GradientCodec",
     "OuterOptimizerPolicy",
+    "StepDetail",
+    "network_step",
+    "network_step_detail",
+    "run_step",
 ]

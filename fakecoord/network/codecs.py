@@ -77,8 +77,8 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
     NaN and +-inf come back as they are.
     """
     t = np.trunc(x)
-    frac = np.subtract(x, t)
     with np.errstate(invalid="ignore"):
+        frac = np.subtract(x, t)
         away = np.abs(frac) >= np.float32(0.5)
     return np.where(away, t + np.sign(x), t).astype(x.dtype, copy=False)
 

@@ -61,6 +61,8 @@ _EXPORTS = {
     "write_plot": "report",
     "load_batches": "data",
     "PeerContext": "workers",
+    "network_step": "..network.step",
+    "DiLoCoPolicy": "..network.policy",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -70,4 +72,5 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    target = module if module.startswith("..") else f".{module}"
+    return getattr(importlib.import_module(target, __name__), name)
