@@ -12,7 +12,7 @@ Modules (docs/simulation.md is the guide):
   evaluation, faults, checkpoint/resume) and :func:`run`;
 - :mod:`.strategy`: the :class:`Strategy` interface and its types;
 - :mod:`.diloco`, :mod:`.windows`: the two built-in strategies;
-- :mod:`.outer`: the streamed DiLoCo outer step and the aggregators;
+- :mod:`.outer`: the streamed DiLoCo outer step (the network's arithmetic, :mod:`fakecoord.network`);
 - :mod:`.config`, :mod:`.cli`: settings, checks, the command line and config files;
 - :mod:`.workers`: worker processes, fault injection, error messages;
 - :mod:`.record`, :mod:`.report`: the report, checkpoint, metrics.jsonl, summary and plot;
@@ -52,8 +52,7 @@ _EXPORTS = {
     "WindowsState": "windows",
     "OuterSGD": "outer",
     "Aggregator": "outer",
-    "mean": "outer",
-    "median": "outer",
+    "OuterStats": "outer",
     "Fault": "faults",
     "parse_fault": "faults",
     "RunView": "report",

@@ -19,9 +19,15 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import OuterError, SettingsError
+from ..errors import PolicyError, SettingsError
+from ..network import aggregation as aggregations
+from ..network import codecs
+from ..network.policy import (
+    DiLoCoAggregationPolicy,
+    DiLoCoPolicy,
+    GradientCodec,
+)
 from .faults import Fault, FaultPlan, parse_fault
-from .outer import AGGREGATORS, CODECS, OuterSGD
 
 DEMO_FACTORY = "fakecoord.demo:make_workload"
 PROTOCOLS = ("diloco", "windows")
@@ -43,7 +49,9 @@ class SimConfig:
     protocol: str = "diloco"
     peers: int = 4
     rounds: int = 10
-    inner_steps: int = 20
+    inner_steps: int = None  # type: ignore[assignment]
+    """A shorthand for the policy's ``num_inner_steps``; None (the default): the policy's
+    (the network's default: 32).  :meth:`validate` sets it to the policy's value."""
     seed: int = 0
     factory: str | None = None
     """None: the built-in demo workload."""
@@ -52,11 +60,20 @@ class SimConfig:
     """A JSON file (a list of batch refs per peer, or one list dealt round-robin) or a data directory."""
     worker_cmd: list[str] | None = None
     faults: list[Fault] = field(default_factory=list)
-    aggregate: str = "mean"
-    codec: str = "fp32"
-    outer_lr: float = 0.7
-    outer_momentum: float = 0.9
-    nesterov: bool = True
+    policy: Any = None
+    """The network's ``DiLoCoPolicy`` in its serde JSON shape (``--policy``, ``[policy]``;
+    absent fields take the network's defaults).  :meth:`validate` makes it complete."""
+    beyond_network: bool = False
+    """Run an outer optimizer the network refuses for Python workloads (momentum, Nesterov,
+    weight decay) as the simulation's own."""
+    aggregate: str | None = None
+    """Shorthands over ``policy`` (None: the policy's): an aggregation name
+    (:data:`fakecoord.network.aggregation.AGGREGATION_NAMES`), a codec name
+    (:data:`fakecoord.network.codecs.CODEC_NAMES`), the outer SGD's lr, momentum, Nesterov."""
+    codec: str | None = None
+    outer_lr: float | None = None
+    outer_momentum: float | None = None
+    nesterov: bool | None = None
     diloco_backend: str = "worker"
     command: list[str] | None = None
     baseline: bool = False
@@ -90,10 +107,20 @@ class SimConfig:
             (self.protocol in PROTOCOLS, f"--protocol must be one of {', '.join(PROTOCOLS)}"),
             (_is_int(self.peers) and self.peers >= 1, "--peers must be at least 1"),
             (_is_int(self.rounds) and self.rounds >= 1, "--rounds must be at least 1"),
-            (_is_int(self.inner_steps) and self.inner_steps >= 1, "--inner-steps must be at least 1"),
+            (
+                self.inner_steps is None or _is_int(self.inner_steps) and self.inner_steps >= 1,
+                "--inner-steps must be at least 1",
+            ),
             (_is_int(self.seed), "--seed must be an integer"),
-            (self.aggregate in AGGREGATORS, f"--aggregate must be one of {', '.join(AGGREGATORS)}"),
-            (self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}"),
+            (
+                self.aggregate is None or self.aggregate in aggregations.AGGREGATION_NAMES,
+                f"--aggregate must be one of {', '.join(aggregations.AGGREGATION_NAMES)}",
+            ),
+            (
+                self.codec is None or self.codec in codecs.CODEC_NAMES,
+                f"--codec must be one of {', '.join(codecs.CODEC_NAMES)}",
+            ),
+            (type(self.beyond_network) is bool, "--beyond-network is a flag (true or false)"),
             (
                 self.diloco_backend in BACKENDS,
                 f"--diloco-backend must be one of {', '.join(BACKENDS)}",
@@ -145,10 +172,9 @@ class SimConfig:
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
-        try:
-            OuterSGD(self.outer_lr, self.outer_momentum, self.nesterov)
-        except (OuterError, TypeError) as exc:
-            raise SettingsError(f"--{str(exc).replace(' ', '-', 1)}") from None
+        policy = self.network_policy()
+        self.policy = policy.to_json()
+        self.inner_steps = policy.num_inner_steps
         if self.factory is not None:
             module, colon, attr = self.factory.partition(":")
             if not colon or not module.strip() or not attr.strip():
@@ -163,6 +189,70 @@ class SimConfig:
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"--config-json: not standard JSON ({exc})") from None
         self.fault_plan()
+
+    def network_policy(self) -> DiLoCoPolicy:
+        """The run's ``DiLoCoPolicy``: ``policy`` with the shorthands given over it, checked as
+        the network checks it (``DiLoCoPolicy::validate``, and for DiLoCo the refusals a
+        Python workload meets; the outer optimizer's only without ``beyond_network``).
+        Raises :class:`SettingsError` with the network's reason."""
+        try:
+            policy = (
+                DiLoCoPolicy.default() if self.policy is None else DiLoCoPolicy.coerce(self.policy)
+            )
+        except PolicyError as exc:
+            raise SettingsError(f"--policy: {exc}") from None
+        changes: dict[str, Any] = {}
+        if self.inner_steps is not None:
+            changes["num_inner_steps"] = self.inner_steps
+        if self.codec is not None:
+            changes["codec"] = GradientCodec.shorthand(self.codec)
+        if self.aggregate is not None:
+            changes["aggregation_policy"] = DiLoCoAggregationPolicy.shorthand(self.aggregate)
+        outer = policy.outer_optimizer_policy
+        for name, flag, micros in (
+            ("outer_lr", "--outer-lr", "learning_rate_micros"),
+            ("outer_momentum", "--outer-momentum", "momentum_micros"),
+        ):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (0 <= value <= 2**64 / 1e6)
+            ):
+                raise SettingsError(f"{flag} must be a number >= 0, got {value!r}")
+            change: dict[str, Any] = {micros: round(value * 1_000_000)}
+            outer = dataclasses.replace(outer, **change)
+        if self.nesterov is not None:
+            if type(self.nesterov) is not bool:
+                raise SettingsError(f"--nesterov is a flag (true or false), got {self.nesterov!r}")
+            outer = dataclasses.replace(outer, nesterov=self.nesterov)
+        if outer != policy.outer_optimizer_policy:
+            changes["outer_optimizer_policy"] = outer
+        policy = policy.replace(**changes)
+        try:
+            if self.protocol == "diloco":
+                policy.check(beyond_network=self.beyond_network)
+            else:
+                policy.validate()
+        except PolicyError as exc:
+            hint = ""
+            if exc.stage == "outer":
+                hint = (
+                    " (the network runs only plain SGD for Python workloads; "
+                    "--beyond-network runs this optimizer as the simulation's own)"
+                )
+            raise SettingsError(f"the network refuses this policy: {exc}{hint}") from None
+        return policy
+
+    def network_refusal(self) -> str | None:
+        """The network's reason for refusing the run's outer optimizer, when
+        ``beyond_network`` runs it anyway (for the header, summary and report)."""
+        if not self.beyond_network or self.protocol != "diloco":
+            return None
+        refused = self.network_policy().refusal()
+        return refused.reason if refused is not None else None
 
     def fault_plan(self) -> FaultPlan:
         return FaultPlan(self.faults, self.peers, self.rounds, self.seed)
