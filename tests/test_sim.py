@@ -262,8 +262,20 @@ def test_batches_from_a_file_or_a_directory(tmp_path: Path) -> None:
     [
         ({"peers": 0}, "--peers"),
         ({"protocol": "gossip"}, "--protocol"),
-        ({"codec": "int8"}, "--codec"),
-        ({"outer_momentum": 1.5}, "--outer-momentum"),
+        ({"codec": "int4"}, "--codec must be one of fp32, fp16, int8, qsgd, lowrank, sign"),
+        ({"outer_momentum": 1.5}, "momentum_micros must be <= 1000000, got 1500000"),
+        ({"outer_momentum": 0.0}, r"the network refuses this policy: .*momentum_micros: Some\(0\)"),
+        ({"nesterov": True}, "--beyond-network runs this optimizer"),
+        ({"policy": {"codec": {"LowRank": {"rank": 2}}}}, "low-rank DiLoCo transport requires"),
+        (
+            {"policy": '{"codec": {"Qsgd": {"bits": 9, "stochastic": false}}}'},
+            "between 1 and 8, got 9",
+        ),
+        (
+            {"policy": {"num_inner_steps": -1}},
+            r"--policy: policy\.num_inner_steps: expected an integer",
+        ),
+        ({"inner_steps": 0}, "--inner-steps must be at least 1"),
         ({"protocol": "windows", "diloco_backend": "command"}, "only applies to --protocol diloco"),
         ({"factory": TINY}, "--factory needs --batches"),
         ({"faults": [parse_fault("crash@5:1")]}, "peer 5 does not exist"),
@@ -508,7 +520,7 @@ def test_command_backend_expands_placeholders_and_reads_the_result(tmp_path: Pat
         tmp_path, "custom",
         "--peers", "1", "--rounds", "1", "--inner-steps", "2", "--diloco-backend", "command",
         "--command", f"{sys.executable} {script} {{job_manifest}} {{result_manifest}}",
-        "--outer-lr", "1", "--outer-momentum", "0", "--no-nesterov",
+        "--outer-lr", "1", "--codec", "fp32",
     )  # fmt: skip
     assert code == 0 and report["rounds"][0]["contributors"] == [0]
     before = open_pack(out / "rounds" / "0000" / "base").values

@@ -28,7 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import FakecoordError, RunFailed, SettingsError
+from ..errors import FakecoordError, PolicyError, RunFailed, SettingsError
+from ..network.aggregation import AGGREGATION_NAMES
+from ..network.codecs import CODEC_NAMES
+from ..network.policy import DiLoCoPolicy
 from ..version import package_version
 from .config import MERGE_POLICIES, SimConfig
 
@@ -39,9 +42,8 @@ RUN_ONLY = ("resume", "out", "report", "plot", "quiet", "stop_after_round", "con
 PATH_OPTIONS = ("batches", "out", "report", "plot", "resume")
 
 DEFAULTS: dict[str, Any] = {
-    "protocol": "diloco", "peers": 4, "rounds": 10, "inner_steps": 20, "seed": 0,
-    "aggregate": "mean", "codec": "fp32", "outer_lr": 0.7, "outer_momentum": 0.9,
-    "nesterov": True, "diloco_backend": "worker", "merge_policy": "QualityWeightedEma",
+    "protocol": "diloco", "peers": 4, "rounds": 10, "seed": 0,
+    "diloco_backend": "worker", "merge_policy": "QualityWeightedEma",
     "reconcile": "root-ema", "canonical_weight": 0.75, "call_timeout": 60.0,
     "start_timeout": 60.0, "device": "cpu", "microshards_per_step": 2, "eval_metric": "loss",
     "max_failed_rounds": 1, "baseline_steps": "total",
@@ -78,7 +80,8 @@ def argument_parser() -> argparse.ArgumentParser:
         "--inner-steps",
         type=int,
         metavar="H",
-        help=f"optimizer steps per peer per round (default {d['inner_steps']})",
+        help="optimizer steps per peer per round: the policy's num_inner_steps (default: the "
+        "network's, 32)",
     )
     add(
         "--seed",
@@ -158,20 +161,51 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     add("--microshards-per-step", type=int, help=argparse.SUPPRESS)
 
-    diloco = parser.add_argument_group("diloco")
+    diloco = parser.add_argument_group(
+        "diloco",
+        "The network's DiLoCoPolicy (--policy, or a [policy] table in --config); the flags "
+        "below are shorthands that override its fields.  Defaults: the network's (Fp16, Mean, "
+        "SGD lr 1.0 without momentum, 32 inner steps).",
+    )
     add = diloco.add_argument
-    add("--aggregate", choices=("mean", "median"), help=f"(default {d['aggregate']})")
+    add(
+        "--policy",
+        metavar="FILE|JSON",
+        help="a DiLoCoPolicy in its serde JSON shape, as an experiment revision carries it "
+        '(e.g. \'{"codec": {"BlockwiseInt8": {"block_size": 64}}}\'); absent fields take the '
+        "network's defaults",
+    )
+    add(
+        "--aggregate",
+        choices=AGGREGATION_NAMES,
+        help="the policy's aggregation_policy: "
+        + ", ".join(f"{e.name} = {e.tag}" for e in _aggregations()),
+    )
     add(
         "--codec",
-        choices=("fp32", "fp16"),
-        help=f"pseudo-gradient transport (default {d['codec']})",
+        choices=CODEC_NAMES,
+        help="the policy's pseudo-gradient codec: "
+        + ", ".join(f"{e.name} = {e.serde_json(e.shorthand)}" for e in _codecs()),
     )
-    add("--outer-lr", type=float, help=f"(default {d['outer_lr']})")
-    add("--outer-momentum", type=float, help=f"(default {d['outer_momentum']})")
+    add("--outer-lr", type=float, help="outer SGD learning rate (default: the policy's, 1.0)")
+    add(
+        "--outer-momentum",
+        type=float,
+        help="outer momentum (any value, even 0, is refused by the network for Python "
+        "workloads: needs --beyond-network)",
+    )
     add(
         "--nesterov",
         action=argparse.BooleanOptionalAction,
-        help="Nesterov outer momentum (default on)",
+        help="Nesterov outer momentum (default off; on needs --beyond-network)",
+    )
+    add(
+        "--beyond-network",
+        action="store_true",
+        default=None,
+        help="run an outer optimizer the network refuses for Python workloads (momentum, "
+        "Nesterov, weight decay: the DiLoCo paper's setting) as the simulation's own; the "
+        "header, summary and report say so",
     )
     add("--diloco-backend", choices=("worker", "command"), help=f"(default {d['diloco_backend']})")
     add(
@@ -209,6 +243,40 @@ def argument_parser() -> argparse.ArgumentParser:
         help=f"worker startup (default {d['start_timeout']:g})",
     )
     return parser  # fmt: skip
+
+
+def _codecs() -> tuple:
+    from ..network.codecs import CODECS
+
+    return CODECS
+
+
+def _aggregations() -> tuple:
+    from ..network.aggregation import AGGREGATIONS
+
+    return AGGREGATIONS
+
+
+def read_policy(value: Any, base: Path | None = None) -> Any:
+    """``--policy FILE|JSON`` (or a TOML ``[policy]`` table): the policy's JSON value, checked
+    as serde reads it (absent fields are the network's defaults); raises :class:`SettingsError`."""
+    try:
+        if isinstance(value, dict):
+            return DiLoCoPolicy.from_json(value).to_json()
+        if not isinstance(value, str):
+            raise SettingsError(
+                f"--policy: expected a file name, JSON text or a table, got {value!r}"
+            )
+        if value.lstrip().startswith("{"):
+            return DiLoCoPolicy.from_text(value).to_json()
+        path = Path(value) if base is None or Path(value).is_absolute() else base / value
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise SettingsError(f"--policy {value!r}: cannot read it ({exc})") from None
+        return DiLoCoPolicy.from_text(text).to_json()
+    except PolicyError as exc:
+        raise SettingsError(f"--policy: {exc}") from None
 
 
 def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -250,6 +318,8 @@ def read_toml(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
             raise SettingsError(f"--config {str(path)!r}: unknown key {key!r}; known keys: {known}")
         if dest in ("config_json", "state_dict_filter") and not isinstance(value, str):
             value = json.dumps(value)
+        if dest == "policy":
+            value = read_policy(value, path.parent)
         if dest in ("worker_cmd", "command") and isinstance(value, list):
             value = shlex.join(str(v) for v in value)
         if dest == "fault":
@@ -327,6 +397,8 @@ def build_config(options: dict[str, Any]) -> SimConfig:
         batches=str(Path(batches).resolve()) if batches else None,
         worker_cmd=split("worker_cmd"),
         faults=[parse_fault(s) for s in options.get("fault") or []],
+        policy=read_policy(options["policy"]) if options.get("policy") is not None else None,
+        beyond_network=_typed(options, "beyond_network", bool) or False,
         aggregate=_typed(options, "aggregate", str),
         codec=_typed(options, "codec", str),
         outer_lr=_typed(options, "outer_lr", float),
