@@ -71,9 +71,15 @@ CODEC_POLICIES: dict[str, Any] = {
 EPS = np.float32(2.0**-23)
 
 
-def _round_away(x: np.ndarray) -> np.ndarray:
-    t = np.trunc(x)
-    return np.where(np.abs(x - t) >= np.float32(0.5), t + np.sign(x), t)
+def _round_away(x: np.ndarray) -> None:
+    """Rust's round, in place, for |x| < 2**22 (floor(|x| + 0.5); 0.49999997 aside)."""
+    negative = np.signbit(x)
+    np.abs(x, out=x)
+    below = x == np.float32(0.49999997)
+    np.add(x, np.float32(0.5), out=x)
+    np.floor(x, out=x)
+    x[below] = 0
+    np.negative(x, out=x, where=negative)
 
 
 def numpy_round(codec: str, base: Path, locals_: list[Path], out_base: Path) -> float:
@@ -90,6 +96,7 @@ def numpy_round(codec: str, base: Path, locals_: list[Path], out_base: Path) -> 
         count = (base / "values.f32le").stat().st_size // 4
         b, local, acc = (np.empty(LIMIT_CHUNK, dtype=np.float32) for _ in range(3))
         norms = []
+        sq = np.empty(LIMIT_CHUNK + 1, dtype=np.float32)
         if codec == "qsgd":  # the norms: a sequential float32 sum of squares per peer
             for f in files[1:]:
                 running = np.float32(-0.0)
@@ -98,11 +105,11 @@ def numpy_round(codec: str, base: Path, locals_: list[Path], out_base: Path) -> 
                     n = min(LIMIT_CHUNK, count - start)
                     files[0].readinto(memoryview(b[:n]))
                     f.readinto(memoryview(local[:n]))
-                    g = b[:n] - local[:n]
-                    sq = np.empty(n + 1, dtype=np.float32)
+                    np.subtract(b[:n], local[:n], out=local[:n])
                     sq[0] = running
-                    np.multiply(g, g, out=sq[1:])
-                    running = np.add.accumulate(sq)[-1]
+                    np.multiply(local[:n], local[:n], out=sq[1 : n + 1])
+                    np.add.accumulate(sq[: n + 1], out=sq[: n + 1])
+                    running = sq[n]
                 norms.append(np.sqrt(running))
                 f.seek(0)
             files[0].seek(0)
@@ -125,16 +132,26 @@ def numpy_round(codec: str, base: Path, locals_: list[Path], out_base: Path) -> 
                             m = np.abs(blocks).max(axis=1)
                             scale = m / np.float32(127)
                             scale[m <= EPS] = 0
-                            with np.errstate(divide="ignore", invalid="ignore"):
-                                q = np.clip(_round_away(blocks / scale[:, None]), -127, 127)
-                            q[scale == 0] = 0
-                            blocks[:] = q.astype(np.int8).astype(np.float32) * scale[:, None]
+                            np.divide(blocks, np.where(scale == 0, 1, scale)[:, None], out=blocks)
+                            _round_away(blocks)
+                            np.clip(blocks, -127, 127, out=blocks)
+                            np.multiply(blocks, scale[:, None], out=blocks)
+                            np.add(blocks, np.float32(0), out=blocks)
                     elif codec == "qsgd":
                         norm, levels = norms[i], np.float32(255)
-                        level = _round_away(np.abs(lc) / norm * levels)
-                        lc[:] = (np.sign(lc) * norm) * (level / levels)
+                        sign = np.sign(lc)
+                        np.abs(lc, out=lc)
+                        np.divide(lc, norm, out=lc)
+                        np.multiply(lc, levels, out=lc)
+                        _round_away(lc)
+                        np.minimum(lc, levels, out=lc)
+                        np.divide(lc, levels, out=lc)
+                        np.multiply(sign, norm, out=sign)
+                        np.multiply(sign, lc, out=lc)
+                        np.add(lc, np.float32(0), out=lc)
                     elif codec == "sign":
                         np.sign(lc, out=lc)
+                        np.add(lc, np.float32(0), out=lc)
                     np.add(ac, lc, out=ac)
                 np.multiply(ac, np.float32(1) / np.float32(k), out=ac)
                 np.multiply(ac, np.float32(1.0), out=ac)
@@ -189,7 +206,9 @@ def codec_child(codec: str, params: int, peers: int, repeats: int, root: Path) -
 
     baseline_rss = reset_peak_rss()
     stats = interleaved({"ours": ours, "limit": limit}, repeats)
+    same = (out / "values.f32le").read_bytes() == (root / "limit").read_bytes()
     return {
+        "same_bytes": same,
         "ours": list(stats["ours"].samples),
         "limit": list(stats["limit"].samples),
         "peak_rss": peak_rss(),
@@ -221,7 +240,8 @@ def run_codecs(args: argparse.Namespace) -> list[Row]:
                     "sim outer round", case, ours.median, limit.median,
                     "numpy round, same arithmetic", CODEC_TIME_TARGET,
                     ours_spread=ours.spread, limit_spread=limit.spread,
-                    note=f"{len(ours.samples)} interleaved repeats",
+                    note=f"{len(ours.samples)} interleaved repeats; the limit's new base is "
+                    + ("the same bytes" if result["same_bytes"] else "NOT the same bytes"),
                 ))  # fmt: skip
                 rows.append(Row(
                     "sim outer round peak RSS", case, float(result["peak_rss"]),

@@ -83,6 +83,25 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
     return np.where(away, t + np.sign(x), t).astype(x.dtype, copy=False)
 
 
+BELOW_HALF = np.float32(0.5) - np.float32(2.0**-25)
+"""The largest float32 below 0.5: the one value ``|x| < 2**22`` for which ``floor(|x| + 0.5)``
+is not Rust's ``round`` (the sum rounds up to 1.0)."""
+
+
+def round_half_away_in_place(x: np.ndarray) -> np.ndarray:
+    """:func:`round_half_away` in place, for ``|x| < 2**22`` (NaN kept): ``floor(|x| + 0.5)``
+    is exact there but for :data:`BELOW_HALF`, with the sign put back (fewer passes)."""
+    sign_source = np.signbit(x)
+    np.abs(x, out=x)
+    below = x == BELOW_HALF
+    np.add(x, np.float32(0.5), out=x)
+    np.floor(x, out=x)
+    if below.any():
+        x[below] = 0.0
+    np.negative(x, out=x, where=sign_source)
+    return x
+
+
 def saturating_i8(x: np.ndarray) -> np.ndarray:
     """Rust's ``f32 as i8``: saturating, NaN -> 0 (``x`` already integral)."""
     with np.errstate(invalid="ignore"):
@@ -342,9 +361,17 @@ class _Int8Stream(CodecStream):
     def transport(self, values: np.ndarray, start: int) -> np.ndarray:
         for blocks in self._split(values):
             scale = _block_scales(blocks)
-            q = _quantize(blocks, scale)
-            with np.errstate(invalid="ignore"):
-                np.multiply(q.astype(F32), scale[:, None], out=blocks)
+            # A zero scale (max <= EPSILON) divides by 1 instead: those values round to
+            # +-0 and decode to 0 * 0; "+ 0" below makes every zero +0 (Rust's 0_i8).
+            safe = np.where(scale == 0.0, np.float32(1.0), scale)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                np.divide(blocks, safe[:, None], out=blocks)
+                round_half_away_in_place(blocks)
+                np.clip(blocks, np.float32(-127.0), np.float32(127.0), out=blocks)
+                if np.isnan(np.min(blocks)):  # `as i8` of NaN is 0
+                    np.nan_to_num(blocks, copy=False, nan=0.0)
+                np.multiply(blocks, scale[:, None], out=blocks)
+                np.add(blocks, np.float32(0.0), out=blocks)
         return values
 
 
@@ -494,8 +521,28 @@ class _QsgdStream(CodecStream):
 
     def transport(self, values: np.ndarray, start: int) -> np.ndarray:
         assert self.norm is not None
-        level, sign = self._levels(values, start)
-        return _qsgd_values(level, sign, self.norm, self.levels, out=values)
+        norm, levels = self.norm, np.float32(self.levels)
+        if norm <= F32_EPSILON:
+            values[:] = 0.0
+            return values
+        if self.stochastic:
+            level, sign = self._levels(values, start)
+            return _qsgd_values(level, sign, norm, self.levels, out=values)
+        # The values are finite (a non-finite one makes the norm refuse), so every step
+        # below is exact as the network's: |x| / norm * levels, Rust's round (>= 0 here),
+        # the clamp; then sign * norm * (level / levels), and "+ 0" makes the zeros +0.
+        sign = np.sign(values)
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.abs(values, out=values)
+            np.divide(values, norm, out=values)
+            np.multiply(values, levels, out=values)
+            round_half_away_in_place(values)
+            np.minimum(values, levels, out=values)
+            np.divide(values, levels, out=values)
+            np.multiply(sign, norm, out=sign)
+            np.multiply(sign, values, out=values)
+            np.add(values, np.float32(0.0), out=values)
+        return values
 
 
 def _qsgd_values(
@@ -561,10 +608,10 @@ class _SignStream(CodecStream):
         return packed.astype(np.uint8).tobytes()
 
     def transport(self, values: np.ndarray, start: int) -> np.ndarray:
-        positive, negative = values > 0, values < 0
-        values[:] = 0.0
-        values[positive] = 1.0
-        values[negative] = -1.0
+        np.sign(values, out=values)
+        if values.size and np.isnan(np.min(values)):  # NaN is neither > 0 nor < 0: code 0
+            np.nan_to_num(values, copy=False, nan=0.0)
+        np.add(values, np.float32(0.0), out=values)  # -0 -> +0
         return values
 
 

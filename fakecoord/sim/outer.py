@@ -215,9 +215,12 @@ class _Kernel:
         self.wd = np.float32(optimizer.weight_decay)
 
     def _sq(self, values: np.ndarray) -> float:
+        """The float64 sum of squares of float32 ``values`` (no BLAS: its threads only
+        contend for the cores the workers use)."""
         f = self.f64[: values.shape[0]]
         np.copyto(f, values)
-        return float(np.dot(f, f))
+        np.multiply(f, f, out=f)
+        return float(f.sum())
 
     def observe(self, i: int, g: np.ndarray, start: int) -> None:
         self.streams[i].observe(g, start)

@@ -388,3 +388,36 @@ def test_every_aggregation_is_in_the_reference():
     # the registry and the reference know the same variants
     assert {e.tag for e in AGGREGATIONS} == {"Mean", "CoordinateMedian", "SignMajority"}
     assert math.isfinite(network_step_detail(a(1), [a(0)], {}).new_base[0])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(0, 40), data=st.data(), codec=CODEC_JSON, chunk=st.integers(1, 13))
+def test_the_streamed_transport_is_decode_of_encode(n, data, codec, chunk):
+    """What the streamed step uses (encode and decode fused, chunk by chunk) is bit for bit
+    the network's decode(encode(values))."""
+    scale = data.draw(st.sampled_from([1.0, 1e-3, 1e-30, 1e30]))
+    with np.errstate(all="ignore"):
+        g = np.array(data.draw(st.lists(_values(), min_size=n, max_size=n)), dtype=F32) * F32(scale)
+    c = GradientCodec.from_json(codec).make()
+    try:
+        want = c.decode(c.encode(g), n)
+    except NetworkStepError as exc:
+        with pytest.raises(NetworkStepError) as info:
+            s = c.stream(n)
+            s.observe(g, 0)
+            s.end_first_pass()
+            s.transport(g.copy(), 0)
+        assert info.value.reason == exc.reason
+        return
+    s = c.stream(n)
+    size = max(s.alignment, chunk // s.alignment * s.alignment)
+    if s.first_pass:
+        for a in range(0, n, size):
+            s.observe(g[a : a + size], a)
+        s.end_first_pass()
+    got = np.concatenate(
+        [s.transport(g[a : a + size].copy(), a) for a in range(0, n, size)] or [g[:0]]
+    )
+    assert got.tobytes() == want.tobytes()
+    parts = b"".join(s.encode_chunk(g[a : a + size], a) for a in range(0, n, size))
+    assert parts == c.encode(g) or (n == 0 and s.first_pass)
