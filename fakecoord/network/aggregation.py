@@ -216,13 +216,13 @@ AGGREGATIONS: tuple[AggregationEntry, ...] = (
     AggregationEntry(
         "CoordinateMedian",
         "median",
-        "per coordinate, the middle value in IEEE total order (even k: the two middle ones' mean)",
+        "the middle value in IEEE total order (even k: the two middle ones' mean)",
         CoordinateMedian,
     ),
     AggregationEntry(
         "SignMajority",
         "sign-majority",
-        "per coordinate, the majority sign (-1, 0 or +1) with a tie-break and a minimum agreement",
+        "the majority sign (-1, 0 or +1), with a tie-break and a minimum agreement",
         SignMajority,
         (
             schema.Field("minimum_agreement_micros", schema.U64, default=0),

@@ -730,7 +730,8 @@ CODECS: tuple[CodecEntry, ...] = (
     CodecEntry(
         "BlockwiseInt8",
         "int8",
-        "per block: a u16 length, an f32 scale max|x|/127, one i8 a value (1 byte + 6 a block)",
+        "per block: a u16 length, an f32 scale (the largest magnitude / 127), one i8 a value "
+        "(1 byte a value + 6 a block)",
         BlockwiseInt8,
         (schema.Field("block_size", U32),),
         {"block_size": 256},
