@@ -19,7 +19,7 @@ from fakecoord.errors import FaultSpecError, NetworkStepError, OuterError, Polic
 from fakecoord.network.aggregation import CoordinateMedian, Mean
 from fakecoord.network.codecs import round_to_fp16
 from fakecoord.sim.faults import FaultPlan, parse_fault
-from fakecoord.sim.outer import OuterSGD, outer_step_arrays, outer_step_packs
+from fakecoord.sim.outer import OuterSGD, OuterStats, outer_step_arrays, outer_step_packs
 
 from .network import reference as scalar
 
@@ -321,6 +321,27 @@ def test_a_non_finite_contributor_reaches_the_base_as_the_network_computes_it(
             {"codec": {"Qsgd": {"bits": 8, "stochastic": False}}},
         )  # fmt: skip
     assert info.value.peer == 1 and not (tmp_path / "q").exists()
+
+
+def test_norms_are_float64_and_a_report_never_holds_a_non_finite_figure(tmp_path: Path) -> None:
+    # Issue 16 item 4: weights near 3e18 made the float32 dot of the update overflow to
+    # inf, and the checkpoint's JSON write (allow_nan=False) raised.
+    import json
+
+    base = packs.write_pack(
+        tmp_path / "base", np.full(1000, 3e18, np.float32), layout_hash="h", model_schema_hash="s"
+    )
+    local = packs.write_pack(
+        tmp_path / "l", np.zeros(1000, np.float32), layout_hash="h", model_schema_hash="s"
+    )
+    stats = outer_step_packs(base, [local], tmp_path / "new", policy("mean", "fp32"))
+    assert stats.non_finite == 0
+    assert stats.update_norm == pytest.approx(3e18 * 1000**0.5, rel=1e-6)
+    json.dumps(stats.figures(), allow_nan=False)
+    broken = OuterStats(1, float("nan"), float("inf"), 0.0)
+    figures = broken.figures()
+    assert figures["pseudo_gradient_norm"] is None and figures["update_norm"] is None
+    json.dumps(figures, allow_nan=False)
 
 
 @given(

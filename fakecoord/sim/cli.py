@@ -185,7 +185,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "--codec",
         choices=CODEC_NAMES,
         help="the policy's pseudo-gradient codec: "
-        + ", ".join(f"{e.name} = {e.serde_json(e.shorthand)}" for e in _codecs()),
+        + ", ".join(f"{e.name} = {json.dumps(e.serde_json(e.shorthand))}" for e in _codecs()),
     )
     add("--outer-lr", type=float, help="outer SGD learning rate (default: the policy's, 1.0)")
     add(
