@@ -190,7 +190,7 @@ def codec_child(codec: str, params: int, peers: int, repeats: int, root: Path) -
 
     from .common import interleaved, reset_peak_rss
 
-    base, locals_ = write_packs(root, params, peers)
+    base, locals_ = root / "base", [root / f"local-{p}" for p in range(peers)]
     policy = {"codec": CODEC_POLICIES[codec]}
     out = root / "new"
 
@@ -221,19 +221,22 @@ def run_codecs(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     for params in args.params:
         for peers in args.peers:
-            for codec in args.codecs:
-                print(f"{codec} outer round at {fmt_count(params)} params, {peers} peers ...",
-                      flush=True)  # fmt: skip
-                root = Path(tempfile.mkdtemp(prefix="bench-codec-", dir=args.dir))
-                try:
-                    result = run_json_child(
+            root = Path(tempfile.mkdtemp(prefix="bench-codec-", dir=args.dir))
+            results = {}
+            try:
+                write_packs(root, params, peers)  # here: the child's memory is the step's
+                for codec in args.codecs:
+                    print(f"{codec} outer round at {fmt_count(params)} params, {peers} peers ...",
+                          flush=True)  # fmt: skip
+                    results[codec] = run_json_child(
                         [PYTHON, "-m", "bench.bench_sim", "--codec-child", codec, "--params",
                          str(params), "--peers", str(peers), "--repeats", str(args.repeats),
                          "--dir", str(root)],
                         timeout=3600,
                     )  # fmt: skip
-                finally:
-                    shutil.rmtree(root, ignore_errors=True)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            for codec, result in results.items():
                 ours, limit = Stats(tuple(result["ours"])), Stats(tuple(result["limit"]))
                 case = f"{codec}, {fmt_count(params)} params, {peers} peers"
                 rows.append(Row(
@@ -246,7 +249,7 @@ def run_codecs(args: argparse.Namespace) -> list[Row]:
                 rows.append(Row(
                     "sim outer round peak RSS", case, float(result["peak_rss"]),
                     float(result["model_bytes"]), "model size", CODEC_MEMORY_TARGET, unit="B",
-                    note="VmHWM of the child after writing the packs (no torch imported)",
+                    note="VmHWM of the child; the parent wrote the packs (no torch imported)",
                 ))  # fmt: skip
     return rows
 

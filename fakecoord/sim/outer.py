@@ -129,7 +129,8 @@ class OuterStats:
     pseudo_gradient_norm: float
     """The aggregate's L2 norm (a float64 sum of squares of its float32 values)."""
     update_norm: float
-    """The applied update's L2 norm (``lr * aggregate``, or ``lr * step``; float64)."""
+    """The applied update's L2 norm: ``lr`` times the aggregate's (plain SGD), or of
+    ``lr * step`` (beyond the network); float64."""
     seconds: float
     encoded_bytes: tuple[int, ...] = ()
     """Bytes each contributor's encoding puts on the wire (``total_encoded_bytes``)."""
@@ -281,7 +282,8 @@ class _Kernel:
                     self.custom(rows, agg)
                 else:
                     self.aggregation.combine(rows, agg)
-            self.gradient_sq += self._sq(agg)
+            self._last_sq = self._sq(agg)
+            self.gradient_sq += self._last_sq
             opt = self.optimizer
             v: np.ndarray | None = None
             if opt.plain:
@@ -303,7 +305,10 @@ class _Kernel:
                     np.multiply(t, self.lr, out=t)
                 else:
                     np.multiply(v, self.lr, out=t)
-            self.update_sq += self._sq(t)
+            if opt.plain:  # |lr * a| = lr * |a| (up to each product's rounding): no pass
+                self.update_sq += float(self.lr) ** 2 * self._last_sq
+            else:
+                self.update_sq += self._sq(t)
             np.subtract(base, t, out=t)
         return t, v
 
