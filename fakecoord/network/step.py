@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NetworkStepError, PolicyError
+from ..errors import NetworkStepError, OuterError, PolicyError
 from .codecs import F32
 from .policy import DiLoCoAggregationPolicy, DiLoCoPolicy, GradientCodec, OuterOptimizerPolicy
 
@@ -49,13 +49,13 @@ class StepDetail:
 
 
 def _vector(name: str, values: Any, n: int | None = None) -> np.ndarray:
+    """A 1-D float32 array (refused otherwise: :class:`OuterError`); a length other than the
+    base's is the network's incompatible-packs error."""
     array = np.asarray(values)
-    if array.ndim != 1 or array.dtype != F32.newbyteorder("="):
-        if array.ndim != 1 or array.dtype.kind != "f" or array.dtype.itemsize != 4:
-            raise NetworkStepError(
-                "pseudo_gradient",
-                f"{name}: expected a 1-D float32 array, got {array.dtype} of shape {array.shape}",
-            )
+    if array.ndim != 1 or array.dtype.kind != "f" or array.dtype.itemsize != 4:
+        raise OuterError(
+            f"{name}: expected a 1-D float32 array, got {array.dtype} of shape {array.shape}"
+        )
     if n is not None and array.shape[0] != n:
         raise NetworkStepError(
             "pseudo_gradient",
@@ -127,7 +127,8 @@ def network_step(base: Any, locals_: Sequence[Any], policy: Any) -> tuple[np.nda
     of one length; ``policy`` a :class:`DiLoCoPolicy`, its serde JSON value
     or JSON text (absent required fields take the network's defaults).
     Raises :class:`PolicyError` where the network refuses the policy and
-    :class:`NetworkStepError` where its step fails, with the network's reason.
+    :class:`NetworkStepError` where its step fails, with the network's reason
+    (:class:`~fakecoord.errors.OuterError` for arrays that are not 1-D float32).
     """
     detail = network_step_detail(base, locals_, policy)
     return detail.new_base, detail.aggregate

@@ -30,6 +30,8 @@ from ..network.policy import (
 from .faults import Fault, FaultPlan, parse_fault
 
 DEMO_FACTORY = "fakecoord.demo:make_workload"
+WINDOW_STEPS = 20
+"""``--inner-steps`` of the windows protocol when not given (DiLoCo's is the policy's)."""
 PROTOCOLS = ("diloco", "windows")
 BACKENDS = ("worker", "command")
 MERGE_POLICIES = (
@@ -50,8 +52,9 @@ class SimConfig:
     peers: int = 4
     rounds: int = 10
     inner_steps: int = None  # type: ignore[assignment]
-    """A shorthand for the policy's ``num_inner_steps``; None (the default): the policy's
-    (the network's default: 32).  :meth:`validate` sets it to the policy's value."""
+    """DiLoCo: a shorthand for the policy's ``num_inner_steps``; None (the default): the
+    policy's (the network's default: 32).  Windows: steps per window (None: 20).
+    :meth:`validate` sets it."""
     seed: int = 0
     factory: str | None = None
     """None: the built-in demo workload."""
@@ -174,7 +177,10 @@ class SimConfig:
                 raise SettingsError(message)
         policy = self.network_policy()
         self.policy = policy.to_json()
-        self.inner_steps = policy.num_inner_steps
+        if self.protocol == "diloco":
+            self.inner_steps = policy.num_inner_steps
+        elif self.inner_steps is None:  # windows: not the DiLoCo policy's
+            self.inner_steps = WINDOW_STEPS
         if self.factory is not None:
             module, colon, attr = self.factory.partition(":")
             if not colon or not module.strip() or not attr.strip():
@@ -202,7 +208,7 @@ class SimConfig:
         except PolicyError as exc:
             raise SettingsError(f"--policy: {exc}") from None
         changes: dict[str, Any] = {}
-        if self.inner_steps is not None:
+        if self.inner_steps is not None and self.protocol == "diloco":
             changes["num_inner_steps"] = self.inner_steps
         if self.codec is not None:
             changes["codec"] = GradientCodec.shorthand(self.codec)

@@ -13,7 +13,7 @@ Layout of a round ``R`` under the run directory::
     rounds/RRRR/peer-N/inner_optimizer.pt   its inner optimizer state (if the workload keeps one)
     rounds/RRRR/peer-N/job.json, result.json, job.log   (command backend)
     rounds/RRRR/base/                  the new base
-    rounds/RRRR/velocity/              the outer momentum (a pack with the base's layout)
+    rounds/RRRR/velocity/              the outer momentum (--beyond-network only)
 """
 
 from __future__ import annotations

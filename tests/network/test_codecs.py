@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fakecoord.errors import NetworkStepError, PolicyError
+from fakecoord.errors import NetworkStepError, OuterError, PolicyError
 from fakecoord.network import codecs
 from fakecoord.network.aggregation import AGGREGATIONS, minimum_agreement
 from fakecoord.network.codecs import round_half_away, round_to_fp16, u64_to_f32
@@ -421,3 +421,13 @@ def test_the_streamed_transport_is_decode_of_encode(n, data, codec, chunk):
     assert got.tobytes() == want.tobytes()
     parts = b"".join(s.encode_chunk(g[a : a + size], a) for a in range(0, n, size))
     assert parts == c.encode(g) or (n == 0 and s.first_pass)
+
+
+def test_network_step_refuses_arrays_that_are_not_flat_float32():
+    with pytest.raises(OuterError, match="expected a 1-D float32 array"):
+        network_step(np.ones(3), [a(1, 2, 3)], {})
+    with pytest.raises(OuterError, match=r"locals_\[0\]"):
+        network_step(a(1, 2), [np.ones((2, 1), np.float32)], {})
+    with pytest.raises(NetworkStepError, match="incompatible") as info:
+        network_step(a(1, 2), [a(1, 2, 3)], {})
+    assert info.value.stage == "pseudo_gradient"
