@@ -31,6 +31,7 @@ Run: ``python -m bench.bench_sim [--params 5e7] [--peers 4,8] [--rounds 7] [--pa
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import shutil
 import sys
@@ -206,12 +207,13 @@ def codec_child(codec: str, params: int, peers: int, repeats: int, root: Path) -
 
     baseline_rss = reset_peak_rss()
     stats = interleaved({"ours": ours, "limit": limit}, repeats)
-    same = (out / "values.f32le").read_bytes() == (root / "limit").read_bytes()
+    peak = peak_rss()
+    same = filecmp.cmp(out / "values.f32le", root / "limit", shallow=False)
     return {
         "same_bytes": same,
         "ours": list(stats["ours"].samples),
         "limit": list(stats["limit"].samples),
-        "peak_rss": peak_rss(),
+        "peak_rss": peak,
         "baseline_rss": baseline_rss,
         "model_bytes": params * 4,
     }
