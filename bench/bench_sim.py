@@ -282,7 +282,8 @@ def child(params: int, peers: int, rounds: int, root: Path) -> dict[str, Any]:
             scratch.mkdir(exist_ok=True)
             times.append(
                 numpy_round(
-                    "fp16", older / "base", [previous / f"peer-{p}" / "pack" for p in range(peers)],
+                    "fp16", older / "base",
+                    [previous / f"peer-{p}" / "local-parameters" for p in range(peers)],
                     scratch / "base",
                 )
             )  # fmt: skip

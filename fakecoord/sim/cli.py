@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "protocol": "diloco", "peers": 4, "rounds": 10, "seed": 0,
     "diloco_backend": "worker", "merge_policy": "QualityWeightedEma",
     "reconcile": "root-ema", "canonical_weight": 0.75, "call_timeout": 60.0,
-    "start_timeout": 60.0, "device": "cpu", "microshards_per_step": 2, "eval_metric": "loss",
+    "start_timeout": 60.0, "device": None, "microshards_per_step": 2, "eval_metric": "loss",
     "max_failed_rounds": 1, "baseline_steps": "total",
 }  # fmt: skip
 
@@ -149,7 +149,11 @@ def argument_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="worker command replacing 'python -m worker' (4 flags are appended)",
     )
-    add("--device", help=f"(default {d['device']})")
+    add(
+        "--device",
+        help="override every device argument (default: the workload's own runtime_device from "
+        "capability_probe, which is what the network sends; an override prints a warning)",
+    )
     add(
         "--state-dict-filter",
         metavar="JSON",
@@ -206,6 +210,34 @@ def argument_parser() -> argparse.ArgumentParser:
         help="run an outer optimizer the network refuses for Python workloads (momentum, "
         "Nesterov, weight decay: the DiLoCo paper's setting) as the simulation's own; the "
         "header, summary and report say so",
+    )
+    add(
+        "--target-group-size",
+        type=int,
+        metavar="N",
+        help="a round's group: the first N peers by id as strings, as the network forms it "
+        "(the policy's target_group_size; default: the network's, 4)",
+    )
+    add(
+        "--minimum-group-size",
+        type=int,
+        metavar="N",
+        help="fewer participants or contributions fail the round, as in the network "
+        "(the policy's minimum_group_size; default: the network's, 1)",
+    )
+    add(
+        "--checkpoint-interval-rounds",
+        type=int,
+        metavar="N",
+        help="record a checkpoint head every N completed rounds, as the network publishes "
+        "one (the policy's checkpoint_interval_rounds; default: the network's, 8)",
+    )
+    add(
+        "--link",
+        action="append",
+        metavar="[peer-N=]MBIT[/LATENCY_MS]",
+        help="model each round's transfer over links of MBIT Mbit/s and LATENCY_MS one-way "
+        "latency (all peers, or peer-N's; repeatable) and add it to the simulated clock",
     )
     add("--diloco-backend", choices=("worker", "command"), help=f"(default {d['diloco_backend']})")
     add(
@@ -322,10 +354,10 @@ def read_toml(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
             value = read_policy(value, path.parent)
         if dest in ("worker_cmd", "command") and isinstance(value, list):
             value = shlex.join(str(v) for v in value)
-        if dest == "fault":
+        if dest in ("fault", "link"):
             value = [value] if isinstance(value, str) else value
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise SettingsError(f"--config {str(path)!r}: fault must be a list of specs")
+                raise SettingsError(f"--config {str(path)!r}: {dest} must be a list of specs")
         if dest in PATH_OPTIONS and isinstance(value, str):
             value = str((path.parent / value).resolve())
         out[dest] = value
@@ -391,6 +423,10 @@ def build_config(options: dict[str, Any]) -> SimConfig:
         peers=_typed(options, "peers", int),
         rounds=_typed(options, "rounds", int),
         inner_steps=_typed(options, "inner_steps", int),
+        target_group_size=_typed(options, "target_group_size", int),
+        minimum_group_size=_typed(options, "minimum_group_size", int),
+        checkpoint_interval_rounds=_typed(options, "checkpoint_interval_rounds", int),
+        link=list(options.get("link") or []),
         seed=_typed(options, "seed", int),
         factory=options.get("factory"),
         config=parse_json("config_json"),
@@ -527,11 +563,12 @@ def _run(config: SimConfig, options: dict[str, Any], out: Path | None) -> int:
 
 
 def _outputs(report: dict, options: dict[str, Any], write_plot: Any) -> None:
+    from ..files import write_output
     from .record import metrics_lines
 
     if options.get("report"):
         path = Path(options["report"])
-        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_output(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
         lines = metrics_lines(report)
         path.with_suffix(".metrics.jsonl").write_text(
             "".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8"

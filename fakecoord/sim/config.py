@@ -27,11 +27,14 @@ from ..network.policy import (
     DiLoCoPolicy,
     GradientCodec,
 )
+from ..network.transfer import parse_links
 from .faults import Fault, FaultPlan, parse_fault
 
 DEMO_FACTORY = "fakecoord.demo:make_workload"
 WINDOW_STEPS = 20
 """``--inner-steps`` of the windows protocol when not given (DiLoCo's is the policy's)."""
+POLICY_SHORTHANDS = ("target_group_size", "minimum_group_size", "checkpoint_interval_rounds")
+"""SimConfig fields that are the policy's fields of the same name (besides ``inner_steps``)."""
 PROTOCOLS = ("diloco", "windows")
 BACKENDS = ("worker", "command")
 MERGE_POLICIES = (
@@ -55,6 +58,15 @@ class SimConfig:
     """DiLoCo: a shorthand for the policy's ``num_inner_steps``; None (the default): the
     policy's (the network's default: 32).  Windows: steps per window (None: 20).
     :meth:`validate` sets it."""
+    target_group_size: int = None  # type: ignore[assignment]
+    """A shorthand for the policy's ``target_group_size`` (None: the policy's; the network's
+    default: 4): the first N peers by id (as strings) form a round's group."""
+    minimum_group_size: int = None  # type: ignore[assignment]
+    """A shorthand for the policy's ``minimum_group_size`` (None: the policy's, 1): fewer
+    participants or contributions fail the round."""
+    checkpoint_interval_rounds: int = None  # type: ignore[assignment]
+    """A shorthand for the policy's ``checkpoint_interval_rounds`` (None: the policy's, 8):
+    the network publishes a checkpoint head every N completed rounds."""
     seed: int = 0
     factory: str | None = None
     """None: the built-in demo workload."""
@@ -86,7 +98,12 @@ class SimConfig:
     reconcile: Any = field(default_factory=lambda: {"RootEma": {"canonical_weight": 0.75}})
     call_timeout: float = 60.0
     start_timeout: float = 60.0
-    device: str = "cpu"
+    device: str | None = None
+    """None (the network's behaviour): every ``device`` is the workload's own ``runtime_device``
+    from ``capability_probe``.  A string overrides it (the network never sends one)."""
+    link: list[str] = field(default_factory=list)
+    """``MBIT[/LATENCY_MS]`` for every peer or ``peer-N=MBIT[/LATENCY_MS]`` for one
+    (:mod:`fakecoord.network.transfer`); empty: no transfer time is modelled."""
     microshards_per_step: int = 2
     state_dict_filter: dict | None = None
     eval_metric: str = "loss"
@@ -104,15 +121,66 @@ class SimConfig:
     def workload_factory(self) -> str:
         return self.factory or DEMO_FACTORY
 
+    def __post_init__(self) -> None:
+        self._fill_from_policy(strict=False)
+
+    def _fill_from_policy(self, strict: bool) -> None:
+        """Give the policy's value to every policy shorthand left at None (``strict``: a policy
+        that does not parse raises :class:`SettingsError`; else it is left for
+        :meth:`validate` to report)."""
+        try:
+            base = (
+                DiLoCoPolicy.default() if self.policy is None else DiLoCoPolicy.coerce(self.policy)
+            )
+        except PolicyError as exc:
+            if strict:
+                raise SettingsError(f"--policy: {exc}") from None
+            return
+        if strict:  # the policy as given, before any flag: refused with the network's reason
+            try:
+                base.validate()
+            except PolicyError as exc:
+                raise SettingsError(f"the network refuses this policy: {exc}") from None
+        if self.inner_steps is None:
+            self.inner_steps = base.num_inner_steps if self.protocol == "diloco" else WINDOW_STEPS
+        for name in POLICY_SHORTHANDS:
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(base, name))
+
     def validate(self) -> None:
         """Raise :class:`SettingsError` naming the first invalid setting (no I/O)."""
+        self._fill_from_policy(strict=True)
         checks = [
             (self.protocol in PROTOCOLS, f"--protocol must be one of {', '.join(PROTOCOLS)}"),
             (_is_int(self.peers) and self.peers >= 1, "--peers must be at least 1"),
             (_is_int(self.rounds) and self.rounds >= 1, "--rounds must be at least 1"),
+            (_is_int(self.inner_steps) and self.inner_steps >= 1, "--inner-steps must be at least 1"),
             (
-                self.inner_steps is None or _is_int(self.inner_steps) and self.inner_steps >= 1,
-                "--inner-steps must be at least 1",
+                _is_int(self.target_group_size) and self.target_group_size >= 1,
+                "--target-group-size must be at least 1",
+            ),
+            (
+                _is_int(self.minimum_group_size) and self.minimum_group_size >= 1,
+                "--minimum-group-size must be at least 1",
+            ),
+            (
+                _is_int(self.checkpoint_interval_rounds) and self.checkpoint_interval_rounds >= 1,
+                "--checkpoint-interval-rounds must be at least 1",
+            ),
+            (
+                not (_is_int(self.minimum_group_size) and _is_int(self.target_group_size))
+                or self.minimum_group_size <= self.target_group_size,
+                # DiLoCoPolicy::validate (burn_p2p_core schema/diloco.rs)
+                f"DiLoCo minimum_group_size ({self.minimum_group_size}) cannot exceed "
+                f"target_group_size ({self.target_group_size})",
+            ),
+            (
+                _is_int(self.target_group_size) and self.target_group_size <= 65535,
+                "--target-group-size must fit the network's u16 (at most 65535)",
+            ),
+            (
+                self.device is None or (isinstance(self.device, str) and self.device != ""),
+                "--device must name a device (leave it out to use the workload's runtime_device)",
             ),
             (_is_int(self.seed), "--seed must be an integer"),
             (
@@ -177,10 +245,6 @@ class SimConfig:
                 raise SettingsError(message)
         policy = self.network_policy()
         self.policy = policy.to_json()
-        if self.protocol == "diloco":
-            self.inner_steps = policy.num_inner_steps
-        elif self.inner_steps is None:  # windows: not the DiLoCo policy's
-            self.inner_steps = WINDOW_STEPS
         if self.factory is not None:
             module, colon, attr = self.factory.partition(":")
             if not colon or not module.strip() or not attr.strip():
@@ -190,6 +254,10 @@ class SimConfig:
                 )
         if self.state_dict_filter is not None:
             _check_filter(self.state_dict_filter)
+        try:
+            parse_links(self.link, self.peers)
+        except ValueError as exc:
+            raise SettingsError(f"--link: {exc}") from None
         try:
             json.dumps(self.config, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -210,6 +278,19 @@ class SimConfig:
         changes: dict[str, Any] = {}
         if self.inner_steps is not None and self.protocol == "diloco":
             changes["num_inner_steps"] = self.inner_steps
+        for name in POLICY_SHORTHANDS:
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        high = {"target_group_size": 2**16 - 1, "minimum_group_size": 2**16 - 1}
+        for name, value in changes.items():
+            if not _is_int(value) or not 0 <= value <= high.get(name, 2**32 - 1):
+                flag = "--" + ("inner_steps" if name == "num_inner_steps" else name).replace(
+                    "_", "-"
+                )
+                raise SettingsError(
+                    f"{flag} must be an integer in 0..={high.get(name, 2**32 - 1)} (the network's "
+                    f"{'u16' if name in high else 'u32'}), got {value!r}"
+                )
         if self.codec is not None:
             changes["codec"] = GradientCodec.shorthand(self.codec)
         if self.aggregate is not None:
@@ -341,7 +422,7 @@ def check_inputs(config: SimConfig) -> list[list[dict]] | None:
     batches = load_batches(config.batches, config.peers) if config.batches is not None else None
     if config.factory is not None and config.worker_cmd is None:
         check_factory_module(config.factory)
-    if config.device != "cpu" and config.worker_cmd is None:
+    if config.device is not None and config.device != "cpu" and config.worker_cmd is None:
         check_device(config.device)
     return batches
 
