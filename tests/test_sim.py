@@ -716,3 +716,21 @@ def test_ctrl_c_stops_every_worker_and_the_run_resumes(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == list(range(1, done + 2))
     assert report["resumed"] == [{"after_round": done}]
+
+
+def test_the_policy_survives_the_checkpoint_round_trip() -> None:
+    # resume_config rebuilds SimConfig from the checkpoint's settings (config.to_json())
+    config = SimConfig(
+        policy={"codec": {"Qsgd": {"bits": 4, "stochastic": True}}, "target_group_size": 3},
+        aggregate="median", beyond_network=True, outer_momentum=0.9, nesterov=True,
+    )  # fmt: skip
+    config.validate()
+    again = SimConfig.from_json(json.loads(json.dumps(config.to_json())))
+    again.validate()
+    assert again.policy == config.policy and again.beyond_network
+    assert again.network_policy() == config.network_policy()
+    assert config.policy["codec"] == {"Qsgd": {"bits": 4, "stochastic": True}}
+    assert config.policy["aggregation_policy"] == "CoordinateMedian"
+    assert config.target_group_size == 3 and config.policy["outer_optimizer_policy"] == {
+        "Sgd": {"learning_rate_micros": 1000000, "momentum_micros": 900000, "nesterov": True}
+    }
