@@ -734,3 +734,20 @@ def test_the_policy_survives_the_checkpoint_round_trip() -> None:
     assert config.target_group_size == 3 and config.policy["outer_optimizer_policy"] == {
         "Sgd": {"learning_rate_micros": 1000000, "momentum_micros": 900000, "nesterov": True}
     }
+
+
+def test_the_summary_says_when_the_run_went_beyond_the_network() -> None:
+    from fakecoord.sim.report import summary_lines
+
+    report = {
+        "eval_metric": "loss", "initial_eval_value": 1.0, "final_eval_value": 0.5, "rounds": [],
+        "strategy": "diloco", "settings": {"peers": 2, "inner_steps": 2},
+        "network": {"refused_by_network": "DiLoCo outer optimizer policy Sgd { ... } requires "
+                    "a workload-specific implementation"},
+    }  # fmt: skip
+    lines = summary_lines(report)
+    assert any(
+        line.startswith("BEYOND THE NETWORK: DiLoCo outer optimizer policy") for line in lines
+    )
+    report["network"] = {"refused_by_network": None}
+    assert not any("BEYOND" in line for line in summary_lines(report))
