@@ -120,12 +120,6 @@ class ExampleWorkload:
         _blend(canonical, [(w, canonical), (1.0 - w, local)])
 
 
-def torch_device(name: str) -> torch.device:
-    """The network sends this workload's own ``runtime_device`` (``"python-torch-cpu"``) as
-    every ``device``: map it to torch's name (a plain torch name passes through)."""
-    return torch.device(name.removeprefix("python-torch-"))
-
-
 def quality(candidate: dict, policy: Any) -> float:
     """The factor the coordinator's reference merge puts on ``sample_weight`` for ``policy``."""
     if policy == "WeightedMean":
@@ -134,6 +128,12 @@ def quality(candidate: dict, policy: Any) -> float:
     if policy == "NormClippedWeightedMean":
         return min(max(q, 0.0), 1.0)
     return q  # TrimmedMean, Ema, QualityWeightedEma, Custom
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device for a device string: the network sends the workload's own
+    ``runtime_device()`` (``"python-torch-cpu"``) to init_model and imports."""
+    return torch.device(name.removeprefix("python-torch-"))
 
 
 def generated(seed: int, examples: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpawnError
+from .stderr import open_log
 
 READY_TIMEOUT = 120.0
 """Seconds the server gets to import torch and warm up (the machine may be loaded)."""
@@ -178,7 +179,7 @@ class ForkServer:
         if self.warmup:
             argv.append("--warmup")
         try:
-            with open(self.log, "ab") as log:
+            with open_log(self.log) as log:  # never through a planted link
                 self.process = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                     env=self.env, cwd=self.cwd, pass_fds=(theirs.fileno(),),
@@ -322,8 +323,8 @@ class ForkServer:
             self.spawned += 1
             self.notes.append(text)
         try:
-            with open(self.log, "a", encoding="utf-8") as log:
-                log.write(f"fakecoord forkserver: {text}\n")
+            with open_log(self.log) as log:
+                log.write(f"fakecoord forkserver: {text}\n".encode())
         except OSError:
             pass
 

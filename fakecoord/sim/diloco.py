@@ -18,7 +18,7 @@ Layout of a round ``R`` under the run directory::
     rounds/RRRR/peer-N/inner-state.blob      the state it returned, read right after the call
     rounds/RRRR/peer-N/job.json, result.json, job.log   (command backend)
     rounds/RRRR/base/                  the new base
-    rounds/RRRR/velocity/              the outer momentum (a pack with the base's layout)
+    rounds/RRRR/velocity/              the outer momentum (--beyond-network only)
 """
 
 from __future__ import annotations
@@ -33,25 +33,33 @@ from typing import Any
 
 import numpy as np
 
-from .. import handling
-from ..errors import FakecoordError, OuterError, PackError, RoundFailed, SettingsError, SimError
+from .. import handling, schema, spec
+from ..errors import (
+    DecodeError,
+    FakecoordError,
+    NetworkStepError,
+    OuterError,
+    PackError,
+    PolicyError,
+    RoundFailed,
+    SettingsError,
+    SimError,
+)
 from ..files import write_json
 from ..network import rounds
-from ..network.transfer import (
-    AGGREGATION_TIMEOUT_SECONDS,
-    codec_name,
-    encoded_size,
-    parse_links,
-    round_transfer,
-)
+from ..network.aggregation import AGGREGATION_NAMES
+from ..network.policy import DiLoCoAggregationPolicy, DiLoCoPolicy
+from ..network.transfer import AGGREGATION_TIMEOUT_SECONDS, parse_links, round_transfer
 from ..packs import check_compatible, open_pack, read_manifest
+from ..schema import STRING, Field, Option, Struct
 from . import bootstrap
 from .config import SimConfig
-from .outer import Aggregator, OuterSGD, outer_step_packs, resolve_aggregator
+from .outer import Aggregator, OuterSGD, outer_step_packs
 from .strategy import (
     BaselineOutcome,
     BaselineState,
     ModelRef,
+    PeerMap,
     PeerResult,
     RoundContext,
     RoundOutcome,
@@ -83,13 +91,15 @@ class DiLoCoTask:
 
 
 class DiLoCo(Strategy[DiLoCoState]):
-    """DiLoCo with a pluggable aggregator and outer optimizer.
+    """DiLoCo as the network runs it (:mod:`fakecoord.network`), on the run's policy.
 
-    ``aggregator``: ``"mean"``, ``"median"`` or a function ``(gradients, out)``
-    (see :data:`fakecoord.sim.outer.Aggregator`); ``optimizer``: an
-    :class:`~fakecoord.sim.outer.OuterSGD`.  Left out, both come from the
-    run's settings (``--aggregate``, ``--outer-lr``, ...).  Override
-    :meth:`optimizer_for` for a per-round schedule.
+    ``aggregator``: an aggregation name (``"mean"``, ``"median"``,
+    ``"sign-majority"``: the policy's aggregation replaced) or a function
+    ``(gradients, out)`` (:data:`fakecoord.sim.outer.Aggregator`, the
+    simulation's own); ``optimizer``: an :class:`~fakecoord.sim.outer.OuterSGD`
+    instead of the policy's outer optimizer.  Override :meth:`optimizer_for`
+    for a per-round schedule.  Anything but plain SGD needs ``beyond_network``
+    (``--beyond-network``): the network refuses it for Python workloads.
     """
 
     name = "diloco"
@@ -103,30 +113,57 @@ class DiLoCo(Strategy[DiLoCoState]):
 
     def bind(self, config: SimConfig, schema_hash: str) -> None:
         super().bind(config, schema_hash)
-        spec = self._aggregator if self._aggregator is not None else config.aggregate
-        try:
-            self.aggregator_name, self.aggregator = resolve_aggregator(spec)
-        except OuterError as exc:
-            raise SettingsError(str(exc)) from None
-        self.optimizer = self._optimizer or OuterSGD(
-            config.outer_lr, config.outer_momentum, config.nesterov
+        policy = config.network_policy()
+        self.custom: Aggregator | None = None
+        spec = self._aggregator
+        if isinstance(spec, str):
+            if spec not in AGGREGATION_NAMES:
+                raise SettingsError(
+                    f"DiLoCo(aggregator=...) must be one of {', '.join(AGGREGATION_NAMES)} "
+                    f"or a function, got {spec!r}"
+                )
+            policy = policy.replace(aggregation_policy=DiLoCoAggregationPolicy.shorthand(spec))
+        elif callable(spec):
+            self.custom = spec
+        self.policy: DiLoCoPolicy = policy
+        self.aggregator_name = (
+            getattr(spec, "__name__", type(spec).__name__)
+            if self.custom is not None
+            else policy.aggregation_policy.describe()
         )
+        self.optimizer = self._optimizer
+        if self.optimizer is not None and not self.optimizer.plain and not config.beyond_network:
+            reason = self.optimizer.as_policy().refusal_reason()
+            raise SettingsError(
+                f"the network refuses this outer optimizer: {reason} (--beyond-network runs it "
+                "as the simulation's own)"
+            )
+
+    def optimizer_for(self, r: int) -> OuterSGD | None:
+        """The outer optimizer of round ``r`` (None: the policy's; override for a schedule)."""
+        return self.optimizer
+
+    def describe(self, config: SimConfig) -> str:
+        p = self.policy
+        outer = (
+            p.outer_optimizer_policy.describe()
+            if self.optimizer is None
+            else self.optimizer.as_policy().describe()
+        )
+        text = f"{p.codec.describe()}, {self.aggregator_name}, outer {outer}"
+        if self.custom is not None:
+            text += " (custom aggregator: not the network's)"
+        refused = config.network_refusal()
+        if refused is not None or (self.optimizer is not None and not self.optimizer.plain):
+            text += (
+                "; BEYOND THE NETWORK: the network refuses this outer optimizer for Python "
+                "workloads"
+            )
+        return text + (", command backend" if self.command_backend else "")
 
     @property
     def command_backend(self) -> bool:
         return self.config.diloco_backend == "command"
-
-    def optimizer_for(self, r: int) -> OuterSGD:
-        """The outer optimizer of round ``r`` (override for a schedule)."""
-        return self.optimizer
-
-    def describe(self, config: SimConfig) -> str:
-        o = self.optimizer
-        text = (
-            f"{self.aggregator_name}/{config.codec}, outer lr {o.lr:g} momentum {o.momentum:g}"
-            + (" nesterov" if o.nesterov else "")
-        )
-        return text + (", command backend" if self.command_backend else "")
 
     def needs_peer_workers(self, config: SimConfig) -> bool:
         return config.diloco_backend != "command"
@@ -153,6 +190,11 @@ class DiLoCo(Strategy[DiLoCoState]):
             }
         else:
             setup.report["plan"] = None
+        setup.report["network"] = {
+            "policy": self.policy.to_json(),
+            "beyond_network": c.beyond_network,
+            "refused_by_network": c.network_refusal(),
+        }
         base = setup.dir / "base"
         setup.call(
             handling.export_checked,
@@ -329,19 +371,24 @@ class DiLoCo(Strategy[DiLoCoState]):
         contributors = [res for res in results if res.ok]
         refused: dict[int, str] = {}
         optimizer = self.optimizer_for(r)
-        summary: dict[str, Any] = {"method": self.aggregator_name, "codec": self.config.codec}
+        summary: dict[str, Any] = {
+            "method": self.aggregator_name,
+            "codec": self.policy.codec.describe(),
+        }
         new_base, new_velocity = state.base, state.velocity
+        keeps = False
         while contributors:
             try:
                 stats = outer_step_packs(
                     ctx.path(state.base),
                     [ctx.path(res.model.path) for res in contributors if res.model],
-                    ctx.path(state.velocity) if state.velocity else None,
                     ctx.dir / "base",
-                    ctx.dir / "velocity",
-                    optimizer,
-                    self.aggregator,
-                    self.config.codec,
+                    self.policy,
+                    velocity=ctx.path(state.velocity) if state.velocity else None,
+                    new_velocity=ctx.dir / "velocity",
+                    optimizer=optimizer,
+                    beyond_network=self.config.beyond_network,
+                    aggregator=self.custom,
                 )
             except OuterError as exc:
                 if exc.source is None:
@@ -351,15 +398,19 @@ class DiLoCo(Strategy[DiLoCoState]):
                     f"contributor {exc.source}'s", f"peer {bad.peer}'s"
                 )
                 continue
-            except PackError as exc:
+            except NetworkStepError as exc:
+                who = f"peer {contributors[exc.peer].peer}: " if exc.peer is not None else ""
+                raise SimError(
+                    f"round {r}: the network's DiLoCo step fails ({exc.stage}) for {who}"
+                    f"{exc.reason}"
+                ) from None
+            except (PackError, PolicyError) as exc:
                 raise SimError(f"round {r}: the outer step failed: {exc}") from None
             new_base = ctx.rel(ctx.dir / "base")
-            new_velocity = ctx.rel(ctx.dir / "velocity") if optimizer.keeps_momentum else None
-            summary.update(
-                pseudo_gradient_norm=stats.pseudo_gradient_norm,
-                update_norm=stats.update_norm,
-                outer_step_seconds=round(stats.seconds, 6),
-            )
+            opt = optimizer or OuterSGD.from_policy(self.policy.outer_optimizer_policy)
+            keeps = opt.keeps_momentum
+            new_velocity = ctx.rel(ctx.dir / "velocity") if keeps else None
+            summary.update(stats.figures())
             break
         # Nobody left: the base and the momentum stay as they were.
         summary["contributors"] = len(contributors)
@@ -398,11 +449,11 @@ class DiLoCo(Strategy[DiLoCoState]):
         summary = dict(outcome.summary)
         published = [res for res in results if res.ok]
         n = read_manifest(ctx.path(old.base)).parameter_count
-        size = encoded_size(self.config.codec, n)
+        size = self.policy.codec.make().encoded_size(n)
         for res in published:
             res.encoded_bytes = size
         wire: dict[str, Any] = {
-            "codec": self.config.codec,
+            "codec": self.policy.codec.to_json(),
             "values": n,
             "encoded_bytes_per_peer": size,
             "encoded_bytes_total": size * len(published),
@@ -420,9 +471,10 @@ class DiLoCo(Strategy[DiLoCoState]):
             if modelled.late:
                 wire["past_aggregation_timeout"] = modelled.late
                 ctx.event(
-                    f"[yellow]round {r}: {', '.join(modelled.late)} would need more than "
+                    f"round {r}: {', '.join(modelled.late)} would need more than "
                     f"{AGGREGATION_TIMEOUT_SECONDS:g} s (the network's aggregation_timeout_ms) to "
-                    "fetch the other contributions; the network would aggregate without them[/]"
+                    "fetch the other contributions; the network would aggregate without them",
+                    "yellow",
                 )
         summary["wire"] = wire
         round_id = old.round_id
@@ -474,7 +526,7 @@ class DiLoCo(Strategy[DiLoCoState]):
                     f"index {hit[0]} ({hit[1]})"
                 )
                 break
-            if codec_name(self.config.codec) == "Fp16":
+            if self.policy.codec.tag == "Fp16":
                 hit = first_fp16_overflow(base, local)
                 if hit is not None:
                     cause = (
@@ -527,6 +579,15 @@ class DiLoCo(Strategy[DiLoCoState]):
             "round_id": state.round_id,
         }
 
+    state_schema = Struct(
+        "DiLoCoState",
+        (
+            Field("base", STRING),
+            Field("velocity", Option(STRING), default=None),
+            Field("inner_opt", PeerMap(Option(STRING))),
+        ),
+    )
+
     def state_from_json(self, data: dict) -> DiLoCoState:
         return DiLoCoState(
             data["base"],
@@ -536,33 +597,30 @@ class DiLoCo(Strategy[DiLoCoState]):
         )
 
 
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+"""A result manifest larger than this is refused unread."""
+
+
 def read_result(path: Path, steps: int) -> dict:
-    """Read a command backend result manifest (PROTOCOL.md §5); raises ``ValueError``."""
+    """Read a command backend result manifest (PROTOCOL.md §5) as the Rust coordinator does
+    (``serde_json::from_slice::<PythonDiLoCoCheckpointResult>``: no NaN/Infinity, no lone
+    surrogates, every field of its type); raises ``ValueError`` naming the file and the field."""
+    where = f"result manifest {str(path)!r}"
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"result manifest {str(path)!r}: cannot read ({exc})") from None
-    if not isinstance(result, dict):
-        raise ValueError(f"result manifest {str(path)!r}: expected a JSON object")
-    done = result.get("steps_completed")
-    if type(done) is not int or done != steps:
-        raise ValueError(
-            f"result manifest {str(path)!r}: steps_completed is {done!r}, but {steps} were required"
-        )
-    metrics = result.get("metrics", {})
-    if not isinstance(metrics, dict) or not all(
-        isinstance(v, (int, float, bool, str)) for v in metrics.values()
-    ):
-        raise ValueError(
-            f"result manifest {str(path)!r}: metrics must map names to numbers, bools or strings"
-        )
-    for key in (
-        "local_parameter_pack_path",
-        "inner_optimizer_state_path",
-        "inner_optimizer_state_encoding",
-    ):
-        if result.get(key) is not None and not isinstance(result[key], str):
-            raise ValueError(f"result manifest {str(path)!r}: {key} must be a string")
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_RESULT_BYTES:
+                raise ValueError(f"{where}: larger than {MAX_RESULT_BYTES} bytes")
+            raw = f.read(MAX_RESULT_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read ({exc})") from None
+    try:
+        result = schema.decode_bytes(spec.CHECKPOINT_RESULT, raw)
+    except DecodeError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    assert isinstance(result, dict)
+    done = result["steps_completed"]
+    if done != steps:
+        raise ValueError(f"{where}: steps_completed is {done!r}, but {steps} were required")
     return result
 
 

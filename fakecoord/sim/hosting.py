@@ -19,6 +19,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,20 @@ CHECKS = ("semantics.handles_independent", "semantics.release_model")
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def conformance_argv(config: SimConfig, threads: ThreadChoice, worker_config: Any) -> list[str]:
-    """``python -m conformance`` running :data:`CHECKS` on the run's workload, as its workers load it."""
+def conformance_argv(
+    config: SimConfig, threads: ThreadChoice, worker_config: Any, batches: str | None = None
+) -> list[str]:
+    """``python -m conformance`` running :data:`CHECKS` on the run's workload, as its workers
+    load it.  The checks train one handle only when given ``batches`` (a JSON file of refs the
+    workload reads); without, that step is left out (``--allow-untrained``)."""
     wrapped = bootstrap.wrap(config.workload_factory, worker_config, threads.threads, config.seed)
     argv = [
         sys.executable, "-m", "conformance", "--factory", bootstrap.FACTORY,
         "--config-json", json.dumps(wrapped), "--timeout", f"{config.start_timeout:g}",
-        "--pythonpath", os.getcwd(), "--pythonpath", str(ROOT),
+        "--pythonpath", os.getcwd(), "--pythonpath", str(ROOT), "--allow-untrained",
     ]  # fmt: skip
+    if batches is not None:
+        argv += ["--batches", batches]
     for check in CHECKS:
         argv += ["--select", check]
     if config.worker_cmd is not None:
@@ -46,24 +53,34 @@ def conformance_argv(config: SimConfig, threads: ThreadChoice, worker_config: An
     return argv
 
 
-def check_shared_workers(config: SimConfig, threads: ThreadChoice, worker_config: Any) -> str:
-    """Run :data:`CHECKS`; returns their summary, raises :class:`SettingsError` naming the failure."""
+def check_shared_workers(
+    config: SimConfig, threads: ThreadChoice, worker_config: Any, refs: list | None = None
+) -> str:
+    """Run :data:`CHECKS` (training on ``refs`` when given: one peer's batch refs); returns
+    their summary, raises :class:`SettingsError` naming the failure."""
     env = dict(os.environ)
     paths = [os.getcwd(), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    try:
-        done = subprocess.run(
-            conformance_argv(config, threads, worker_config), capture_output=True, text=True,
-            env=env, timeout=config.start_timeout * 4 + 60, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SettingsError(
-            f"--workers: the handle-independence checks did not run ({exc})"
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="fakecoord-workers-check-") as scratch:
+        batches = None
+        if refs:
+            batches = os.path.join(scratch, "batches.json")
+            with open(batches, "w", encoding="utf-8") as f:
+                json.dump(refs, f)
+        try:
+            done = subprocess.run(
+                conformance_argv(config, threads, worker_config, batches), capture_output=True,
+                text=True, env=env, timeout=config.start_timeout * 4 + 60,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SettingsError(
+                f"--workers: the handle-independence checks did not run ({exc})"
+            ) from None
     lines = [line.rstrip() for line in done.stdout.splitlines() if line.strip()]
     if done.returncode == 0:
         return lines[-1] if lines else "passed"
-    failed = [line for line in lines if line.lstrip().startswith(("FAIL", "ERROR"))]
+    failed = [line for line in lines if line.lstrip().startswith(("FAIL", "ERROR", "INCOMPLETE"))]
     reason = "; ".join(failed) or (lines[-1] if lines else done.stderr.strip()[-500:])
     raise SettingsError(
         f"--workers: peers would share this workload's objects, and it fails the conformance "
