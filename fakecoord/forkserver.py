@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -104,6 +105,18 @@ class ForkedProcess(subprocess.Popen):
                 signal.pidfd_send_signal(self._pidfd, sig)
             except ProcessLookupError:
                 pass
+
+    def _orphaned(self, grace: float = 10.0) -> None:
+        """The server died: SIGKILL the child, wait (its pidfd) until it is gone, record -9."""
+        with self._lock:
+            pidfd = self._pidfd
+            if pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    select.select([pidfd], [], [], grace)  # readable once the child is gone
+                except OSError:
+                    pass
+        self._exited(-signal.SIGKILL)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -310,8 +323,7 @@ class ForkServer:
         for slot in pending:
             slot[0].set()
         for child in children:
-            child.kill()
-            child._exited(-signal.SIGKILL)
+            child._orphaned()
 
     def _break(self, why: str) -> None:
         if self.broken is None:

@@ -324,3 +324,29 @@ def test_a_demo_run_gives_the_same_packs_forked_or_spawned(tmp_path: Path) -> No
     for name in files:
         forked = (tmp_path / "forked" / name).read_bytes()
         assert forked == (tmp_path / "spawned" / name).read_bytes(), name
+
+
+def test_a_dead_server_takes_its_children_and_later_workers_are_spawned(
+    probe_dir: Path, tmp_path: Path
+) -> None:
+    server = _server(probe_dir, tmp_path)
+    try:
+        first = spawn.spawn_worker(
+            "quick_workload:make_quick", env=_env(1, probe_dir), stderr=str(tmp_path / "a.log"),
+            accept_timeout=ACCEPT_TIMEOUT, forkserver=server,
+        )  # fmt: skip
+        assert isinstance(first.process, forkserver.ForkedProcess)
+        assert server.process is not None
+        server.process.kill()  # the server dies under the coordinator
+        assert first.process.wait(30) == -signal.SIGKILL
+        assert not _alive(first.process.pid)
+        second = spawn.spawn_worker(
+            "quick_workload:make_quick", env=_env(1, probe_dir), stderr=str(tmp_path / "b.log"),
+            accept_timeout=ACCEPT_TIMEOUT, forkserver=server,
+        )  # fmt: skip
+        assert not isinstance(second.process, forkserver.ForkedProcess)
+        assert server.spawned == 1 and "the fork server exited" in server.notes[0]
+        second.close()
+        first.close()
+    finally:
+        server.close()
