@@ -3,7 +3,7 @@
 A small MLP regressing a fixed random "teacher" function of 16 inputs
 (see :func:`fakecoord.sim.shards.write_demo_dataset`).  It runs inside the
 worker process and needs only torch and the standard library.  Every hook of
-PROTOCOL.md §4 is implemented:
+docs/protocol.md §4 is implemented:
 
 - training data arrives as ``cached_microshard_group`` refs read from the
   shard files; one ref is one optimizer step.  A ref carrying
@@ -15,7 +15,7 @@ PROTOCOL.md §4 is implemented:
 - ``evaluate`` serves ``Train``, ``Validation``, ``Test`` and
   ``{"Custom": NAME}`` for any ``NAME.json`` shard in ``data_dir``;
 - the merge hooks weigh candidates by ``sample_weight`` times the policy's
-  quality factor, as the Rust reference merge does (PROTOCOL.md §7).
+  quality factor, as the Rust reference merge does (docs/protocol.md §7).
 
 Config keys (all optional): ``data_dir`` (needed by ``evaluate``), ``seed``
 (0), ``hidden`` (64), ``inner_lr`` (3e-3; also set by a Hot patch of ``learning_rate`` or
@@ -351,7 +351,7 @@ def _device(name: str) -> torch.device:
 
 def _policy_weights(candidates: list, policy: Any) -> list[float]:
     """Normalized candidate weights ``sample_weight * q``, with ``q`` as the Rust
-    reference merge takes it (PROTOCOL.md §7): 1 for WeightedMean, the quality
+    reference merge takes it (docs/protocol.md §7): 1 for WeightedMean, the quality
     weight clamped to [0, 1] for NormClippedWeightedMean, the quality weight
     for the others.  ``{"Custom": "uniform"}`` weighs every candidate alike."""
     if policy == "WeightedMean":

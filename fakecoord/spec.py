@@ -1,6 +1,6 @@
 """The worker protocol, version 2, as the coordinator side sees it: one declarative spec.
 
-Every method (PROTOCOL.md §2) is one :class:`Method` entry in :data:`METHODS`:
+Every method (docs/protocol.md §2) is one :class:`Method` entry in :data:`METHODS`:
 its params and its result written as the Rust coordinator's serde types
 (``crates/burn_p2p_python/src/worker.rs`` and the types it uses, in terms of
 :mod:`fakecoord.schema`), plus how :class:`~fakecoord.client.WorkerClient`
@@ -71,7 +71,7 @@ DEVICE = Str("device")
 SCHEMA_HASH = Str("schema_hash")
 
 # ---------------------------------------------------------------------------
-# Shared shapes (PROTOCOL.md §2, "JSON shapes")
+# Shared shapes (docs/protocol.md §2, "JSON shapes")
 
 METRIC_VALUE = Untagged(
     "MetricValue",
@@ -275,7 +275,7 @@ PACK_MANIFEST = Struct(
         Field("values_f32_le", STRING),
     ),
 )
-"""A pack's ``manifest.json`` as the Rust coordinator reads it (PROTOCOL.md §3)."""
+"""A pack's ``manifest.json`` as the Rust coordinator reads it (docs/protocol.md §3)."""
 
 
 # ---------------------------------------------------------------------------
@@ -519,7 +519,7 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
-"""Every protocol method, in PROTOCOL.md §2's order."""
+"""Every protocol method, in docs/protocol.md §2's order."""
 
 
 def method(name: str) -> Method:
@@ -624,7 +624,7 @@ def parse_response(name: str, body: bytes | bytearray | memoryview, expected_id:
     Raises :class:`RemoteError` for ``ok: false`` and
     :class:`ProtocolViolation` (a :class:`DecodeError` for what serde would
     refuse) for anything else.  One deliberate strictness beyond the Rust
-    coordinator: ``ok: false`` needs a string ``error`` (PROTOCOL.md §1); the
+    coordinator: ``ok: false`` needs a string ``error`` (docs/protocol.md §1); the
     Rust side would show "unknown python worker error".
     """
     try:

@@ -1,4 +1,4 @@
-"""Sans-IO request parsing, answers and result shaping (PROTOCOL.md §1-2).
+"""Sans-IO request parsing, answers and result shaping (docs/protocol.md §1-2).
 
 Pure functions over bytes and plain Python values: turning a frame body into
 a :class:`Request`, the response objects, the state filter, and the
@@ -111,7 +111,7 @@ ACK = {"ok": True}
 
 @dataclass(frozen=True)
 class StateFilter:
-    """Which float state_dict entries a pack carries (PROTOCOL.md §2, Filter)."""
+    """Which float state_dict entries a pack carries (docs/protocol.md §2, Filter)."""
 
     include_globs: tuple[str, ...] = ()
     exclude_globs: tuple[str, ...] = ()

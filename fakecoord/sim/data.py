@@ -36,7 +36,7 @@ def load_batches(source: str | os.PathLike, peers: int) -> list[list[dict]]:
     not starting with ``.`` (sorted by name) into a one-microshard
     ``cached_microshard_group`` ref naming the file, dealt round-robin the
     same way.  Every ref is checked against the BatchRef shapes of
-    PROTOCOL.md §2.
+    docs/protocol.md §2.
     """
     path = Path(source)
     where = f"--batches {str(path)!r}"

@@ -1,10 +1,10 @@
-"""DiLoCo (PROTOCOL.md §6) as a :class:`~fakecoord.sim.strategy.Strategy`.
+"""DiLoCo (docs/protocol.md §6) as a :class:`~fakecoord.sim.strategy.Strategy`.
 
 Every peer imports the base pack, runs ``run_inner_loop`` on its lease
 (resuming its inner optimizer from the previous round's file) and exports
 its local pack; the coordinator streams the outer step over the packs of the
 peers that finished (:mod:`fakecoord.sim.outer`).  With the ``command``
-backend (PROTOCOL.md §5) a program runs per peer and round instead, by
+backend (docs/protocol.md §5) a program runs per peer and round instead, by
 default ``python -m worker.job`` with the run's (wrapped) factory.
 
 Layout of a round ``R`` under the run directory::
@@ -376,7 +376,7 @@ def _fresh_copy(peer: PeerContext, previous: str | None) -> Path:
 
 
 def read_result(path: Path, steps: int) -> dict:
-    """Read a command backend result manifest (PROTOCOL.md §5); raises ``ValueError``."""
+    """Read a command backend result manifest (docs/protocol.md §5); raises ``ValueError``."""
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""DiLoCo's outer step (PROTOCOL.md §6), streamed over parameter packs in float32 chunks.
+"""DiLoCo's outer step (docs/protocol.md §6), streamed over parameter packs in float32 chunks.
 
 A peer's pseudo-gradient is ``base - local``.  Pseudo-gradients go through a
 transport codec (``fp32``: exact; ``fp16``: rounded to IEEE half precision,
