@@ -20,6 +20,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif argv and not argv[0].startswith("-"):
         print(f"fakecoord: unknown command {argv[0]!r}; the only command is 'run'", file=sys.stderr)
         return 2
+    from .errors import MissingExtra
+    from .optional import require
+
+    try:  # the simulation's modules import numpy: say so before they fail to
+        require("numpy", "python -m fakecoord run")
+    except MissingExtra as exc:
+        print(f"fakecoord: {exc}", file=sys.stderr)
+        return 2
     from .sim.cli import main as run_main
 
     return run_main(argv)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FakecoordError, RunFailed, SettingsError
+from ..optional import require_for_run
 from ..version import package_version
 from .config import MERGE_POLICIES, SimConfig
 
@@ -228,13 +229,9 @@ def read_toml(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise SettingsError(
-                "--config: reading TOML on Python 3.10 needs tomli (pip install tomli, "
-                "or install this package with its 'sim' extra)"
-            ) from None
+        from ..optional import require
+
+        tomllib = require("tomli", "--config on Python 3.10")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -391,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             out = Path(options["out"]) if options.get("out") else None
             config = build_config(options)
+        require_for_run(progress=not options.get("quiet"), plot=bool(options.get("plot")))
         return _run(config, options, out)
     except SettingsError as exc:
         say(str(exc))
