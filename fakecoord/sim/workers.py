@@ -229,6 +229,17 @@ class Workers:
         line = line.replace(f"--factory {wrapper}: the factory raised FactoryError: ", "")
         return line.replace(wrapper, factory)
 
+    def log_refusal(self, slot: Slot, round_index: int, exc: RemoteError) -> None:
+        """Append a refused call's whole answer to ``slot``'s log (the worker's stderr file,
+        opened for appending by the worker too)."""
+        text = exc.message.rstrip("\n")
+        header = f"--- fakecoord: round {round_index}: {exc.method} refused by the worker:"
+        try:
+            with self.lock, open(slot.log, "a", encoding="utf-8", errors="replace") as f:
+                f.write(f"{header}\n{text}\n")
+        except OSError:
+            pass
+
     def rel(self, path: Path | str) -> str:
         """How messages name a file of the run: its absolute path."""
         return str(Path(path).resolve())
@@ -351,6 +362,9 @@ class PeerContext:
         self.pid: int | None = None
         self.log: Path = slot.log
         """The log that explains this slot's failures (a job's own log for the command backend)."""
+        self.detail: str | None = None
+        """The whole text behind this round's last failed call (the worker's answer with the
+        hook's traceback, or the end of a dead worker's stderr): the report's ``traceback``."""
 
     @property
     def dir(self) -> Path:
@@ -367,7 +381,14 @@ class PeerContext:
         try:
             return self.workers.timed(fn, *args, **kwargs)
         except (WorkerExited, WorkerTimeout) as exc:
+            self.detail = read_tail(self.slot.log, self.slot.log_start, 4000).strip() or None
             raise self.workers.explain(self.slot, exc) from None
+        except RemoteError as exc:
+            # The worker answered ok:false and keeps running: its stderr says nothing, so the
+            # answer (first line, then the hook's traceback) goes into the log the message names.
+            self.detail = exc.message
+            self.workers.log_refusal(self.slot, self.round, exc)
+            raise
 
     def rel(self, path: Path | str) -> str:
         return os.path.relpath(path, self.run_dir)
