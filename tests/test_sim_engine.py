@@ -275,7 +275,8 @@ def test_stragglers_and_dropout_on_the_demo(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(E2E_TIMEOUT)
-def test_a_toml_config_mirrors_the_flags_and_flags_override_it(tmp_path: Path) -> None:
+def test_a_toml_config_mirrors_the_flags_and_flags_override_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths in the file are relative to this directory
     config = tmp_path / "conf" / "run.toml"
     config.parent.mkdir()
     config.write_text(
@@ -283,7 +284,8 @@ def test_a_toml_config_mirrors_the_flags_and_flags_override_it(tmp_path: Path) -
         'fault = ["error@1:1"]\nouter_lr = 0.5\nnesterov = false\n'
     )
     assert main(["run", "--quiet", "--config", str(config), "--rounds", "1"]) == 0
-    report = json.loads((tmp_path / "conf" / "run" / "report.json").read_text())
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert not (tmp_path / "conf" / "run").exists()  # one rule: not relative to the file
     settings = report["settings"]
     assert (settings["peers"], settings["rounds"], settings["inner_steps"]) == (2, 1, 2)
     assert settings["codec"] == "fp16" and settings["faults"] == ["error@1:1"]

@@ -37,7 +37,9 @@ RESUMABLE = ("rounds", "call_timeout", "start_timeout", "max_failed_rounds")
 """Settings that ``--resume`` may change; every other one comes from the checkpoint."""
 RUN_ONLY = ("resume", "out", "report", "plot", "quiet", "stop_after_round", "config_file")
 """Options about this invocation, not the run's settings."""
-PATH_OPTIONS = ("batches", "out", "report", "plot", "resume")
+# Relative paths follow one rule: they are relative to the directory fakecoord runs in, on
+# the command line, in a TOML file and inside the workload's config (the workers run there
+# too), so a TOML file's paths are kept as written (docs/simulation.md, "Config files").
 
 DEFAULTS: dict[str, Any] = {
     "protocol": "diloco", "peers": 4, "rounds": 10, "inner_steps": 20, "seed": 0,
@@ -70,7 +72,8 @@ def argument_parser() -> argparse.ArgumentParser:
         "--config",
         dest="config_file",
         metavar="FILE.toml",
-        help="read options from a TOML file (keys: these option names); flags override it",
+        help="read options from a TOML file (keys: these option names); flags override it; "
+        "relative paths in it are relative to the current directory, as on the command line",
     )
     add("--protocol", choices=("diloco", "windows"), help=f"(default {d['protocol']})")
     add("--peers", type=int, metavar="N", help=f"peers, one worker each (default {d['peers']})")
@@ -253,8 +256,6 @@ def read_toml(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
             value = [value] if isinstance(value, str) else value
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise SettingsError(f"--config {str(path)!r}: fault must be a list of specs")
-        if dest in PATH_OPTIONS and isinstance(value, str):
-            value = str((path.parent / value).resolve())
         out[dest] = value
     return out
 
@@ -458,6 +459,9 @@ def _run(config: SimConfig, options: dict[str, Any], out: Path | None) -> int:
 def _outputs(report: dict, options: dict[str, Any], write_plot: Any) -> None:
     from .record import metrics_lines
 
+    for name in ("report", "plot"):  # e.g. --plot runs/loss.png: runs/ is made if missing
+        if options.get(name):
+            Path(options[name]).parent.mkdir(parents=True, exist_ok=True)
     if options.get("report"):
         path = Path(options["report"])
         path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

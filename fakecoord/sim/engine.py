@@ -39,7 +39,7 @@ from typing import Any
 from .. import handling
 from ..errors import FakecoordError, RunFailed, SettingsError, SimError
 from .config import SimConfig, check_inputs, choose_threads, schema_hash
-from .data import Leases, interleave
+from .data import Leases, interleave, select_batch_files
 from .diloco import DiLoCo
 from .faults import FaultPlan
 from .record import Recorder, union_seconds
@@ -126,6 +126,11 @@ class Engine:
         if c.baseline and not self.strategy.has_baseline:
             raise SettingsError(f"--baseline: the {self.strategy.name} strategy has no baseline")
         self.batches = check_inputs(c)
+        self.batches_note: str | None = None
+        if c.batches is not None and Path(c.batches).is_dir():
+            self.batches_note = (
+                f"--batches {c.batches}: {select_batch_files(Path(c.batches)).note()}"
+            )
         self.threads = choose_threads(c)
         self._prepared = True
 
@@ -179,6 +184,7 @@ class Engine:
             f"fakecoord run: {self.strategy.name}, {c.peers} peers, {c.rounds} rounds x "
             f"{c.inner_steps} steps, {workload}, {self.strategy.describe(c)}; threads per worker: "
             f"{threads} ({self.threads.reason}); run directory {self.out}"
+            + (f"\n{self.batches_note}" if self.batches_note else "")
         )
 
     # -- setup ---------------------------------------------------------------------------
@@ -198,6 +204,8 @@ class Engine:
         if not self.resume:
             self.report = self.recorder.new_report()
         self.report["threads"] = {"per_worker": self.threads.threads, "reason": self.threads.reason}
+        if self.batches_note:
+            self.report["batches"] = self.batches_note
         if c.is_demo:
             dataset = write_demo_dataset(self.out / "data", c.seed)
             self.leases = Leases(
