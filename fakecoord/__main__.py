@@ -14,6 +14,17 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m fakecoord`` and the ``fakecoord`` console script."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # e.g. `... | head`: the reader went away
+        from .pipes import stdout_gone
+
+        return stdout_gone()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "run":
         argv = argv[1:]

@@ -43,14 +43,28 @@ def fmt(value: Any, digits: int = 4) -> str:
     return "-"
 
 
+PIPED_WIDTH = 1000
+"""The width rich lays tables out in when output goes to a file or a pipe (no wrapping, no
+truncated headers; ``COLUMNS`` still wins when set)."""
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich Console for stdout or stderr: the terminal's width on a terminal, else
+    :data:`PIPED_WIDTH` without soft wrapping (rich would assume 80 columns)."""
+    from rich.console import Console
+
+    plain = Console(stderr=stderr)
+    if plain.is_terminal or os.environ.get("COLUMNS"):
+        return plain
+    return Console(stderr=stderr, width=PIPED_WIDTH, soft_wrap=True)
+
+
 class RichView(RunView):
     """Progress on stderr, summary on stdout."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-
-        self.err = Console(stderr=True)
-        self.out = Console()
+        self.err = console(stderr=True)
+        self.out = console()
         self._progress: Any = None
         self._task: Any = None
 
@@ -240,6 +254,28 @@ def _scale(axis: Any, name: str, values: list[float]) -> str:
     return "linear"
 
 
+def plot_events(report: dict) -> list[tuple[float, str]]:
+    """Where the plot marks events on every panel: ``(x, "fault")`` at each fault's round and
+    ``(x, "resumed")`` between the rounds a resumed run continued after and from."""
+    events = [(float(f["round"]), "fault") for f in report.get("faults", [])]
+    events += [(r["after_round"] + 0.5, "resumed") for r in report.get("resumed", [])]
+    return events
+
+
+def mark_events(ax: Any, report: dict) -> bool:
+    """Draw :func:`plot_events` on ``ax`` (each kind labelled once); True when any was drawn."""
+    styles = {
+        "fault": {"color": "red", "alpha": 0.25},
+        "resumed": {"color": "0.3", "linestyle": ":"},
+    }
+    labelled: set[str] = set()
+    for x, kind in plot_events(report):
+        label = None if kind in labelled else kind
+        labelled.add(kind)
+        ax.axvline(x, label=label, **styles[kind])
+    return bool(labelled)
+
+
 def write_plot(report: dict, path: str | os.PathLike) -> None:
     """One panel per evaluated metric (and the baseline's), per-peer training loss, and the
     time of each round; saved to ``path`` (PNG)."""
@@ -278,8 +314,7 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
             steps = (report.get("baseline") or {}).get("steps_per_round")
             ax.plot(*_finite(xs, bys), marker="s", linestyle="--",
                     label=f"single-worker baseline ({steps} steps/round)")  # fmt: skip
-        for fault in report.get("faults", []):
-            ax.axvline(fault["round"], color="red", alpha=0.25)
+        mark_events(ax, report)
         scale = _scale(ax, name, values)
         ax.set_title(f"eval {name} per round" + (" (log scale)" if scale == "log" else ""))
         ax.set_xlabel("round")
@@ -299,8 +334,8 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
     scale = _scale(ax_train, "loss", losses)
     ax_train.set_title("training loss per peer" + (" (log scale)" if scale == "log" else ""))
     ax_train.set_xlabel("round")
-    ax_train.set_ylabel("mean training loss of the round")
-    if losses:
+    ax_train.set_ylabel("training 'loss' metric, as the workload reports it")
+    if mark_events(ax_train, report) or losses:
         ax_train.legend(fontsize="small")
     ax_time = flat[len(metrics) + 1]
     rx = [r["round"] for r in rounds]
@@ -311,6 +346,7 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
     ax_time.set_title("wall-clock time per round")
     ax_time.set_xlabel("round")
     ax_time.set_ylabel("seconds")
+    mark_events(ax_time, report)
     ax_time.legend(fontsize="small")
     for ax in flat[:panels]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
