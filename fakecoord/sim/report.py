@@ -264,7 +264,7 @@ def plot_events(report: dict) -> list[tuple[float, str]]:
 
 def mark_events(ax: Any, report: dict) -> bool:
     """Draw :func:`plot_events` on ``ax`` (each kind labelled once); True when any was drawn."""
-    styles = {
+    styles: dict[str, dict[str, Any]] = {
         "fault": {"color": "red", "alpha": 0.25},
         "resumed": {"color": "0.3", "linestyle": ":"},
     }
