@@ -173,6 +173,7 @@ def test_a_bad_factory_is_found_by_one_probe_before_any_peer_starts(
     assert "no worker could start" not in err and "peer-0" not in err  # no peer was spawned
     if config == {}:
         assert 'sim_classifier.py", line ' in err and 'self.root = config["data_root"]' in err
+    assert err.count("KeyError: 'data_root'") == (config == {})  # said once, not twice
     assert run_dirs(classifier["tmp"]) == []
 
 

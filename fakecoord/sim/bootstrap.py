@@ -112,7 +112,9 @@ def probe(config_json: str) -> int:
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
             tb = tb.tb_next  # the user's frames only
-        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+        # The frames only: the first line already says the exception's type and message.
+        frames = "".join(traceback.format_tb(tb))
+        print(f"Traceback (most recent call last):\n{frames}", end="", file=sys.stderr)
         return 2
     if workload is None:
         print(
