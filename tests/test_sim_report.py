@@ -91,3 +91,20 @@ def test_piped_output_is_laid_out_wide_and_keeps_table_headers(monkeypatch) -> N
 def test_columns_still_wins_when_set(monkeypatch, columns) -> None:
     monkeypatch.setenv("COLUMNS", columns)
     assert console().width == int(columns)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "says", "never"),
+    [("windows", "Window merging trades", "DiLoCo"), ("diloco", "DiLoCo trades", "Window")],
+)
+def test_the_baseline_note_names_the_runs_own_strategy(strategy, says, never) -> None:
+    from fakecoord.sim.report import summary_lines
+
+    report = {
+        **fake_report(),
+        "strategy": strategy,
+        "settings": {"peers": 2, "inner_steps": 5},
+        "baseline": {"final_eval_value": 0.5, "description": "one worker", "steps_per_round": 10},
+    }
+    text = "\n".join(summary_lines(report))
+    assert says in text and never not in text

@@ -185,11 +185,17 @@ def summary_lines(report: dict) -> list[str]:
             f"baseline: eval {metric} {fmt(baseline['final_eval_value'])}; {baseline['description']}."
         )
         if baseline["steps_per_round"] > report["settings"]["inner_steps"]:
+            strategy = report.get("strategy")
+            if strategy == "diloco":
+                moves = "only their averaged update moves it. DiLoCo"
+            elif strategy == "windows":
+                moves = "only the merge of their windows moves it. Window merging"
+            else:
+                moves = f"only the aggregate of their work moves it. The {strategy} strategy"
             lines.append(
                 "  (At equal total steps the baseline can win: its steps are sequential, each "
                 "seeing the last one's update, while the peers train in parallel from a shared "
-                "base and only their average moves it. DiLoCo trades that for parallel wall "
-                "time and rare communication.)"
+                f"base and {moves} trades that for parallel wall time and rare communication.)"
             )
     if timings:
         lines.append(
