@@ -153,6 +153,7 @@ class Engine:
                 if self.on_round is not None:
                     self.on_round(r)
                 record, new_state, new_baseline = self._round(r)
+                self._stop_if_signalled()  # the round is not committed: resume redoes it
                 self._commit(r, record, new_state, new_baseline)
                 self.view.round_done(record)
                 if self.state.failed_streak >= self.config.max_failed_rounds:
@@ -175,6 +176,13 @@ class Engine:
             self.pool.shutdown(wait=True, cancel_futures=True)
             if self.workers is not None:
                 self.workers.close()
+
+    def _stop_if_signalled(self) -> None:
+        """A worker that stopped on SIGINT/SIGTERM (e.g. Ctrl-C, or a signal sent to the whole
+        process group) means the run is being interrupted, not that the peer failed: end it as
+        an interrupted run (the last committed round stays resumable)."""
+        if self.workers is not None and self.workers.signalled.is_set():
+            raise KeyboardInterrupt(self.workers.signalled_reason)
 
     def describe(self) -> str:
         c = self.config
@@ -326,6 +334,7 @@ class Engine:
         if self.config.baseline:
             baseline = self.pool.submit(self._baseline_round, r, round_dir, leases)
         results = [futures[p].result() for p in sorted(futures)]
+        self._stop_if_signalled()
         results += [PeerResult(p, dropped=True) for p in sorted(dropped)]
         results.sort(key=lambda res: res.peer)
         ctx = self._round_context(r, round_dir)

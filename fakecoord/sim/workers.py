@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 UNKNOWN_MODEL = "fakecoord-fault-injected-unknown-model"
 """The model id sent to a non-demo workload for ``--fault error``: every worker must refuse it."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+STOPPED_BY_SIGNAL = re.compile(r"^burn-p2p (worker|job): received SIG(INT|TERM)\b")
+"""The line a worker (or job) writes when it stops on a signal sent to it."""
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Fault|Warning)\b")
 
 
@@ -114,6 +116,9 @@ class Workers:
         )
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.signalled = threading.Event()
+        """Set when a worker or job said it stopped on SIGINT/SIGTERM: the run is interrupted."""
+        self.signalled_reason = ""
         self.intervals: list[tuple[float, float]] = []
         self.procs: set[subprocess.Popen] = set()
         self.peers = [
@@ -216,6 +221,9 @@ class Workers:
             return exc
         head = str(exc).split("; the end of its stderr:", 1)[0]
         line = failing_line(read_tail(slot.log, slot.log_start))
+        if line and STOPPED_BY_SIGNAL.match(line):
+            self.signalled_reason = f"{slot.label}: {line}"
+            self.signalled.set()
         if line:
             head += f": {self.unwrap(line)}"
         explained = type(exc).__new__(type(exc))
