@@ -210,7 +210,7 @@ def test_a_round_without_contributors_stops_the_run(classifier, capsys) -> None:
 
 @pytest.mark.timeout(E2E_TIMEOUT)
 def test_a_completed_run_keeps_the_logs_its_messages_name(classifier, capsys) -> None:
-    """Without --out, a run that completed but reported an unplanned peer failure keeps its
+    """Without --out, a run that completed but reported a peer failure (a fault) keeps its
     temporary directory (the logs the messages name) and says where."""
     args = classifier_args(
         classifier, "--rounds", "1", "--max-failed-rounds", "2",

@@ -446,8 +446,8 @@ def _run(config: SimConfig, options: dict[str, Any], out: Path | None) -> int:
         say(f"run directory: {out} (report, worker logs, checkpoint)")
     elif status:
         say(f"run directory kept for inspection (report and worker logs): {out}")
-    elif temporary and any(not f.get("planned") for f in report.get("faults", [])):
-        # A message named the log of a failure nobody planned: keep the logs it names.
+    elif temporary and report.get("faults"):
+        # A fault's message named a worker log: keep the logs it names.
         say(f"run directory kept: the worker logs named above are in {out / 'logs'}")
     elif temporary and report.get("completed_rounds") == config.rounds:
         shutil.rmtree(out, ignore_errors=True)
