@@ -177,6 +177,7 @@ def test_a_bad_factory_is_found_by_one_probe_before_any_peer_starts(
     assert run_dirs(classifier["tmp"]) == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(E2E_TIMEOUT)
 def test_a_round_without_contributors_stops_the_run(classifier, capsys) -> None:
     out = classifier["tmp"] / "run"
@@ -208,6 +209,7 @@ def test_a_round_without_contributors_stops_the_run(classifier, capsys) -> None:
         )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(E2E_TIMEOUT)
 def test_a_completed_run_keeps_the_logs_its_messages_name(classifier, capsys) -> None:
     """Without --out, a run that completed but reported a peer failure (a fault) keeps its
@@ -275,6 +277,7 @@ def test_stragglers_and_dropout_on_the_demo(tmp_path: Path) -> None:
     assert report["timings"]["straggle_seconds"] > 0 and report["faults"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(E2E_TIMEOUT)
 def test_a_toml_config_mirrors_the_flags_and_flags_override_it(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # relative paths in the file are relative to this directory

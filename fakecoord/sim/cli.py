@@ -101,7 +101,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "--out",
         metavar="DIR",
         help="run directory: packs, artifacts, logs, checkpoint (default: a temporary one, "
-        "removed after a successful run)",
+        "removed after a successful run without faults, else kept and named)",
     )
     add("--resume", metavar="DIR", help="continue the run in DIR from its last completed round")
     add(
