@@ -211,6 +211,22 @@ def test_a_round_without_contributors_stops_the_run(classifier, capsys) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(E2E_TIMEOUT)
+def test_a_failed_command_job_leaves_its_traceback_in_the_report(classifier, capsys) -> None:
+    out = classifier["tmp"] / "run"
+    args = classifier_args(
+        classifier, "--out", str(out), "--rounds", "1", "--diloco-backend", "command",
+        config={"data_root": "/d", "fail": "train"},
+    )  # fmt: skip
+    assert main(args) == 1
+    report = json.loads((out / "report.json").read_text())
+    peer = report["rounds"][0]["peers"]["0"]
+    assert "job.log" in peer["error"]
+    assert 'sim_classifier.py", line ' in peer["traceback"]
+    assert "the training data is missing" in peer["traceback"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(E2E_TIMEOUT)
 def test_a_completed_run_keeps_the_logs_its_messages_name(classifier, capsys) -> None:
     """Without --out, a run that completed but reported a peer failure (a fault) keeps its
     temporary directory (the logs the messages name) and says where."""

@@ -379,7 +379,7 @@ class Engine:
         if result.error and "(log: " not in result.error:
             result.error += f" (log: {ctx.log})"
         if result.error and result.traceback is None:
-            result.traceback = ctx.detail
+            result.traceback = ctx.failure_detail()
         result.pid = result.pid or ctx.pid
         slow = self.plan.slowdown(r, p)
         if slow is not None and result.ok and slow.value is not None:

@@ -312,6 +312,13 @@ class Workers:
                 self.procs.discard(proc)
         if status != 0:
             reason = self.unwrap(failing_line(read_tail(log)) or "")
+            if (
+                status in (-signal.SIGINT, -signal.SIGTERM)
+                or reason.startswith("KeyboardInterrupt")
+                or STOPPED_BY_SIGNAL.match(reason)
+            ):
+                self.signalled_reason = f"job command: {reason or f'status {status}'}"
+                self.signalled.set()
             raise JobFailed(status, self.rel(log), reason)
 
     def slots(self) -> list[Slot]:
@@ -397,6 +404,13 @@ class PeerContext:
             self.detail = exc.message
             self.workers.log_refusal(self.slot, self.round, exc)
             raise
+
+    def failure_detail(self) -> str | None:
+        """The whole text behind this round's failure, for the report: the refused call's
+        answer or the dead worker's stderr (:attr:`detail`), else the end of a job's own log."""
+        if self.detail is not None or self.log == self.slot.log:
+            return self.detail
+        return read_tail(self.log, 0, 4000).strip() or None
 
     def rel(self, path: Path | str) -> str:
         return os.path.relpath(path, self.run_dir)
