@@ -14,29 +14,41 @@ from pathlib import Path
 
 import pytest
 
+RUN = ["-m", "fakecoord", "run", "--quiet", "--peers", "2", "--rounds", "200", "--inner-steps", "5"]
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_sigint_to_the_process_group_is_an_interruption_not_peer_failures(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("backend", "target"),
+    [("worker", "group"), ("command", "group"), ("worker", "workers")],
+)
+def test_sigint_to_the_process_group_is_an_interruption_not_peer_failures(
+    tmp_path: Path, backend: str, target: str
+) -> None:
+    """``group``: as a script's background job, started with SIGINT ignored (a
+    non-interactive shell does that to ``cmd &``), then ``kill -INT -PGID``: fakecoord and
+    its workers all stop on it.  ``workers``: only the workers get it (fakecoord learns it
+    from their last words, "received SIGINT")."""
+    if target == "workers" and not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc to find the workers")
     out = tmp_path / "run"
-    # As a script's background job: SIGINT ignored by fakecoord itself (a non-interactive
-    # shell does that to `cmd &`); the workers install their own handlers and stop on it.
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fakecoord",
-            "run",
-            "--quiet",
-            "--peers",
-            "2",
-            "--rounds",
-            "200",
-            "--inner-steps",
-            "5",
-            "--out",
-            str(out),
-        ],  # fmt: skip
+        [sys.executable, *RUN, "--diloco-backend", backend, "--out", str(out)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -49,7 +61,13 @@ def test_sigint_to_the_process_group_is_an_interruption_not_peer_failures(tmp_pa
         while not (out / "checkpoint.json").exists() and proc.poll() is None:
             assert time.monotonic() < deadline, "no round completed"
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            workers = children(proc.pid)
+            assert workers
+            for pid in workers:
+                os.kill(pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

@@ -22,8 +22,10 @@ import argparse
 import json
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -368,6 +370,12 @@ def say(text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fakecoord run ...``; returns the exit status."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and (
+        threading.current_thread() is threading.main_thread()
+    ):
+        # Started with SIGINT ignored (a script's `cmd &`): still stop on it, as the workers
+        # do, so that a SIGINT to the process group interrupts the run (exit 130, resumable).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argument_parser()
     args = parser.parse_args(argv)
     try:
