@@ -126,7 +126,7 @@ def child(params: int, peers: int, rounds: int, root: Path) -> dict[str, Any]:
             scratch.mkdir(exist_ok=True)
             times.append(
                 numpy_outer_round(
-                    older / "base", [previous / f"peer-{p}" / "pack" for p in range(peers)],
+                    older / "base", [previous / f"peer-{p}" / "local-parameters" for p in range(peers)],
                     older / "velocity", scratch / "base", scratch / "velocity",
                 )
             )  # fmt: skip

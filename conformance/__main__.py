@@ -3,7 +3,9 @@
 Prints one line per check, ``PASS|WARN|FAIL|SKIP|XFAIL <id> <reason>``, then a
 summary.  The exit status comes from that summary: 0 when no check failed
 (WARNs included, unless ``--strict``), 1 when one failed or could not
-complete; 2 for a usage error (bad flags, a factory that cannot be imported
+complete; 3 when none failed but the training checks could not run (the
+workload trained on none of the batches: incomplete, unless
+``--allow-untrained``); 2 for a usage error (bad flags, a factory that cannot be imported
 or started, unreadable files), with the reason on stderr; 130 when
 interrupted.  The suite never runs workload code in its own process.
 """
@@ -49,7 +51,9 @@ def argument_parser() -> argparse.ArgumentParser:
         usage=USAGE,
         description="Check a burn_p2p workload through a real worker process.",
         epilog="--list prints every check id with what it checks. Exit status: 0 no check "
-        "failed, 1 a check failed (or a WARN with --strict), 2 usage error.",
+        "failed, 1 a check failed (or a WARN with --strict), 2 usage error, 3 incomplete: "
+        "no check failed but the training checks could not run (pass --batches, or "
+        "--allow-untrained).",
         exit_on_error=False,
     )
     p.add_argument("--factory", metavar="MOD:ATTR", help="the workload factory (required)")
@@ -60,7 +64,10 @@ def argument_parser() -> argparse.ArgumentParser:
         help="a JSON array of BatchRefs the workload can train on "
         "(default: generated micro_epoch refs)",
     )
-    p.add_argument("--device", default="cpu", help="the device given to init_model (default cpu)")
+    p.add_argument("--device", default=None,
+                   help="override the device given to init_model, import_parameter_pack and "
+                        "parameter_pack_plan (default: the workload's own runtime_device, as "
+                        "the network sends it; an override that differs is a WARN)")  # fmt: skip
     p.add_argument("--custom-split", metavar="NAME", default="conformance-holdout",
                    help='the name evaluate gets as {"Custom": NAME} (default conformance-holdout)')  # fmt: skip
     p.add_argument(
@@ -82,6 +89,9 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", metavar="S", type=float, default=120.0,
                    help="the longest any wait may take: one hook call (the worker is then "
                         "killed), a worker's start, the layout probe (default 120)")  # fmt: skip
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="exit 0 even when the training checks could not run (the workload "
+                        "trained on none of the batches; default: exit 3, incomplete)")  # fmt: skip
     p.add_argument("--strict", action="store_true",
                    help="a WARN (legal but suspicious behaviour) fails its check")  # fmt: skip
     p.add_argument("--pythonpath", metavar="DIR", action="append", default=[],
@@ -194,7 +204,8 @@ def _main(argv: Sequence[str] | None) -> int:
     for item in args.xfail:
         check_id, _, reason = item.partition("=")
         xfail[check_id] = reason or "expected to fail (--xfail)"
-    print(f"burn-p2p conformance: {args.factory} on {args.device}", flush=True)
+    where = f" on --device {args.device}" if args.device else ""
+    print(f"burn-p2p conformance: {args.factory}{where}", flush=True)
     report = run_checks(
         options,
         select=args.select,
@@ -202,6 +213,7 @@ def _main(argv: Sequence[str] | None) -> int:
         xfail=xfail,
         on_outcome=lambda outcome: print(outcome.line(), flush=True),
         strict=args.strict,
+        allow_untrained=args.allow_untrained,
     )
     if args.verbose:
         for outcome in report.outcomes:
@@ -217,6 +229,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(report.summary(), flush=True)
         return max(report.exit_code, 1)
     print(report.summary(), flush=True)
+    if report.incomplete:
+        print(report.incomplete_text(), flush=True)
     return report.exit_code
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from . import checks_errors as errors
+from . import checks_flows as flows
 from . import checks_framing as framing
 from . import checks_merging as merging
 from . import checks_packs as packs
@@ -84,6 +85,10 @@ CHECKS: tuple[Check, ...] = (
     Check("protocol.train_window_metrics",
           "train_window answers valid MetricValues (no NaN, lists or null) for the batches",
           ("train_window",), protocol.train_window_metrics),
+    Check("protocol.portable_results",
+          "hook results are what the protocol allows as the hooks return them (a str "
+          "workload_name, a dict from train_window), not only as this worker repairs them",
+          ("workload_name", "train_window"), protocol.portable_results, uses_probe=True),
     Check("protocol.evaluate_metrics",
           "evaluate answers valid MetricValues for Train, Validation, Test and {Custom: ...}",
           ("evaluate",), protocol.evaluate_metrics),
@@ -161,6 +166,35 @@ CHECKS: tuple[Check, ...] = (
           "run_inner_loop writes a valid output pack that changes the parameters and matches "
           "the handle",
           ("run_inner_loop",), training.inner_loop_updates_pack),
+    Check("flows.diloco_rounds",
+          "two DiLoCo rounds with the inner optimizer state carried as the network carries "
+          "it (null, then a fresh copy); a returned path names a readable regular file",
+          ("run_inner_loop",), flows.diloco_rounds),
+    Check("flows.train_handles",
+          "train_window trains an init_model handle, a merge result and an imported base, "
+          "on one-ref windows, and a dozen windows on one handle",
+          ("train_window", "merge_candidate_models", "import_parameter_pack_path"),
+          flows.train_handles),
+    Check("flows.merge_edge_cases",
+          "a single candidate merges into itself; candidates whose weights sum to 0 give the "
+          "base (as the reference merge) or no merge",
+          ("merge_candidate_models",), flows.merge_edge_cases),
+    Check("flows.root_ema_policies",
+          "apply_single_root_ema answers between base and merged under every MergePolicy",
+          ("apply_single_root_ema",), flows.root_ema_policies),
+    Check("flows.evaluate_fresh_worker",
+          "a fresh worker that never trained imports a base and evaluates every split",
+          ("evaluate", "import_parameter_pack_path"), flows.evaluate_fresh_worker),
+    Check("flows.exchange_between_processes",
+          "packs and artifacts read by another worker process (another PYTHONHASHSEED) "
+          "after the writer exited give the same values and evaluation metrics",
+          ("export_parameter_pack_path", "import_parameter_pack_path",
+           "materialize_model_artifact_path", "load_model_artifact_path"),
+          flows.exchange_between_processes),
+    Check("flows.filters_in_jobs",
+          "the revision's state_dict_filter in exports and inner-loop jobs (custom pack "
+          "hooks included) gives packs of exactly the plan's values",
+          ("export_parameter_pack_path", "run_inner_loop"), flows.filters_in_jobs),
     Check("errors.unknown_method",
           "an unknown method is answered ok:false; the worker keeps serving",
           (WORKER,), errors.unknown_method),

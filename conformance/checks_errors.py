@@ -28,7 +28,7 @@ MODEL_SLOTS: list[tuple[str, str]] = examples.model_slots()
 
 def _examples(s: Session, m: str, m2: str, path: Path) -> examples.Examples:
     return examples.Examples(
-        device=s.options.device,
+        device=s.device(),
         schema_hash=s.options.model_schema_hash,
         models=(m, m2),
         root=str(path),
@@ -154,7 +154,7 @@ def bad_files(s: Session) -> str:
         ),
     ]
     for path, what in imports:
-        params = {"device": s.options.device, "parameter_pack_path": str(path)}
+        params = {"device": s.device(), "parameter_pack_path": str(path)}
         _refused(s, "import_parameter_pack", params, what, s.import_hook)
     for path, what in (
         (root / "missing.safetensors", "an artifact path that does not exist"),

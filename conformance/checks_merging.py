@@ -59,7 +59,7 @@ def merge_identical_copies(s: Session) -> str:
     copies = [s.import_pack(pack.path) for _ in range(2)]
     base, _ = s.crafted(202)
     merged = _merge(s, base, [candidate(copies[0], 1.0), candidate(copies[1], 3.0)])
-    got = s.export(merged)
+    got = s.result(merged, MERGE, "the merge result")
     slack = tolerance(pack.values, s.low_precision())
     if not within(got.values, pack.values, slack):
         raise CheckFailed(
@@ -75,7 +75,7 @@ def merge_weighted_mean(s: Session) -> str:
     b, pb = s.crafted(302)
     base, _ = s.crafted(303)
     merged = _merge(s, base, [candidate(a, 3.0), candidate(b, 1.0)])
-    got = s.export(merged)
+    got = s.result(merged, MERGE, "the merge result")
     slack = _slack(s, pa, pb)
     if count_outside(got.values, pa.values, pb.values, slack):
         raise CheckFailed(
@@ -103,7 +103,7 @@ def merge_preserves_base(s: Session) -> str:
         ("candidate A", a, pa),
         ("candidate B", b, pb),
     ):
-        after = s.export(model_id)
+        after = s.result(model_id, MERGE, f"the {name} after merging")
         if not same_bits(after.values, pack.values):
             raise CheckFailed(
                 f"merging to leave the {name} model unchanged",
@@ -175,7 +175,7 @@ def merge_policy_weights(s: Session) -> str:
             continue
         if not ok or not result:
             raise CheckFailed(what, f"ok:false: {one_line(result)}" if not ok else "null", MERGE)
-        got = s.export(s.track(result))
+        got = s.result(s.track(result), MERGE, f"the {policy} merge result")
         t = fraction_along(got.values, pb.values, pa.values)
         if abs(t - want) > 0.02:
             raise CheckFailed(
@@ -197,7 +197,7 @@ def ema_between(s: Session) -> str:
     answered = s.handle("apply_single_root_ema", params, what=what, hook=EMA)
     if answered != merged:
         raise CheckFailed(what, describe(answered), EMA)
-    got = s.export(merged)
+    got = s.result(merged, EMA, "the EMA result")
     slack = _slack(s, pbase, pmerged)
     if count_outside(got.values, pbase.values, pmerged.values, slack):
         raise CheckFailed(
@@ -255,7 +255,7 @@ def _reconcile(s: Session, local: str, canonical: str, strategy: Any) -> Pack:
     answered = s.handle("reconcile_canonical_model", params, what=what, hook=RECONCILE)
     if answered != canonical:
         raise CheckFailed(what, describe(answered), RECONCILE)
-    return s.export(canonical)
+    return s.result(canonical, RECONCILE, f"the {strategy} result")
 
 
 def results_keep_layout(s: Session) -> str:

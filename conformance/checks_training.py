@@ -138,7 +138,7 @@ def inner_loop_exact_steps(s: Session) -> str:
             if same_bits(after.values, before.values):
                 raise CheckSkipped(
                     f"run_inner_loop did 0 steps on {source} and left the model unchanged; "
-                    "pass --batches FILE with refs it can read"
+                    f"pass {s.options.flag('batches')} FILE with refs it can read"
                 )
             raise CheckFailed(
                 "run_inner_loop's steps_completed to match what it did",

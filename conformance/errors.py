@@ -13,7 +13,8 @@ suite raises on purpose lives here::
     ├── RawWorkerError      a raw-socket worker could not start, or its stream broke
     │   ├── WorkerGone        the connection closed
     │   └── NoAnswer          nothing (or part of a frame) arrived in time
-    └── LayoutUnavailable   the workload's state has no generic torch layout
+    ├── LayoutUnavailable   the workload's state has no generic torch layout
+    └── NetworkRefused      a node would fail the flow after the call answered (network_calls)
 
     ConformanceWarning (a UserWarning)   a WARN, as pytest shows it
 
@@ -106,6 +107,11 @@ class LayoutUnavailable(ConformanceError):
     """The workload's state is not one of the generic layout's shapes (docs/protocol.md §3)."""
 
 
+class NetworkRefused(ConformanceError):
+    """A node would fail here although the worker answered: the message is the node's
+    reason (an unreadable inner optimizer state, a miscounted exact step budget)."""
+
+
 class ConformanceWarning(UserWarning):
     """A check passed, but the workload did something legal and suspicious (a WARN).
 
@@ -121,6 +127,7 @@ __all__ = [
     "ConformanceFailure",
     "ConformanceWarning",
     "LayoutUnavailable",
+    "NetworkRefused",
     "NoAnswer",
     "RawWorkerError",
     "UsageError",

@@ -48,7 +48,8 @@ class ExampleWorkload:
         model = nn.Sequential(
             nn.Linear(FEATURES, self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1)
         )
-        return {"model": model.to(device)}
+        # The network sends our own runtime_device ("python-torch-cpu") as the device.
+        return {"model": model.to(torch_device(device))}
 
     # -- data ------------------------------------------------------------------
 
@@ -127,6 +128,12 @@ def quality(candidate: dict, policy: Any) -> float:
     if policy == "NormClippedWeightedMean":
         return min(max(q, 0.0), 1.0)
     return q  # TrimmedMean, Ema, QualityWeightedEma, Custom
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device for a device string: the network sends the workload's own
+    ``runtime_device()`` (``"python-torch-cpu"``) to init_model and imports."""
+    return torch.device(name.removeprefix("python-torch-"))
 
 
 def generated(seed: int, examples: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,9 @@ workload code runs in the suite's process.  torch is imported on use.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+import functools
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,9 @@ class LocalLayout:
     entries: list[dict] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    shared: list[list[str]] = field(default_factory=list)
+    """Groups of entry names that are one tensor (tied weights: one storage, same view).
+    No pack a peer exports holds different values under two names of one group."""
 
     @property
     def names(self) -> list[str]:
@@ -55,10 +60,38 @@ class LocalLayout:
         """The layout under a filter (the unfiltered float keys it drops become ``excluded``)."""
         kept = [e for e in self.entries if selects(e["name"], include, exclude)]
         dropped = [e["name"] for e in self.entries if not selects(e["name"], include, exclude)]
-        return LocalLayout(kept, sorted([*self.excluded, *dropped]), list(self.ignored))
+        names = {e["name"] for e in kept}
+        shared = [g for g in ([n for n in group if n in names] for group in self.shared)]
+        return LocalLayout(
+            kept,
+            sorted([*self.excluded, *dropped]),
+            list(self.ignored),
+            [g for g in shared if len(g) > 1],
+        )
+
+    def tie(self, values: Any) -> Any:
+        """``values`` (in this layout's order) with every shared group holding one tensor's
+        values: what any peer's export of a tied model holds (a copy; the first name wins)."""
+        import numpy as np
+
+        if not self.shared or values.size != self.parameter_count:
+            return values
+        out = np.array(values, dtype=np.float32)
+        offsets = self.offsets()
+        for group in self.shared:
+            start, end = offsets[group[0]]
+            for name in group[1:]:
+                a, b = offsets[name]
+                out[a:b] = out[start:end]
+        return out
 
     def to_json(self) -> dict:
-        return {"entries": self.entries, "excluded": self.excluded, "ignored": self.ignored}
+        return {
+            "entries": self.entries,
+            "excluded": self.excluded,
+            "ignored": self.ignored,
+            "shared": self.shared,
+        }
 
     @classmethod
     def from_json(cls, value: Any) -> LocalLayout:
@@ -74,17 +107,32 @@ class LocalLayout:
                 for e in value["entries"]
             ]
             return cls(
-                entries, [str(n) for n in value["excluded"]], [str(n) for n in value["ignored"]]
+                entries,
+                [str(n) for n in value["excluded"]],
+                [str(n) for n in value["ignored"]],
+                [[str(n) for n in group] for group in value.get("shared", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed layout report ({exc})") from None
 
 
 def selects(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    """The Filter rule: kept when some include glob matches (or there are none) and no exclude glob."""
-    if include and not any(fnmatch.fnmatchcase(name, g) for g in include):
+    """The Filter rule: kept when some include glob matches (or there are none) and no exclude glob.
+
+    Globs match as :func:`fnmatch.fnmatchcase`; each list is compiled once
+    (fnmatch's own cache holds 32,768 patterns, so longer lists recompiled
+    every glob for every name).
+    """
+    if include and not _glob_matcher(tuple(include))(name):
         return False
-    return not any(fnmatch.fnmatchcase(name, g) for g in exclude)
+    return not exclude or not _glob_matcher(tuple(exclude))(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a name matches one of ``globs`` (not empty: an empty pattern matches all)."""
+    match = re.compile("|".join(map(fnmatch.translate, dict.fromkeys(globs)))).match
+    return lambda name: match(name) is not None
 
 
 def named_modules(state: Any) -> list[tuple[str, Any]]:
@@ -118,6 +166,7 @@ def local_layout(
     import torch
 
     layout = LocalLayout()
+    views: dict[tuple, list[str]] = {}
     for module_name, module in named_modules(state):
         state_dict = module.state_dict()
         for key in sorted(state_dict):
@@ -138,6 +187,15 @@ def local_layout(
                 )
                 if tensors is not None:
                     tensors.append(tensor)
+                view = (
+                    tensor.untyped_storage().data_ptr(),
+                    tensor.storage_offset(),
+                    tuple(tensor.shape),
+                    tuple(tensor.stride()),
+                    str(tensor.dtype),
+                )
+                views.setdefault(view, []).append(name)
+    layout.shared = [names for names in views.values() if len(names) > 1 and names[0]]
     return layout
 
 

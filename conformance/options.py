@@ -77,7 +77,9 @@ class Options:
 
     factory: str
     config: Any = None
-    device: str = "cpu"
+    device: str | None = None
+    """``--device``: overrides the workload's own ``runtime_device`` (which the network
+    sends, and the suite sends by default) in init_model, import and plan calls."""
     batches: list | str | os.PathLike | None = None
     worker_cmd: Sequence[str] | None = None
     pythonpath: Sequence[str] = ()
@@ -93,6 +95,8 @@ class Options:
     model_schema_hash: str = DEFAULT_SCHEMA_HASH
     custom_split: str = "conformance-holdout"
     """The name sent as ``{"Custom": name}`` to evaluate."""
+    interface: str = "cli"
+    """Who runs the suite: ``"cli"`` or ``"pytest"``; hints name options in its terms."""
 
     def __post_init__(self) -> None:
         module, colon, attr = self.factory.partition(":")
@@ -132,6 +136,11 @@ class Options:
                 if not command:
                     raise UsageError(f"{name} must name a program")
         self.pythonpath = tuple(os.fspath(p) for p in self.pythonpath)
+
+    def flag(self, name: str) -> str:
+        """The option ``name`` (e.g. ``"batches"``) as the running interface spells it:
+        ``--batches`` on the command line, ``--workload-batches`` under pytest."""
+        return f"--workload-{name}" if self.interface == "pytest" else f"--{name}"
 
     @property
     def batch_refs(self) -> list | None:

@@ -58,6 +58,10 @@ class ProbeResult:
     details: str = ""
     setup_failed: bool = False
     """True when the workload could not even be imported or built here (not a hook's fault)."""
+    raw: dict = field(default_factory=dict)
+    """What hooks returned before any worker shaped it (protocol.portable_results):
+    ``workload_name`` (its type name and repr, or absent when the attribute is
+    missing), ``train_window`` (the result's type name, or the exception it raised)."""
 
 
 def probe_command() -> list[str]:
@@ -73,9 +77,10 @@ class Probe:
         *,
         factory: str,
         config: Any,
-        device: str,
+        device: str | None,
         calls: int,
         root: Path,
+        batches: list | None = None,
         timeout: float,
         command: Sequence[str] | None = None,
         pythonpath: Sequence[str] = (),
@@ -90,6 +95,7 @@ class Probe:
             "config": config,
             "device": device,
             "calls": calls,
+            "batches": batches,
             "report": str(root / REPORT),
             "values": str(root / VALUES),
         }
@@ -171,6 +177,8 @@ class Probe:
             result.error = f"the layout probe wrote a malformed report ({exc})"
             return result
         result.opaque = report.get("opaque")
+        raw = report.get("raw")
+        result.raw = raw if isinstance(raw, dict) else {}
         if result.layouts and report.get("values_written"):
             import numpy as np
 
@@ -245,13 +253,23 @@ def child_main(request_path: str) -> None:
             report["phase"] = "factory"
             _publish(request, report)
             workload = factory(request["config"])
+            report["raw"] = raw = _raw_name(workload)
+            device = request["device"]
+            if device is None:
+                report["phase"] = "runtime_device"
+                _publish(request, report)
+                device = workload.runtime_device()
             for call in range(1, int(request["calls"]) + 1):
                 report["phase"] = f"init_model {call}"
                 _publish(request, report)
-                state = workload.init_model(request["device"])
+                state = workload.init_model(device)
                 if not _record(request, report, state, first=call == 1):
                     break
                 del state
+            if request.get("batches"):
+                report["phase"] = "train_window"
+                _publish(request, report)
+                raw["train_window"] = _raw_train(workload, device, request["batches"])
             report["phase"] = "done"
         except BaseException as exc:  # SystemExit and KeyboardInterrupt from a hook included
             report["error"] = f"{type(exc).__name__}: {exc}"
@@ -264,6 +282,24 @@ def child_main(request_path: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _raw_name(workload: Any) -> dict:
+    """The ``workload_name`` attribute as the factory's object holds it."""
+    if not hasattr(workload, "workload_name"):
+        return {}
+    name = workload.workload_name
+    return {"workload_name": {"type": type(name).__name__, "repr": repr(name)[:200]}}
+
+
+def _raw_train(workload: Any, device: str, batches: list) -> dict:
+    """What ``train_window`` returns on a fresh model, before any worker shapes it
+    (a hook that raises here is protocol.train_window_metrics' business, not ours)."""
+    try:
+        result = workload.train_window(workload.init_model(device), batches)
+    except BaseException as exc:  # SystemExit too: reported here, judged elsewhere
+        return {"raised": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"type": type(result).__name__, "dict": isinstance(result, dict)}
 
 
 def _record(request: dict, report: dict, state: Any, *, first: bool) -> bool:

@@ -41,7 +41,7 @@ OPTIONS = (
     ("factory", "MOD:ATTR", "run the conformance checks against this workload factory", "string"),
     ("config", "JSON", "JSON config passed to the factory (default {})", "string"),
     ("batches", "FILE", "JSON array of BatchRefs (default: generated micro_epoch refs)", "string"),
-    ("device", "DEV", "device passed to init_model (default cpu)", "string"),
+    ("device", "DEV", "override the workload's runtime_device in init_model (WARN)", "string"),
     ("custom-split", "NAME", 'name evaluate gets as {"Custom": NAME}', "string"),
     ("worker-cmd", "CMD", "worker command, shell-quoted (default: python -m worker)", "string"),
     ("xfails-file", "FILE", "expected failures: one 'CHECK_ID [reason]' per line", "string"),
@@ -64,6 +64,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(dest, f"{text} (--workload-{name})", type=ini_type, default=None)
     group.addoption("--workload-strict", dest="workload_strict", action="store_true",
                     default=None, help="a WARN fails its check")  # fmt: skip
+    group.addoption("--workload-allow-untrained", dest="workload_allow_untrained",
+                    action="store_true", default=None,
+                    help="exit 0 even when the training checks could not run")  # fmt: skip
+    parser.addini("workload_allow_untrained", "exit 0 even when the training checks could not "
+                  "run (--workload-allow-untrained)", type="bool", default=False)  # fmt: skip
     parser.addini("workload_strict", "a WARN fails its check (--workload-strict)", type="bool",
                   default=False)  # fmt: skip
 
@@ -157,10 +162,21 @@ class _LazySession:
         self.session: Any = None
 
     def get(self) -> Any:
+        """The session, started by the first check: a workload that cannot start (a
+        factory that does not import, raises or returns None) ends the run with one
+        usage error instead of one FAIL per check."""
         if self.session is None:
+            from .checks import CHECKS
+            from .errors import UsageError
+            from .runner import preflight
             from .session import Session
 
             self.session = Session(self.options)
+            try:
+                preflight(self.session, CHECKS)
+            except UsageError as exc:
+                self.close()
+                pytest.exit(f"burn-p2p conformance: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
         return self.session
 
     def close(self) -> None:
@@ -200,8 +216,9 @@ def _options(config: pytest.Config) -> Any:
     return Options(
         factory=_setting(config, "factory"),
         config=workload_config,
-        device=_setting(config, "device") or "cpu",
+        device=_setting(config, "device") or None,
         custom_split=_setting(config, "custom-split") or "conformance-holdout",
+        interface="pytest",
         batches=_setting(config, "batches"),
         worker_cmd=shlex.split(cmd) if cmd else None,
         pythonpath=list(dict.fromkeys(roots)),
@@ -246,6 +263,29 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
             collector, name="conformance", nodeid="conformance", path=collector.config.rootpath
         )
         report.result.append(suite)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """An otherwise passing run whose training checks could not run exits 3 (incomplete),
+    as the command line does, unless ``--workload-allow-untrained``."""
+    config = session.config
+    lazy = config.stash.get(_SESSION_KEY, None)
+    if lazy is None or lazy.session is None or exitstatus != 0:
+        return
+    untrained = lazy.session.untrained()
+    allowed = config.getoption("workload_allow_untrained", default=None) or config.getini(
+        "workload_allow_untrained"
+    )
+    if untrained and not allowed:
+        from .runner import EXIT_INCOMPLETE
+
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"burn-p2p conformance INCOMPLETE: the training checks could not run "
+                f"({untrained}); pass --workload-batches FILE, or --workload-allow-untrained"
+            )
+        session.exitstatus = EXIT_INCOMPLETE
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

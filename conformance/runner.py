@@ -8,12 +8,15 @@ Statuses: PASS; WARN (passed, but the workload did something legal and
 suspicious: the reason says what); FAIL; SKIP (could not run here, the reason
 says how to make it run); XFAIL (a FAIL listed as expected).  With
 ``strict``, a WARN is a FAIL.  The exit status derives from the report alone:
-1 when a check failed, else 0.
+1 when a check failed; else :data:`EXIT_INCOMPLETE` (3) when the training
+checks could not run (the workload trained on none of the run's batches: the
+certification is incomplete) unless ``allow_untrained``; else 0.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import traceback
 import xml.etree.ElementTree as ET
@@ -62,6 +65,9 @@ class Outcome:
         }
 
 
+EXIT_INCOMPLETE = 3
+"""The run's exit status when no check failed but the training checks could not run."""
+
 REPORT_FORMAT = "burn-p2p-conformance-report-v1"
 """The JSON report's ``format``: raised only when a field changes meaning (CHANGELOG.md)."""
 
@@ -75,6 +81,11 @@ class Report:
     """Worker processes the run started."""
     strict: bool = False
     """WARN counted as FAIL (``--strict``); the outcomes already carry it."""
+    untrained: str | None = None
+    """Why the training checks could not run (the workload trained on none of the
+    run's batches), or None."""
+    allow_untrained: bool = False
+    """``--allow-untrained``: an untrained run may exit 0 (the author knows)."""
 
     def by_id(self, check_id: str) -> Outcome:
         for outcome in self.outcomes:
@@ -90,8 +101,30 @@ class Report:
         return self.count(FAIL) > 0
 
     @property
+    def incomplete(self) -> bool:
+        """No check failed, but the training checks could not run (and that is not allowed)."""
+        return not self.failed and self.untrained is not None and not self.allow_untrained
+
+    @property
+    def outcome(self) -> str:
+        """``failed``, ``incomplete`` or ``passed``: what the exit status says."""
+        return "failed" if self.failed else "incomplete" if self.incomplete else "passed"
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed else EXIT_INCOMPLETE if self.incomplete else 0
+
+    def incomplete_text(self) -> str:
+        """The closing explanation of an incomplete run (empty when complete)."""
+        if not self.incomplete:
+            return ""
+        flag = self.options.flag
+        return (
+            f"INCOMPLETE: the training checks could not run ({self.untrained}). The workload "
+            f"is not certified: pass {flag('batches')} FILE (a JSON array of BatchRefs it can "
+            f"train on), or {flag('allow-untrained')} if you know it cannot train here "
+            f"(exit status {EXIT_INCOMPLETE} otherwise)"
+        )
 
     def summary(self) -> str:
         """The closing line (``warned`` is appended, so older parsers of the line still work)."""
@@ -121,13 +154,17 @@ class Report:
                 "duration_s": round(self.duration, 3),
                 "worker_processes": self.spawns,
                 "exit_status": self.exit_code,
+                "outcome": self.outcome,
+                "untrained": self.untrained,
+                "allow_untrained": self.allow_untrained,
             },
             "checks": [o.to_json() for o in self.outcomes],
         }
 
     def write_json(self, path: str | Path) -> None:
-        """The JSON report, published atomically (fakecoord.files)."""
-        files.write_bytes(path, (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8"))
+        """The JSON report: published atomically, or written into a stream such as
+        ``/dev/stdout`` or a FIFO (:func:`fakecoord.files.write_output`)."""
+        files.write_output(path, (json.dumps(self.to_json(), indent=2) + "\n").encode("utf-8"))
 
     def write_junit(self, path: str | Path) -> None:
         """JUnit XML as CI systems read it: XFAIL and SKIP are ``<skipped>``."""
@@ -136,10 +173,16 @@ class Report:
             name="burn-p2p-conformance",
             tests=str(len(self.outcomes)),
             failures=str(self.count(FAIL)),
-            errors="0",
+            errors="1" if self.incomplete else "0",
             skipped=str(self.count(SKIP) + self.count(XFAIL)),
             time=f"{self.duration:.3f}",
         )
+        if self.incomplete:
+            case = ET.SubElement(
+                suite, "testcase", classname="conformance.run", name="certification_complete"
+            )
+            node = ET.SubElement(case, "error", message="incomplete: training checks did not run")
+            node.text = self.incomplete_text()
         for outcome in self.outcomes:
             case = ET.SubElement(
                 suite,
@@ -161,8 +204,32 @@ class Report:
             if outcome.warnings:
                 out = ET.SubElement(case, "system-out")
                 out.text = "".join(f"WARN {outcome.id} {w}\n" for w in outcome.warnings)
-        with files.staged_file(path) as out:
-            ET.ElementTree(suite).write(out, encoding="utf-8", xml_declaration=True)
+        for node in suite.iter():
+            node.text = xml_safe(node.text)
+            node.tail = xml_safe(node.tail)
+            for key, value in node.attrib.items():
+                node.attrib[key] = xml_safe(value) or ""
+        files.write_output(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
+
+
+_NOT_XML = re.compile("[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+"""The characters XML 1.0 forbids (controls, lone surrogates, U+FFFE, U+FFFF), and the
+DEL and C1 controls it discourages."""
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def xml_safe(text: str | None) -> str | None:
+    """``text`` with every character XML 1.0 forbids written as ``\\xNN`` / ``\\uNNNN``.
+
+    A dead worker's stderr (colour codes: ESC) or an exception's text may hold
+    any character; unescaped, one makes the JUnit file not well-formed and CI
+    parsers drop the whole run.
+    """
+    return text if text is None else _NOT_XML.sub(_escape_char, text)
 
 
 def execute(
@@ -179,7 +246,8 @@ def execute(
         if not warnings:
             outcome = Outcome(check, PASS, reason)
         elif strict:
-            text = one_line("warning (--strict makes it a failure): " + "; ".join(warnings))
+            strict_flag = session.options.flag("strict")
+            text = one_line(f"warning ({strict_flag} makes it a failure): " + "; ".join(warnings))
             outcome = Outcome(check, FAIL, text, f"passed otherwise: {reason}", warnings=warnings)
         else:
             outcome = Outcome(
@@ -265,6 +333,7 @@ def run_checks(
     on_outcome: Callable[[Outcome], None] | None = None,
     session: Session | None = None,
     strict: bool = False,
+    allow_untrained: bool = False,
 ) -> Report:
     """Run the selected checks against the workload in ``options``.
 
@@ -279,7 +348,7 @@ def run_checks(
     for pattern, reason in (xfail or {}).items():
         for check_id in resolve([pattern], "--xfail"):
             expected_failures[check_id] = reason
-    report = Report(options, strict=strict)
+    report = Report(options, strict=strict, allow_untrained=allow_untrained)
     start = time.monotonic()
     own = session is None
     session = session or Session(options)
@@ -295,6 +364,7 @@ def run_checks(
             report.outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
+        report.untrained = session.untrained()
     finally:
         report.spawns = session.spawns
         if own:
@@ -303,10 +373,32 @@ def run_checks(
     return report
 
 
+EXTRA_MODULES = ("numpy", "hypothesis")
+"""What the ``[conformance]`` extra installs and the suite imports on use."""
+INSTALL_LINE = "pip install 'burn-p2p-python-worker[conformance]'"
+
+
+def require_extra() -> None:
+    """Raise :class:`UsageError` naming the ``[conformance]`` extra when one of its
+    modules cannot be imported (instead of checks that crash on the import)."""
+    import importlib
+
+    for name in EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(
+                f"the conformance suite needs its [conformance] extra, which is not installed "
+                f"(cannot import {name!r}: {exc}); install it with: {INSTALL_LINE}"
+            ) from None
+
+
 def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
     """Start the layout probe in the background when a check will need it, and the
     worker the first check needs (a raw one when only framing checks run); a
-    worker that cannot start is a :class:`UsageError`."""
+    worker that cannot start, or a missing ``[conformance]`` extra, is a
+    :class:`UsageError`."""
+    require_extra()
     if any(c.uses_probe for c in checks):
         session.start_probe()
     try:
@@ -314,6 +406,7 @@ def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
             session.raw()
         else:
             session.client()
+            _check_workload_object(session)
     except CheckFailed as exc:
         raise UsageError(
             f"cannot start the workload {session.options.factory!r}: {exc.got}"
@@ -321,7 +414,29 @@ def preflight(session: Session, checks: Sequence[Check] = ()) -> None:
         ) from None
 
 
+def _check_workload_object(session: Session) -> None:
+    """One usage error, not dozens of FAILs, when the factory returned None (every
+    worker then names the workload ``NoneType``): every check would fail alike.
+
+    Lenient on purpose: anything else a broken worker answers here (a malformed
+    hello, a crash) is left to the checks, which judge it."""
+    from fakecoord.errors import FakecoordError
+
+    factory = session.options.factory
+    client = session.client()
+    try:
+        hello = client.call("hello", None, timeout=session.options.exit_timeout)
+    except FakecoordError:
+        return
+    if isinstance(hello, dict) and hello.get("workload_name") == "NoneType":
+        raise UsageError(
+            f"the factory {factory!r} returned None: it must return the workload object "
+            "(docs/workload-authors.md §2)"
+        )
+
+
 __all__ = [
+    "EXIT_INCOMPLETE",
     "FAIL",
     "PASS",
     "SKIP",

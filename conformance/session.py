@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ class Session:
         self._client_dead = False
         self._raw: RawWorker | None = None
         self._counter = itertools.count(1)
+        self._lock = threading.Lock()
         self._models: list[str] = []
         self._cache: dict[str, Any] = {}
         self._used_in_check = False
@@ -115,6 +117,8 @@ class Session:
         self.check_id = ""
         self.warnings: list[str] = []
         self.spawns = 0
+        self._extra: list[Any] = []
+        self._kept: list[Any] = []
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -126,6 +130,9 @@ class Session:
 
     def close(self) -> None:
         """Stop every process this session started and remove its scratch files."""
+        for client in [*self._extra, *self._kept]:
+            client.close()
+        self._extra, self._kept = [], []
         self.drop_raw()
         self.drop_client()
         if self._probe is not None:
@@ -145,7 +152,11 @@ class Session:
         self.warnings.append(one_line(text))
 
     def end_check(self) -> None:
-        """Release the models the finished check created (failures ignored)."""
+        """Release the models the finished check created (failures ignored); stop the
+        extra workers it started."""
+        extra, self._extra = self._extra, []
+        for client in extra:
+            client.close()
         models, self._models = self._models, []
         if self._client is None or self._client_dead:
             return
@@ -365,6 +376,41 @@ class Session:
             self._cache["capability"] = decoded
         return self._cache["capability"]
 
+    def device(self) -> str:
+        """The device every ``init_model`` / ``import_parameter_pack`` /
+        ``parameter_pack_plan`` call gets: the workload's own ``runtime_device``
+        from ``capability_probe``, as the network sends it (lib.rs
+        ``PythonTorchProject::new_with_data_pipeline`` keeps
+        ``probe.runtime_device`` and passes it to every such call), unless
+        ``--device`` overrides it (protocol.capability_probe WARNs when they
+        differ).  When ``capability_probe`` cannot answer: the override, else
+        ``"cpu"`` (protocol.capability_probe fails for that)."""
+        if "device" not in self._cache:
+            override = self.options.device
+            if override is not None:
+                self._cache["device"] = override
+            else:
+                try:
+                    self._cache["device"] = self.capability()["runtime_device"]
+                except CheckFailed:
+                    return "cpu"
+        return self._cache["device"]
+
+    def device_override(self) -> str | None:
+        """Why ``--device`` differs from the workload's ``runtime_device`` (a WARN), or None."""
+        override = self.options.device
+        if override is None:
+            return None
+        own = self.capability()["runtime_device"]
+        if own == override:
+            return None
+        return (
+            f"{self.options.flag('device')} {override!r} overrides the workload's "
+            f"runtime_device {own!r}; the "
+            f"network always sends {own!r} to init_model, import_parameter_pack and "
+            "parameter_pack_plan, so this run does not certify that device string"
+        )
+
     def plan(self, state_filter: dict | None = None, *, fresh: bool = False) -> dict:
         """``parameter_pack_plan`` (cached for the empty filter unless ``fresh``).
 
@@ -374,7 +420,7 @@ class Session:
         if key and key in self._cache:
             return self._cache[key]
         params = {
-            "device": self.options.device,
+            "device": self.device(),
             "state_dict_filter": state_filter or dict(spec.EMPTY_FILTER),
         }
         hook = "init_model() (the plan is computed on a fresh init_model state)"
@@ -420,7 +466,7 @@ class Session:
     def new_model(self) -> str:
         """A fresh ``init_model`` handle (released after the check)."""
         what = 'init_model to answer {"model_id": str}'
-        params = {"device": self.options.device}
+        params = {"device": self.device()}
         return self.track(self.handle("init_model", params, what=what, hook="init_model()"))
 
     def export(
@@ -444,6 +490,29 @@ class Session:
         self.request("export_parameter_pack", params, expected=what, hook=self.export_hook)
         return self.read(path, self.export_hook)
 
+    def result(self, model_id: str, hook: str, what: str) -> Pack:
+        """Export a hook's result and check it has the template's layout and count first
+        (a merge that changes the parameter count is a FAIL with that reason, not a
+        comparison of arrays of different sizes)."""
+        return self.same_layout(self.export(model_id), hook, what)
+
+    def same_layout(self, pack: Pack, hook: str, what: str) -> Pack:
+        """``pack``, after checking it has the template's layout hash and parameter count."""
+        want = self.template()
+        if (pack.layout_hash, pack.parameter_count) != (want.layout_hash, want.parameter_count):
+            changed = (
+                f"{pack.parameter_count} values instead of {want.parameter_count}"
+                if pack.parameter_count != want.parameter_count
+                else f"layout {pack.layout_hash} instead of {want.layout_hash}"
+            )
+            raise CheckFailed(
+                f"{what} in the base's layout ({want.parameter_count} values, layout "
+                f"{want.layout_hash}): every peer compares packs by layout hash",
+                changed,
+                hook + ": keep every key, shape and dtype of the base",
+            )
+        return pack
+
     def read(self, path: Path, hook: str) -> Pack:
         """The pack at ``path``, validated and read into memory (fakecoord.packs)."""
         try:
@@ -452,7 +521,7 @@ class Session:
             raise CheckFailed("a valid parameter pack on disk", str(exc), hook) from None
 
     def import_pack(self, path: Path, state_dict_filter: dict | None = None) -> str:
-        params: dict[str, Any] = {"device": self.options.device, "parameter_pack_path": str(path)}
+        params: dict[str, Any] = {"device": self.device(), "parameter_pack_path": str(path)}
         if state_dict_filter is not None:
             params["state_dict_filter"] = state_dict_filter
         what = 'import_parameter_pack to answer {"model_id": str}'
@@ -476,10 +545,26 @@ class Session:
         )
 
     def crafted(self, seed: int) -> tuple[str, Pack]:
-        """A model holding seeded values no ``init_model`` gives, and its exported pack."""
+        """A model holding seeded values no ``init_model`` gives (tied weights kept tied),
+        and its exported pack."""
         from .values import perturbed
 
-        return self.holding(perturbed(self.template().values, seed), f"crafted-{seed}")
+        values = self.tied(perturbed(self.template().values, seed))
+        return self.holding(values, f"crafted-{seed}")
+
+    def tied(self, values: Any) -> Any:
+        """``values`` with tied weights (two names, one tensor) equal, as every peer's pack
+        holds them; unchanged when the layout is not the generic one or is unknown."""
+        if "tie_layout" not in self._cache:
+            layout = None
+            if not self.custom_packs:
+                try:
+                    layout = self.local_layout()
+                except (CheckSkipped, CheckFailed):
+                    layout = None
+            self._cache["tie_layout"] = layout
+        layout = self._cache["tie_layout"]
+        return layout.tie(values) if layout is not None else values
 
     def holding(self, values: Any, name: str) -> tuple[str, Pack]:
         """A model imported from a pack of ``values`` (template layout), and its exported pack.
@@ -511,6 +596,7 @@ class Session:
                 config=o.config,
                 device=o.device,
                 calls=PROBE_CALLS,
+                batches=o.batch_refs if o.batch_refs is not None else generated_batches(2),
                 root=self.root / "probe",
                 timeout=o.call_timeout,
                 command=o.probe_cmd,
@@ -558,6 +644,12 @@ class Session:
             self._cache["probe"] = run_train_probe(self)
         return self._cache["probe"]
 
+    def untrained(self) -> str | None:
+        """Why the run's training checks could not run (the first train_window on the
+        run's batches raised or did 0 steps), when a check asked; else None."""
+        probe = self._cache.get("probe")
+        return probe.skip if probe is not None else None
+
     def training_batches(self, count: int = 2) -> tuple[list, str]:
         """Batches for a check that trains, and where they come from.
 
@@ -569,7 +661,9 @@ class Session:
         if probe.skip:
             raise CheckSkipped(probe.skip)
         if self.options.batch_refs is not None:
-            return list(self.options.batch_refs), "the BatchRefs from --batches"
+            return list(
+                self.options.batch_refs
+            ), f"the BatchRefs from {self.options.flag('batches')}"
         return generated_batches(count), f"{count} generated micro_epoch refs"
 
     # -- raw worker processes (framing checks) ---------------------------------------

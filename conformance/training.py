@@ -103,7 +103,9 @@ def run_train_probe(s: Session) -> TrainProbe:
     """Train a fresh model with the run's batches, exporting it before and after."""
     if s.options.batch_refs is not None:
         batches = list(s.options.batch_refs)
-        probe = TrainProbe(f"the {len(batches)} BatchRefs from --batches", batches)
+        probe = TrainProbe(
+            f"the {len(batches)} BatchRefs from {s.options.flag('batches')}", batches
+        )
     else:
         batches = generated_batches(2)
         probe = TrainProbe("2 generated micro_epoch refs", batches)
@@ -126,7 +128,8 @@ def run_train_probe(s: Session) -> TrainProbe:
         if s.options.batches is None and hook_raised:
             probe.skip = (
                 "the workload cannot consume generated micro_epoch refs: "
-                f"{one_line(exc.message, 160)}; pass --batches FILE with refs it can read"
+                f"{one_line(exc.message, 160)}; pass {s.options.flag('batches')} FILE with refs "
+                "it can read"
             )
         return probe
     except FakecoordError as exc:
@@ -140,9 +143,11 @@ def run_train_probe(s: Session) -> TrainProbe:
             probe.pack_error = exc.reason
     if probe.changed == 0 and probe.zero_work:
         hint = (
-            "no --batches given: pass --batches FILE with refs it can read"
+            f"no {s.options.flag('batches')} given: pass {s.options.flag('batches')} FILE with "
+            "refs it can read"
             if s.options.batches is None
-            else "check that the refs in --batches name data the workload can read"
+            else f"check that the refs in {s.options.flag('batches')} name data the workload "
+            "can read"
         )
         probe.skip = (
             f"the workload did 0 training steps on {probe.source} "

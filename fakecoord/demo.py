@@ -9,9 +9,15 @@ docs/protocol.md §4 is implemented:
   shard files; one ref is one optimizer step.  A ref carrying
   ``"fault_inject": "error"`` makes the step raise (the simulator's
   ``--fault error@P:R``);
-- ``run_inner_loop`` runs AdamW and keeps its state across rounds in
-  ``inner_optimizer_state_path`` (``torch.save``, loaded with
-  ``weights_only=True``: nothing is unpickled);
+- ``run_inner_loop`` runs AdamW and carries its state as the network does
+  (docs/protocol.md §6): it loads the state from ``inner_optimizer_state_path``
+  when the job names one (null on a peer's first round), writes the new state
+  to a file it chooses (beside ``output_parameter_pack_path``) and returns that
+  path (``torch.save``, loaded with ``weights_only=True``: nothing is
+  unpickled);
+- ``runtime_device`` is ``"python-torch-cpu"``; every hook taking a device
+  maps that string (``python-torch-X`` -> ``torch.device("X")``) and also
+  takes a plain torch device name;
 - ``evaluate`` serves ``Train``, ``Validation``, ``Test`` and
   ``{"Custom": NAME}`` for any ``NAME.json`` shard in ``data_dir``;
 - the merge hooks weigh candidates by ``sample_weight`` times the policy's
@@ -26,7 +32,6 @@ Config keys (all optional): ``data_dir`` (needed by ``evaluate``), ``seed``
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +148,7 @@ class DemoWorkload:
     # -- metadata ----------------------------------------------------------
 
     def runtime_device(self) -> str:
-        return "python-torch-cpu"
+        return RUNTIME_DEVICE_PREFIX + "cpu"
 
     def capability_probe(self) -> dict:
         return {
@@ -243,20 +248,21 @@ class DemoWorkload:
     def run_inner_loop(self, state: dict, job: dict) -> dict:
         model = state["model"]
         optimizer = self._optimizer(model)
-        path = job.get("inner_optimizer_state_path")
-        if path and os.path.exists(path):
-            optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        given = job.get("inner_optimizer_state_path")
+        if given is not None:
+            optimizer.load_state_dict(torch.load(given, map_location="cpu", weights_only=True))
         steps = int(job["num_inner_steps"])
         metrics = self._train(model, optimizer, list(job["batches"]), steps)
-        encoding = None
-        if path:
-            _save_atomically(optimizer.state_dict(), Path(path))
-            encoding = OPTIMIZER_ENCODING
+        # The job names no output location for the state: the workload picks one and returns
+        # it; the coordinator reads it right after the call (lib.rs run_worker_inner_loop).
+        output = Path(job["output_parameter_pack_path"])
+        saved = output.with_name(output.name + ".inner-optimizer.pt")
+        _save_atomically(optimizer.state_dict(), saved)
         return {
             "steps_completed": metrics["steps"],
             "metrics": metrics,
-            "inner_optimizer_state_path": path,
-            "inner_optimizer_state_encoding": encoding,
+            "inner_optimizer_state_path": str(saved),
+            "inner_optimizer_state_encoding": OPTIMIZER_ENCODING,
         }
 
     def evaluate(self, state: dict, split: Any) -> dict:
@@ -342,9 +348,14 @@ def make_workload(config: dict | None) -> DemoWorkload:
     return DemoWorkload(config)
 
 
+RUNTIME_DEVICE_PREFIX = "python-torch-"
+
+
 def _device(name: str) -> torch.device:
+    """``python-torch-X`` (this workload's own ``runtime_device``, which the network sends
+    back) or a torch device name -> the torch device."""
     try:
-        return torch.device(name)
+        return torch.device(name.removeprefix(RUNTIME_DEVICE_PREFIX))
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"init_model: unknown device {name!r} ({exc})") from None
 

@@ -298,6 +298,20 @@ class OuterError(FakecoordError):
         """Which contributor's pack held the bad values (index into the locals), if known."""
 
 
+class RoundFailed(FakecoordError):
+    """The network fails this DiLoCo round (``burn_p2p`` ``diloco/network.rs``): too few
+    participants or contributions, an inner loop without batches or with the wrong step
+    count.  The message is the network's own text."""
+
+
+class InnerStateError(WorkerFault):
+    """A workload returned an ``inner_optimizer_state_path`` the coordinator cannot read
+    right after the call (missing, not a regular file, unreadable); the message names the
+    peer and the round."""
+
+    method = "run_inner_loop"
+
+
 class JobFailed(FakecoordError):
     """A checkpoint-command job exited with a non-zero status; the message quotes its log."""
 
@@ -312,8 +326,10 @@ class JobFailed(FakecoordError):
 
 __all__ += [
     "FaultSpecError",
+    "InnerStateError",
     "JobFailed",
     "OuterError",
+    "RoundFailed",
     "RunFailed",
     "SettingsError",
     "SimError",

@@ -8,9 +8,12 @@ in the worker's pack code cannot hide behind the same bug here.
 - :func:`open_pack` validates a pack (manifest fields, a plain values file
   inside the pack opened without following links, its exact length) and maps
   its values read-only: a 5e7-parameter pack costs no memory until read.
-- :func:`write_pack` and :func:`pack_writer` publish a pack atomically (a
-  staging directory renamed into place) with the manifest the Rust
-  coordinator writes.
+- :func:`write_pack`, :func:`pack_writer` and :func:`pack_stream_writer`
+  publish a pack atomically (a staging directory renamed into place) with
+  the manifest the Rust coordinator writes.  Values are written with
+  ``write`` calls, never through a memory map, so a full disk is a
+  :class:`~fakecoord.errors.PackError` (and the staging is removed), not a
+  SIGBUS.
 - :func:`layout_hash` is the layout hash of a list of layout entries.
 
 Every refusal raises :class:`~fakecoord.errors.PackError` naming the pack
@@ -19,6 +22,7 @@ and what is wrong with it.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -260,44 +264,124 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     return json.dumps(dict(manifest), indent=2, allow_nan=False).encode("utf-8")
 
 
+WRITE_CHUNK_ELEMENTS = 1 << 20
+"""Values converted to float32 at a time when the caller's are not float32 already."""
+
+
+def _write_values(fd: int, values: np.ndarray) -> None:
+    """Append ``values`` (1-D) as little-endian float32 to ``fd`` with ``write`` calls.
+
+    Contiguous float32 values are written from their own memory (no copy);
+    others are converted :data:`WRITE_CHUNK_ELEMENTS` at a time.  Raises
+    ``OSError`` from the file system (a full disk: ENOSPC, never SIGBUS).
+    """
+    if values.dtype == F32 and values.flags.c_contiguous:
+        _write_all(fd, values.data.cast("B"))
+        return
+    for start in range(0, values.shape[0], WRITE_CHUNK_ELEMENTS):
+        chunk = np.ascontiguousarray(values[start : start + WRITE_CHUNK_ELEMENTS], dtype=F32)
+        _write_all(fd, chunk.data.cast("B"))
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _cannot_write(path: str | os.PathLike, exc: OSError) -> PackError:
+    reason = exc.strerror or str(exc)
+    return PackError(f"cannot write parameter pack {os.fspath(path)!r}: {reason}")
+
+
+@contextmanager
+def _staged_pack(path: str | os.PathLike, manifest: Manifest) -> Iterator[tuple[Path, list[bool]]]:
+    """A staging directory published as the pack at ``path`` on a clean exit.
+
+    Yields the staging directory and a flag the caller sets when the body's
+    own exception is passing through (then it propagates unchanged).  Any
+    other ``OSError`` becomes :class:`PackError` naming ``path``; on every
+    failure the staging is removed (:func:`~fakecoord.files.staged_directory`).
+    """
+    body_failed = [False]
+    try:
+        with staged_directory(path) as staging:
+            yield staging, body_failed
+            (staging / MANIFEST_NAME).write_bytes(manifest_bytes(manifest.to_json()))
+    except OSError as exc:
+        if body_failed[0]:
+            raise
+        raise _cannot_write(path, exc) from None
+
+
+def _open_values_for_writing(staging: Path, count: int) -> int:
+    """Create the staging values file, its ``count * 4`` bytes reserved (:func:`_preallocate`)."""
+    fd = os.open(staging / VALUES_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _preallocate(fd, count * 4)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+_fallocate: Any = None
+
+
+def _preallocate(fd: int, nbytes: int) -> None:
+    """Reserve ``nbytes`` for ``fd`` before writing, as numpy's ``tofile`` does.
+
+    Large sequential writes into reserved blocks are faster on ext4, and a
+    full disk fails here before any data is written (``OSError`` ENOSPC).
+    Linux ``fallocate(2)`` with ``FALLOC_FL_KEEP_SIZE`` (the size is
+    untouched); a no-op where it is unavailable or the file system cannot
+    reserve.
+    """
+    global _fallocate
+    if nbytes <= 0:
+        return
+    if _fallocate is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).fallocate
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            fn.restype = ctypes.c_int
+            _fallocate = fn
+        except (OSError, AttributeError):
+            _fallocate = False
+    if _fallocate and _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, nbytes) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise OSError(err, os.strerror(err))
+
+
 @contextmanager
 def pack_writer(
     path: str | os.PathLike, parameter_count: int, *, layout_hash: str, model_schema_hash: str
 ) -> Iterator[np.ndarray]:
-    """Write a pack's values in place, then publish the pack atomically.
+    """Fill a pack's values in memory, then write and publish the pack atomically.
 
     ``with pack_writer(path, count, layout_hash=..., model_schema_hash=...) as values:``
-    gives a writable, zero-filled float32 memory map of ``count`` values; on
-    a clean exit the manifest is written and the pack renamed into place at
-    ``path``, which must not exist.  If the body raises, nothing appears at
-    ``path`` and the exception propagates unchanged.  File-system failures
-    raise :class:`PackError`.
+    gives a writable, zero-filled float32 array of ``count`` values (in
+    memory: for packs larger than memory use :func:`pack_stream_writer`); on
+    a clean exit they are written with ``write`` calls, the manifest
+    is written and the pack renamed into place at ``path``, which must not
+    exist.  If the body raises, nothing appears at ``path`` and the exception
+    propagates unchanged.  File-system failures (a full disk included)
+    raise :class:`PackError` naming ``path``, and leave no staging behind.
     """
     manifest = Manifest(model_schema_hash, layout_hash, int(parameter_count))
-    count = manifest.parameter_count
-    body_failed = False
-    try:
-        with staged_directory(path) as staging:
-            values_path = staging / VALUES_NAME
-            with open(values_path, "xb") as f:
-                f.truncate(count * 4)
-            values = (
-                np.memmap(values_path, dtype=F32, mode="r+", shape=(count,))
-                if count
-                else np.empty(0, dtype=np.float32)
-            )
-            try:
-                yield values
-            except BaseException:
-                body_failed = True
-                raise
-            if isinstance(values, np.memmap):
-                values.flush()
-            (staging / MANIFEST_NAME).write_bytes(manifest_bytes(manifest.to_json()))
-    except OSError as exc:
-        if body_failed:
+    with _staged_pack(path, manifest) as (staging, body_failed):
+        values = np.zeros(manifest.parameter_count, dtype=F32)
+        try:
+            yield values
+        except BaseException:
+            body_failed[0] = True
             raise
-        raise PackError(f"cannot write parameter pack {os.fspath(path)!r}: {exc}") from None
+        fd = _open_values_for_writing(staging, manifest.parameter_count)
+        try:
+            _write_values(fd, values)
+        finally:
+            os.close(fd)
 
 
 def write_pack(
@@ -309,15 +393,21 @@ def write_pack(
 ) -> Path:
     """Write ``values`` (cast to float32) as a new pack at ``path``, atomically.
 
-    ``path`` must not exist.  Raises :class:`PackError`.
+    Contiguous float32 values are written from their own memory, others
+    converted a chunk at a time.  ``path`` must not exist.  Raises
+    :class:`PackError` (a full disk included, naming ``path``; no staging is
+    left behind).
     """
     flat = np.asarray(values)
     if flat.ndim != 1:
         raise PackError(f"write_pack {os.fspath(path)!r}: values must be 1-D, got {flat.shape}")
-    with pack_writer(
-        path, flat.shape[0], layout_hash=layout_hash, model_schema_hash=model_schema_hash
-    ) as out:
-        out[:] = flat
+    manifest = Manifest(model_schema_hash, layout_hash, int(flat.shape[0]))
+    with _staged_pack(path, manifest) as (staging, _):
+        fd = _open_values_for_writing(staging, manifest.parameter_count)
+        try:
+            _write_values(fd, flat)
+        finally:
+            os.close(fd)
     return Path(path)
 
 
@@ -380,13 +470,15 @@ class PackReader:
 class PackStreamWriter:
     """The sink :func:`pack_stream_writer` yields: ``write(chunk)`` appends values in order."""
 
-    def __init__(self, file: Any, parameter_count: int) -> None:
-        self._file = file
+    def __init__(self, fd: int, parameter_count: int, path: str | os.PathLike) -> None:
+        self._fd = fd
+        self._path = path
         self.parameter_count = parameter_count
         self.written = 0
 
     def write(self, values: np.ndarray) -> None:
-        """Append ``values`` (float32, 1-D); raises :class:`PackError` past ``parameter_count``."""
+        """Append ``values`` (float32, 1-D); raises :class:`PackError` past ``parameter_count``
+        and for a file-system failure (a full disk included), naming the pack."""
         if values.dtype != F32 or values.ndim != 1:
             raise PackError("pack_stream_writer: write() takes 1-D little-endian float32 arrays")
         if self.written + values.size > self.parameter_count:
@@ -394,7 +486,10 @@ class PackStreamWriter:
                 f"pack_stream_writer: {self.written + values.size} values written, but the pack "
                 f"holds {self.parameter_count}"
             )
-        self._file.write(np.ascontiguousarray(values))
+        try:
+            _write_values(self._fd, values)
+        except OSError as exc:
+            raise _cannot_write(self._path, exc) from None
         self.written += values.size
 
 
@@ -404,34 +499,31 @@ def pack_stream_writer(
 ) -> Iterator[PackStreamWriter]:
     """Write a pack's values sequentially with ``write()``, then publish it atomically.
 
-    The streaming counterpart of :func:`pack_writer`: plain ``write`` calls
-    instead of a shared memory map, so the writer's memory stays at its
-    chunk size.  Exactly ``parameter_count`` values must be written.  If the
-    body raises, nothing appears at ``path`` (which must not exist) and the
-    exception propagates unchanged; a short pack or a file-system failure
-    raises :class:`PackError`.
+    The streaming counterpart of :func:`pack_writer`: each ``write`` goes
+    straight to the file, so the writer's memory stays at its chunk size.
+    Exactly ``parameter_count`` values must be written.  If the body raises,
+    nothing appears at ``path`` (which must not exist) and the exception
+    propagates unchanged; a short pack or a file-system failure (a full disk
+    included, in ``write()`` too) raises :class:`PackError` naming ``path``,
+    and no staging is left behind.
     """
     manifest = Manifest(model_schema_hash, layout_hash, int(parameter_count))
-    body_failed = False
-    try:
-        with staged_directory(path) as staging:
-            with open(staging / VALUES_NAME, "xb") as f:
-                writer = PackStreamWriter(f, manifest.parameter_count)
-                try:
-                    yield writer
-                except BaseException:
-                    body_failed = True
-                    raise
-            if writer.written != manifest.parameter_count:
-                raise PackError(
-                    f"pack_stream_writer {os.fspath(path)!r}: {writer.written} of "
-                    f"{manifest.parameter_count} values were written"
-                )
-            (staging / MANIFEST_NAME).write_bytes(manifest_bytes(manifest.to_json()))
-    except OSError as exc:
-        if body_failed:
-            raise
-        raise PackError(f"cannot write parameter pack {os.fspath(path)!r}: {exc}") from None
+    with _staged_pack(path, manifest) as (staging, body_failed):
+        fd = _open_values_for_writing(staging, manifest.parameter_count)
+        try:
+            writer = PackStreamWriter(fd, manifest.parameter_count, path)
+            try:
+                yield writer
+            except BaseException:
+                body_failed[0] = True
+                raise
+        finally:
+            os.close(fd)
+        if writer.written != manifest.parameter_count:
+            raise PackError(
+                f"pack_stream_writer {os.fspath(path)!r}: {writer.written} of "
+                f"{manifest.parameter_count} values were written"
+            )
 
 
 def check_compatible(pack: Manifest, base: Manifest, where: str) -> None:

@@ -59,11 +59,13 @@ def options(factory: str, config: dict | None = None, **kwargs: Any) -> Options:
 def forked(
     factory: str, config: dict | None, zygote: str, defect: str | None = None, **kw: Any
 ) -> Options:
-    """Options whose worker and layout probe are forked by the fork server."""
-    return options(
-        factory, config, worker_cmd=bw.worker_command(defect, zygote),
-        probe_cmd=bw.probe_command(zygote), **kw,
-    )  # fmt: skip
+    """Options whose worker and layout probe are forked by the fork server (``kw`` may
+    override either, e.g. ``worker_cmd=None`` for real worker processes)."""
+    commands = {
+        "worker_cmd": bw.worker_command(defect, zygote),
+        "probe_cmd": bw.probe_command(zygote),
+    }
+    return options(factory, config, **{**commands, **kw})
 
 
 def not_passed(report: Any) -> list[str]:
@@ -145,6 +147,50 @@ def test_defect_is_caught_by_its_check(broken_outcomes: dict[str, Any], name: st
         assert "; fix: " in outcome.reason
     else:
         assert outcome.warnings and outcome.reason
+
+
+def test_a_merge_that_changes_the_parameter_count_fails_with_that_reason(
+    broken_outcomes: dict[str, Any],
+) -> None:
+    outcome = broken_outcomes["merge_widens"]
+    assert outcome.status == FAIL and "values instead of 49" in outcome.reason, outcome.line()
+    assert "crashed" not in outcome.reason
+
+
+# ---------------------------------------------------------------------------
+# Legal but unusual workloads pass every check with exit 0 (no false alarms)
+
+
+CONTROLS = "tests.broken:make_control"
+
+
+@pytest.mark.parametrize(
+    "control",
+    [
+        "shared_weights", "multi_module", "half_parameters", "batchnorm_buffers",
+        "extra_state", "required_hooks_only", "opaque_state", "proper_inner_state",
+    ],
+)  # fmt: skip
+def test_legal_unusual_workloads_pass_every_check(zygote: str, control: str) -> None:
+    report = run_checks(forked(CONTROLS, {"control": control}, zygote))
+    assert [o.line() for o in report.outcomes if o.status not in (PASS, SKIP)] == []
+    assert report.exit_code == 0
+
+
+def test_tied_weights_are_imported_tied_and_keep_tight_merge_tolerances(zygote: str) -> None:
+    from conformance.session import Session
+
+    with Session(forked(CONTROLS, {"control": "shared_weights"}, zygote)) as s:
+        assert s.local_layout().shared == [["0.bias", "2.bias"], ["0.weight", "2.weight"]]
+        assert s.low_precision() is False  # crafted packs respect the sharing
+
+
+def test_the_network_device_is_sent_and_an_override_warns(zygote: str) -> None:
+    report = run_checks(forked(EXAMPLE, None, zygote), select=["protocol.capability_probe"])
+    assert not_passed(report) == []
+    opts = forked(EXAMPLE, None, zygote, device="cpu")
+    (outcome,) = run_checks(opts, select=["protocol.capability_probe"]).outcomes
+    assert outcome.status == WARN and "'python-torch-cpu'" in outcome.reason
 
 
 def _controls() -> list[tuple[str, dict, list[str]]]:

@@ -139,6 +139,34 @@ def test_cli_exit_0_prints_one_line_per_check_and_writes_reports(
     assert suite.find("testcase[@name='errors.bad_files']/skipped") is not None
 
 
+def test_cli_reports_onto_a_stdout_link_and_a_fifo_are_written_into_them(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """Issue 16 item 16: the rename replaced a /dev/stdout-like link (nothing reached
+    stdout, exit 0) and a FIFO (its reader waited forever)."""
+    from tests.test_coord_packs import FifoReader
+
+    read_end, write_end = os.pipe()
+    stdout_like = tmp_path / "stdout"
+    stdout_like.symlink_to(f"/proc/self/fd/{write_end}")
+    fifo = tmp_path / "junit.fifo"
+    reader = FifoReader(fifo)
+    try:
+        code, _, _ = run_cli(
+            capsys, "--factory", STUB, "--select", "errors.unknown_method",
+            "--json", str(stdout_like), "--junit-xml", str(fifo),
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            sent = pipe.read()
+    assert code == 0
+    assert json.loads(sent)["summary"]["passed"] == 1
+    assert ET.fromstring(reader.read_all()).get("tests") == "1"
+    assert stdout_like.is_symlink() and os.readlink(stdout_like) == f"/proc/self/fd/{write_end}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.fifo", "stdout"]
+
+
 def test_cli_exit_1_names_expectation_result_and_hook(
     capsys: pytest.CaptureFixture, zygote: str, tmp_path: Path
 ) -> None:
@@ -153,6 +181,56 @@ def test_cli_exit_1_names_expectation_result_and_hook(
     assert "; got ok:true" in line and "; fix: the worker's parameter validation" in line
     failure = ET.parse(tmp_path / "r.xml").getroot().find("testcase/failure")
     assert failure is not None and failure.get("message", "").startswith("expected ")
+
+
+HOSTILE = "\x1b[31mred\x1b[0m \x00nul \udcff\ud800 \ufffe\uffff \x0c\x7f ok\u00e9\U0001f600\n"
+
+
+def test_junit_xml_is_well_formed_whatever_the_failure_text_holds(tmp_path: Path) -> None:
+    """Issue 16 item 15: a dead worker's stderr (ESC, NUL...) made the file unparsable."""
+    from conformance.runner import FAIL, SKIP, Outcome, Report
+
+    report = Report(options(STUB))
+    report.outcomes = [
+        Outcome(CHECKS[0], FAIL, f"worker died: {HOSTILE}", f"stderr:\n{HOSTILE}", 0.1, [HOSTILE]),
+        Outcome(CHECKS[1], SKIP, HOSTILE),
+    ]
+    report.write_junit(tmp_path / "r.xml")
+    root = ET.parse(tmp_path / "r.xml").getroot()  # well-formed
+    failure = root.find("testcase/failure")
+    assert failure is not None
+    escaped = (
+        "\\x1b[31mred\\x1b[0m \\x00nul \\udcff\\ud800 \\ufffe\\uffff \\x0c\\x7f ok\u00e9\U0001f600"
+    )
+    assert failure.get("message") == f"worker died: {escaped}\n"
+    assert failure.text == f"stderr:\n{escaped}\n"
+    prop = root.find("testcase/properties/property")
+    assert prop is not None and prop.get("value") == f"{escaped}\n"
+    skipped = root.find("testcase[2]/skipped")
+    assert skipped is not None and skipped.get("message") == f"{escaped}\n"
+
+
+def test_cli_an_untrained_run_exits_3_incomplete_unless_allowed(
+    capsys: pytest.CaptureFixture, zygote: str, tmp_path: Path
+) -> None:
+    # train_window raises SystemExit on every generated ref: SKIPs, never exit 0.
+    worker = " ".join(bw.worker_command(None, zygote))
+    argv = ["--factory", BROKEN, "--config-json", '{"base": "train_exits"}',
+            "--worker-cmd", worker, "--select", "semantics.train_window_updates_model",
+            "--json", str(tmp_path / "r.json"), "--junit-xml", str(tmp_path / "r.xml")]  # fmt: skip
+    code, lines, _ = run_cli(capsys, *argv)
+    assert code == 3
+    assert lines[-1].startswith("INCOMPLETE: the training checks could not run")
+    assert "--batches FILE" in lines[-1] and "--allow-untrained" in lines[-1]
+    assert "SystemExit" in lines[-1]
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert summary["outcome"] == "incomplete" and summary["exit_status"] == 3
+    suite = ET.parse(tmp_path / "r.xml").getroot()
+    assert suite.get("errors") == "1"
+    assert suite.find("testcase[@name='certification_complete']/error") is not None
+    code, lines, _ = run_cli(capsys, *argv, "--allow-untrained")
+    assert code == 0 and SUMMARY.match(lines[-1])
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["outcome"] == "passed"
 
 
 def test_cli_xfail_flags_and_file_turn_a_failure_into_xfail(
@@ -293,6 +371,62 @@ def test_pytest_plugin_runs_each_check_as_a_test_with_a_stable_id(
             "*FAIL errors.unknown_method expected *; got ok:true*",
         ]
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [("return None", "returned None"), ("raise RuntimeError('no GPU here')", "no GPU here")],
+)
+def test_a_bad_factory_is_one_usage_error_under_the_cli_and_pytest(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, body: str, words: str
+) -> None:
+    pytester.makepyfile(badfactory=f"def make(config):\n    {body}\n")
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{pytester.path}")
+    cli = subprocess.run(
+        [sys.executable, "-m", "conformance", "--factory", "badfactory:make"],
+        cwd=pytester.path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cli.returncode == 2 and words in cli.stderr and cli.stdout.count("FAIL") == 0
+    result = pytester.runpytest(
+        *_plugin_args(), "--workload-factory", "badfactory:make", "-p", "no:cacheprovider"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str() + result.stderr.str()
+    assert words in text and "FAIL " not in text
+    assert len(text.splitlines()) < 60
+
+
+def test_pytest_hints_name_workload_options_and_an_untrained_run_exits_3(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, zygote: str
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    worker = " ".join(bw.worker_command(None, zygote))
+    args = [*_plugin_args(), "--workload-factory", BROKEN,
+            "--workload-config", '{"base": "train_exits"}', "--workload-worker-cmd", worker,
+            "-k", "train_window_updates_model", "-rs", "-p", "no:cacheprovider"]  # fmt: skip
+    result = pytester.runpytest(*args)
+    assert result.ret == 3
+    text = result.stdout.str()
+    assert "--workload-batches FILE" in text and "INCOMPLETE" in text
+    assert " --batches " not in text
+    assert pytester.runpytest(*args, "--workload-allow-untrained").ret == 0
+
+
+def test_a_missing_extra_is_named_with_the_install_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "hypothesis.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'hypothesis'\", name='hypothesis')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{blocked}{os.pathsep}{ROOT}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "conformance", "--factory", STUB, "--select", "packs.*"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "[conformance] extra" in done.stderr and "hypothesis" in done.stderr
+    assert "pip install 'burn-p2p-python-worker[conformance]'" in done.stderr
+    assert "crashed" not in done.stdout
 
 
 def test_pytest_plugin_reads_ini_options_and_ids_do_not_depend_on_the_cwd(
@@ -456,6 +590,24 @@ def test_independent_layout_hash_matches_the_workers_on_several_states() -> None
             theirs = compute_layout(state, StateFilter(include, exclude))
             assert (mine.hash, mine.names) == (theirs.hash, theirs.included_keys)
             assert mine.ignored == theirs.ignored_non_float_keys
+
+
+def test_the_suites_filter_compiles_40000_globs_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 item 19 on the coordinator side: fnmatch recompiled every glob for every name."""
+    import fnmatch
+
+    from conformance.layout import selects
+
+    calls: list[str] = []
+    translate = fnmatch.translate
+    monkeypatch.setattr(fnmatch, "translate", lambda g: calls.append(g) or translate(g))
+    include = [f"layers.{i}.*" for i in range(40_000)]
+    exclude = [f"*.bias-{i}?" for i in range(40_000)] + ["*.bias"]
+    names = [f"layers.{i}.{kind}" for i in (0, 7, 39_999, 40_000) for kind in ("weight", "bias")]
+    kept = [n for n in names if selects(n, include, exclude)]
+    assert kept == ["layers.0.weight", "layers.7.weight", "layers.39999.weight"]
+    assert len(calls) <= len(include) + len(exclude)
+    assert selects("x", [], []) and not selects("x", [], ["x"]) and not selects("x", ["y"], [])
 
 
 def test_exact_values_are_exact_in_their_dtype() -> None:

@@ -3,9 +3,17 @@ checked against the golden vectors made with the reference worker (tests/golden/
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import select
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +198,261 @@ def test_staged_directory_removes_its_staging_on_failure(tmp_path: Path) -> None
     with pytest.raises(FileExistsError):
         with files.staged_directory(tmp_path / "d"):
             pass
+
+
+# -- a full disk (issue 16 item 14) -------------------------------------------------------
+
+
+def _write_each_way(target: Path, count: int) -> list[str]:
+    """Write a ``count``-value pack at ``target`` with each writer; the PackError texts."""
+    values = np.arange(count, dtype=np.float32)
+    errors = []
+    for how in ("write_pack", "write_pack-float64", "pack_writer", "pack_stream_writer"):
+        hashes = {"layout_hash": "h", "model_schema_hash": "s"}
+        try:
+            if how == "write_pack":
+                packs.write_pack(target, values, **hashes)
+            elif how == "write_pack-float64":
+                packs.write_pack(target, values.astype(np.float64), **hashes)
+            elif how == "pack_writer":
+                with packs.pack_writer(target, count, **hashes) as out:
+                    out[:] = values
+            else:
+                with packs.pack_stream_writer(target, count, **hashes) as sink:
+                    for start in range(0, count, 1000):
+                        sink.write(values[start : start + 1000])
+        except PackError as exc:
+            errors.append(f"{how}: {exc}")
+        else:
+            errors.append(f"{how}: no error")
+    return errors
+
+
+def test_a_full_disk_is_a_pack_error_naming_the_pack_and_leaves_no_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every writer writes with os.write: ENOSPC there is the documented PackError (this
+    runs everywhere; the next test fills a real file system)."""
+    real_write = os.write
+    calls = []
+
+    def full_after_one_write(fd: int, data: memoryview) -> int:
+        calls.append(fd)
+        if len(calls) % 2 == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data[: len(data) // 2 or 1])
+
+    target = tmp_path / "pack"
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", full_after_one_write)
+        errors = _write_each_way(target, 5000)
+    assert errors == [
+        f"{how}: cannot write parameter pack {str(target)!r}: {os.strerror(errno.ENOSPC)}"
+        for how in ("write_pack", "write_pack-float64", "pack_writer", "pack_stream_writer")
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+_FULL_DISK_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, sys.argv[2])
+from tests.test_coord_packs import _write_each_way
+from pathlib import Path
+from fakecoord import packs
+target = Path(sys.argv[1]) / "pack"
+errors = _write_each_way(target, 1 << 20)  # 4 MiB of values on a 1 MiB file system
+packs._fallocate = False  # as where the file system cannot reserve: write() meets ENOSPC
+errors += _write_each_way(target, 1 << 20)
+print(json.dumps({"errors": errors, "left": os.listdir(sys.argv[1])}))
+"""
+
+
+def test_a_really_full_file_system_is_a_pack_error_not_a_sigbus(tmp_path: Path) -> None:
+    """A 1 MiB tmpfs in a private mount namespace (``unshare -rm``: root, or an unprivileged
+    user where user namespaces are enabled) filled by each writer."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare(1) to mount a small tmpfs; the monkeypatched test covers it")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    script = 'mount -t tmpfs -o size=1m tmpfs "$1" || exit 77; exec "$2" -c "$3" "$1" "$4"'
+    run = subprocess.run(
+        [unshare, "-rm", "sh", "-c", script, "sh", str(mount_point), sys.executable,
+         _FULL_DISK_SCRIPT, str(root)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if run.returncode == 77 or "unshare failed" in run.stderr:
+        pytest.skip(f"cannot mount a tmpfs here ({run.stderr.strip()[-200:]})")
+    assert run.returncode == 0, f"status {run.returncode} (-7 is SIGBUS): {run.stderr[-2000:]}"
+    result = json.loads(run.stdout)
+    target = mount_point / "pack"
+    assert result == {
+        "errors": [
+            f"{how}: cannot write parameter pack {str(target)!r}: {os.strerror(errno.ENOSPC)}"
+            for how in ("write_pack", "write_pack-float64", "pack_writer", "pack_stream_writer")
+        ]
+        * 2,
+        "left": [],
+    }
+
+
+_FSIZE_SCRIPT = """
+import json, os, resource, signal, sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from tests.test_coord_packs import _write_each_way
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+errors = _write_each_way(Path(sys.argv[1]) / "pack", 1 << 20)  # 4 MiB of values
+print(json.dumps({"errors": errors, "left": os.listdir(sys.argv[1])}))
+"""
+
+
+def test_a_file_size_limit_is_a_pack_error_naming_the_pack(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE (unprivileged, everywhere): the kernel's EFBIG from write() is the
+    documented PackError too (pack_stream_writer's write() let the raw OSError out)."""
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", _FSIZE_SCRIPT, str(tmp_path), str(root)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    target = tmp_path / "pack"
+    assert json.loads(run.stdout) == {
+        "errors": [
+            f"{how}: cannot write parameter pack {str(target)!r}: {os.strerror(errno.EFBIG)}"
+            for how in ("write_pack", "write_pack-float64", "pack_writer", "pack_stream_writer")
+        ],
+        "left": [],
+    }
+
+
+# -- outputs the user names: streams in place, files by rename (issue 16 item 16) ----------
+
+
+class FifoReader:
+    """The read end of a FIFO, opened before any writer (non-blocking, so it never hangs)."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+
+    def read_all(self, timeout: float = 10.0) -> bytes:
+        """What writers sent until the last one closed (or ``timeout`` passed)."""
+        chunks, deadline = [], time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([self.fd], [], [], left)[0]:
+                break
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                if chunks:
+                    break
+                time.sleep(0.01)  # no writer has opened it yet
+                continue
+            chunks.append(chunk)
+        os.close(self.fd)
+        return b"".join(chunks)
+
+
+def test_an_output_into_a_fifo_is_written_into_it_not_renamed_over_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "report.fifo"
+    reader = FifoReader(fifo)
+    files.write_output(fifo, b'{"report": 1}\n')
+    assert reader.read_all() == b'{"report": 1}\n'
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # the FIFO was not replaced
+    assert entries(tmp_path) == ["report.fifo"]
+
+
+def test_an_output_through_a_link_to_stdout_is_written_through_it(tmp_path: Path) -> None:
+    """As ``--json /dev/stdout`` (a link to /proc/self/fd/1): the rename replaced the link
+    and nothing reached stdout; as root it would have replaced /dev/stdout itself."""
+    read_end, write_end = os.pipe()
+    try:
+        stdout_like = tmp_path / "stdout"
+        stdout_like.symlink_to(f"/proc/self/fd/{write_end}")
+        files.write_output(stdout_like, b"line 1\n")
+        files.write_output(stdout_like, b"line 2\n")
+        os.close(write_end)
+        write_end = -1
+        with os.fdopen(read_end, "rb") as pipe:
+            read_end = -1
+            assert pipe.read() == b"line 1\nline 2\n"
+        assert stdout_like.is_symlink()
+        devnull = tmp_path / "null"
+        devnull.symlink_to(os.devnull)
+        files.write_output(devnull, b"discarded")
+        assert devnull.is_symlink() and os.readlink(devnull) == os.devnull
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_an_output_through_a_link_to_a_socket_is_refused_not_renamed_over(tmp_path: Path) -> None:
+    """``/dev/stdout`` when stdout is a socket: it cannot be opened by name; say so rather
+    than replace the link."""
+    one, other = socket.socketpair()
+    with one, other:
+        stdout_like = tmp_path / "stdout"
+        stdout_like.symlink_to(f"/proc/self/fd/{one.fileno()}")
+        with pytest.raises(OSError, match="socket") as refused:
+            files.write_output(stdout_like, b"report")
+        assert refused.value.errno == errno.ENXIO
+        assert stdout_like.is_symlink()
+        assert entries(tmp_path) == ["stdout"]
+
+
+def test_an_output_onto_a_file_or_a_link_to_one_is_published_by_rename(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    link = tmp_path / "r.json"
+    link.symlink_to(victim)
+    files.write_output(link, b"new")
+    assert not link.is_symlink() and link.read_bytes() == b"new"
+    assert victim.read_text() == "keep"
+    files.write_output(tmp_path / "fresh" / "r.json", b"made")
+    assert (tmp_path / "fresh" / "r.json").read_bytes() == b"made"
+    assert not [p for p in tmp_path.rglob("*") if files.PARTIAL_MARK in p.name]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a link and a FIFO as nobody")
+def test_a_link_or_fifo_another_user_planted_never_receives_the_output(tmp_path: Path) -> None:
+    planted_fifo = tmp_path / "theirs.fifo"
+    reader = FifoReader(planted_fifo)
+    os.chown(planted_fifo, 65534, 65534)
+    files.write_output(planted_fifo, b"secret")
+    assert planted_fifo.read_bytes() == b"secret"  # replaced by our own file
+    assert reader.read_all(timeout=0.2) == b""
+    ours = tmp_path / "ours.fifo"
+    reader = FifoReader(ours)
+    link = tmp_path / "r.json"
+    link.symlink_to(ours)
+    os.lchown(link, 65534, 65534)
+    files.write_output(link, b"secret")
+    assert not link.is_symlink() and link.read_bytes() == b"secret"
+    assert reader.read_all(timeout=0.2) == b""
+
+
+def entries(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_fakecoord_run_report_into_a_fifo_is_written_into_it(tmp_path: Path) -> None:
+    """``python -m fakecoord run --report`` goes through the same rule: a FIFO is written
+    into, a regular file (or a link to one) is published by rename, never followed."""
+    from fakecoord.sim.cli import _outputs
+
+    fifo = tmp_path / "report.fifo"
+    reader = FifoReader(fifo)
+    report = {"completed_rounds": 0, "rounds": [], "timings": {}}
+    _outputs(report, {"report": str(fifo)}, None)
+    assert json.loads(reader.read_all()) == report
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    link = tmp_path / "r.json"
+    link.symlink_to(victim)
+    _outputs(report, {"report": str(link)}, None)
+    assert json.loads(link.read_text()) == report and not link.is_symlink()
+    assert victim.read_text() == "keep"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import worker.tensor_io as tensor_io
 from tests.service.support import respond
@@ -544,6 +549,82 @@ def test_non_contiguous_tensors_round_trip_in_logical_order(chunking, dtype):
     read_f32_into_tensor(io.BytesIO(raw.getvalue()), target)
     assert torch.equal(target, view)
     assert torch.count_nonzero(target_base[:, :2]) == 0  # outside the view: untouched
+
+
+class _NewStorage(TorchDispatchMode):
+    """Records the largest storage (bytes) any torch op allocates while active: views and
+    in-place ops (which reuse an input's storage) do not count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+def _strided_tensors() -> dict[str, torch.Tensor]:
+    conv = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(3))
+    return {
+        "transposed": torch.arange(1200, dtype=torch.float32).reshape(40, 30).t(),
+        "channels_last": conv.contiguous(memory_format=torch.channels_last),
+        "strided-1d": torch.arange(1000, dtype=torch.float32)[::3],
+        "permuted-3d": torch.arange(455, dtype=torch.float32).reshape(5, 7, 13).permute(2, 0, 1),
+        "transposed-float64": torch.arange(600, dtype=torch.float64).reshape(20, 30).t() / 7,
+        "transposed-bfloat16": torch.arange(600, dtype=torch.float32)
+        .reshape(30, 20)
+        .t()
+        .bfloat16(),
+        "contiguous-float16": torch.arange(700, dtype=torch.float16).reshape(7, 100),
+    }
+
+
+@pytest.mark.parametrize("limit", [16, 256])  # 256: 2-D pieces, copied in column blocks
+@pytest.mark.parametrize("name", list(_strided_tensors()))
+def test_non_contiguous_tensors_are_streamed_in_bounded_pieces(monkeypatch, name, limit):
+    """Issue 16 item 18: a transposed weight or a channels_last convolution was staged whole
+    (reshape(-1) on export, a numel-sized buffer on import): +64 MiB for a 64 MiB tensor."""
+    monkeypatch.setattr(tensor_io, "CHUNK_ELEMENTS", limit)
+    tensor = _strided_tensors()[name]
+    assert tensor.numel() > limit
+    raw = io.BytesIO()
+    with _NewStorage() as written:
+        write_tensor_as_f32(raw, tensor)
+    assert raw.getvalue() == f32_bytes(tensor)  # logical row-major order, as before
+    assert written.largest <= limit * 4
+
+    target = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype).zero_()
+    with _NewStorage() as read:
+        read_f32_into_tensor(io.BytesIO(raw.getvalue()), target)
+    assert torch.equal(target, tensor.to(torch.float32).to(tensor.dtype))
+    assert target.stride() == tensor.stride()
+    assert read.largest <= limit * 4
+
+
+@given(
+    shape=st.lists(st.integers(0, 5), min_size=1, max_size=4),
+    order=st.randoms(use_true_random=False),
+    limit=st.integers(1, 40),
+)
+def test_pieces_cover_a_tensor_in_logical_order_within_the_limit(shape, order, limit):
+    base = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    dims = list(range(len(shape)))
+    order.shuffle(dims)
+    tensor = base.permute(dims)
+    parts = list(tensor_io.pieces(tensor, limit))
+    assert all(0 < p.numel() <= limit for p in parts)
+    assert all(p.untyped_storage().data_ptr() == base.untyped_storage().data_ptr() for p in parts)
+    flat = [p.contiguous().reshape(-1) for p in parts]
+    assert torch.equal(torch.cat(flat) if flat else torch.empty(0), tensor.reshape(-1))
 
 
 def test_empty_tensors_write_and_read_nothing(chunking):

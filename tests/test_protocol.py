@@ -110,6 +110,61 @@ def test_filter_semantics_are_case_sensitive_fnmatch():
     assert NO_FILTER.is_trivial and NO_FILTER.selects("x")
 
 
+class _TranslateCounter:
+    """Counts ``fnmatch.translate`` (what compiling a glob costs); refuses calls once closed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import fnmatch
+
+        self.calls = 0
+        self.closed = False
+        self._translate = fnmatch.translate
+        monkeypatch.setattr(fnmatch, "translate", self)
+
+    def __call__(self, pattern: str) -> str:
+        assert not self.closed, (
+            f"glob {pattern!r} compiled while matching, not when the filter was made"
+        )
+        self.calls += 1
+        return self._translate(pattern)
+
+
+def test_40000_globs_are_compiled_once_per_filter_not_once_per_key(monkeypatch):
+    """Issue 16 item 19: past fnmatch's 32,768-pattern cache every key compiled every glob again."""
+    keys = [f"layers.{i}.{kind}" for i in range(12) for kind in ("weight", "bias")]
+    include = tuple(f"layers.{i}.w*ight" for i in range(40_000)) + (
+        "layers.3.bias", "layers.[5-7].bias",
+    )  # fmt: skip
+    exclude = tuple(f"layers.{i}.*" for i in range(10, 40_010)) + ("item19-unique-?",)
+    counter = _TranslateCounter(monkeypatch)
+    flt = StateFilter(include, exclude)
+    assert counter.calls <= len(include) + len(exclude)
+    counter.closed = True
+    selected = [k for k in keys if flt.selects(k)]
+    weights = [f"layers.{i}.weight" for i in range(10)]
+    biases = ["layers.3.bias", "layers.5.bias", "layers.6.bias", "layers.7.bias"]
+    assert sorted(selected) == sorted(weights + biases)
+
+
+_GLOB_CHARS = "ab.*?[]!-"
+
+
+@given(
+    st.lists(st.text(_GLOB_CHARS, min_size=1, max_size=6), max_size=6),
+    st.lists(st.text(_GLOB_CHARS, min_size=1, max_size=6), max_size=6),
+    st.lists(st.text("ab.[]!-*?", max_size=6), min_size=1, max_size=8),
+)
+def test_the_compiled_filter_selects_exactly_what_fnmatchcase_selects(include, exclude, names):
+    import fnmatch
+
+    flt = StateFilter(tuple(include), tuple(exclude))
+    for name in names:
+        want = (not include or any(fnmatch.fnmatchcase(name, g) for g in include)) and not any(
+            fnmatch.fnmatchcase(name, g) for g in exclude
+        )
+        assert flt.selects(name) == want, (include, exclude, name)
+
+
 # -- result shaping ------------------------------------------------------------------
 
 

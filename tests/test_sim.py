@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,23 +121,39 @@ def test_the_handwritten_adamw_matches_torch_and_round_trips_its_state(tmp_path:
 def test_inner_loop_resumes_its_optimizer_state_exactly(demo, tmp_path: Path) -> None:
     workload = make_workload(demo["config"])
     refs = demo_leases(demo["dataset"], 3, 1, 1, 8, 1)[0]
-    whole, halves = workload.init_model("cpu"), workload.init_model("cpu")
-    workload.run_inner_loop(whole, {"batches": refs, "num_inner_steps": 8})
-    opt = str(tmp_path / "opt.pt")
-    for part in (refs[:4], refs[4:]):
-        result = workload.run_inner_loop(
-            halves, {"batches": part, "num_inner_steps": 4, "inner_optimizer_state_path": opt}
-        )
-        assert result["inner_optimizer_state_path"] == opt and result["steps_completed"] == 4
+    # The network's way (docs/protocol.md §6): null on the first round, the returned state after.
+    whole, halves = workload.init_model("python-torch-cpu"), workload.init_model("cpu")
+    out = str(tmp_path / "local-parameters")
+    workload.run_inner_loop(
+        whole, {"batches": refs, "num_inner_steps": 8, "output_parameter_pack_path": out}
+    )
+    given = None
+    for i, part in enumerate((refs[:4], refs[4:])):
+        job = {
+            "batches": part,
+            "num_inner_steps": 4,
+            "inner_optimizer_state_path": given,
+            "output_parameter_pack_path": str(tmp_path / f"round-{i}" / "local-parameters"),
+        }
+        (tmp_path / f"round-{i}").mkdir()
+        result = workload.run_inner_loop(halves, job)
+        assert result["steps_completed"] == 4
+        assert result["inner_optimizer_state_encoding"] == "fakecoord-demo-adamw-v1"
+        returned = Path(result["inner_optimizer_state_path"])
+        assert returned.is_file() and returned.parent == tmp_path / f"round-{i}"
+        given = str(tmp_path / f"copy-{i}.blob")
+        shutil.copyfile(returned, given)
     assert torch.equal(flat(whole), flat(halves))
 
 
-def test_inner_loop_learns_and_a_marked_ref_raises(demo) -> None:
+def test_inner_loop_learns_and_a_marked_ref_raises(demo, tmp_path: Path) -> None:
+    tmp = tmp_path
     workload = make_workload(demo["config"])
     state = workload.init_model("cpu")
     before = workload.evaluate(state, "Validation")["loss"]
     refs = demo_leases(demo["dataset"], 3, 1, 1, 30, 2)[0]
-    metrics = workload.run_inner_loop(state, {"batches": refs, "num_inner_steps": 30})["metrics"]
+    job = {"batches": refs, "num_inner_steps": 30, "output_parameter_pack_path": str(tmp / "p")}
+    metrics = workload.run_inner_loop(state, job)["metrics"]
     assert metrics["examples"] == 30 * 64 and metrics["last_loss"] < metrics["first_loss"]
     assert workload.evaluate(state, "Validation")["loss"] < 0.7 * before
     marked = [dict(r) for r in refs[:2]]
@@ -533,8 +550,18 @@ def test_command_backend_with_the_default_job_runner_survives_a_crash(tmp_path: 
     assert job["protocol_version"] == 1 and job["num_inner_steps"] == 3
     result = json.loads((out / "rounds" / "0002" / "peer-1" / "result.json").read_text())
     assert result["steps_completed"] == 3 and result["metrics"]["steps"] == 3
-    # Peer 0's AdamW state carried over from round 1 into round 2.
-    opt = torch.load(out / "rounds" / "0002" / "peer-0" / "inner_optimizer.pt", weights_only=True)
+    # Peer 0's AdamW state carried over from round 1 into round 2, as the network carries it:
+    # no path on its first round, a fresh copy of what it returned afterwards; peer 1 (crashed
+    # in round 1) starts without one in round 2.
+    jobs = {
+        (r, p): json.loads((out / "rounds" / f"000{r}" / f"peer-{p}" / "job.json").read_text())
+        for r, p in ((1, 0), (2, 0), (2, 1))
+    }
+    assert "inner_optimizer_state_path" not in jobs[1, 0]
+    assert "inner_optimizer_state_path" not in jobs[2, 1]
+    given = Path(jobs[2, 0]["inner_optimizer_state_path"])
+    assert given == out / "rounds" / "0002" / "peer-0" / "inner-state-input.blob"
+    opt = torch.load(out / "rounds" / "0002" / "peer-0" / "inner-state.blob", weights_only=True)
     assert opt["steps"] == 6
     assert report["final_eval_value"] < report["initial_eval_value"]
 

@@ -280,3 +280,122 @@ def test_a_2_pow_61_byte_header_under_a_raised_limit_allocates_nothing(worker_pr
     assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr
     assert "connection closed inside a frame (1000 of 2305843009213693952" in proc.stderr
     assert (proc.max_rss_kib - baseline.max_rss_kib) * 1024 < 64 << 20
+
+
+# -- issue 16 item 17: threads the workload leaves behind never keep the worker alive ------
+
+LINGERING_SOURCE = textwrap.dedent(
+    '''
+    """A workload whose factory starts a non-daemon thread that never ends."""
+    import threading, time
+
+
+    class Lingering:
+        def runtime_device(self):
+            return "python-cpu"
+
+        def capability_probe(self):
+            return {"preferred_backends": [], "work_units_per_second": 1.0,
+                    "target_window_seconds": 1}
+
+        def init_model(self, device):
+            return {}
+
+
+    def make(config):
+        threading.Thread(target=time.sleep, args=(3600,), name="forever", daemon=False).start()
+        return Lingering()
+    '''
+)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "shutdown"])
+def test_a_non_daemon_workload_thread_does_not_keep_the_worker_alive(
+    worker_process, tmp_path, stop
+):
+    """The worker used to log 'received SIGTERM; stopped' (or answer shutdown) and then
+    wait forever for the workload's thread, ignoring every later signal."""
+    root = tmp_path / "lingering"
+    root.mkdir()
+    (root / "lingering_workload.py").write_text(LINGERING_SOURCE, encoding="utf-8")
+    proc = worker_process("lingering_workload:make", {}, pythonpath=[root])
+    assert proc.conn.request("hello")["ok"]
+    if stop == "shutdown":
+        assert proc.conn.request("shutdown")["ok"]
+    else:
+        proc.proc.send_signal(getattr(signal, stop))
+    assert proc.wait() == 0  # fails the test if it is still running after IO_TIMEOUT
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if stop != "shutdown":
+        assert f"received {stop}" in proc.stderr
+
+
+EXIT_SOURCE = textwrap.dedent(
+    """
+    import atexit, sys, threading, time
+    from worker import stopping
+    threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+    if sys.argv[1] == "atexit":
+        atexit.register(time.sleep, 3600)
+    print("decided", flush=True)
+    sys.stdout.write("flushed at the forced exit")
+    stopping.exit_process(int(sys.argv[2]))
+    """
+)
+
+
+@pytest.mark.parametrize("blocker", ["thread", "atexit"])
+def test_exit_process_ends_within_its_grace_with_the_decided_status(tmp_path, blocker):
+    """Neither a thread nor an atexit hook that never returns holds the exit; stdout is flushed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EXIT_SOURCE, blocker, "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=IO_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the process did not end")
+    assert proc.returncode == 3, err
+    assert out == b"decided\nflushed at the forced exit"
+
+
+SIGNAL_DURING_EXIT_SOURCE = textwrap.dedent(
+    """
+    import sys, threading, time
+    from worker import stopping
+
+    def linger():
+        while stopping._exit_status is None:
+            time.sleep(0.01)
+        print("ending", flush=True)
+        time.sleep(3600)
+
+    stopping.install_signal_handlers()
+    stopping.request("SIGTERM")  # as after a first stop: later signals used to be ignored
+    threading.Thread(target=linger, daemon=False).start()
+    stopping.exit_process(5, grace=3600.0)
+    """
+)
+
+
+def test_a_stop_signal_while_the_process_is_ending_ends_it_at_once(tmp_path):
+    """With a grace far beyond the test's timeout, only the signal can end the process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_DURING_EXIT_SOURCE],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ending\n"
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=IO_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("the process did not end at the signal")
+    assert status == 5, proc.stderr.read() if proc.stderr else ""
+    proc.stdout.close()
+    if proc.stderr:
+        proc.stderr.close()

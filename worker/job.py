@@ -214,4 +214,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .stopping import exit_process
+
+    exit_process(main())

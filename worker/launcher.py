@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 RUNTIME_MODULE = "burn_p2p_python_runtime.worker"
 # Interpreter options that may precede -m: without an argument, and with one.
@@ -42,7 +43,7 @@ def worker_args(argv: Sequence[str]) -> list[str] | None:
     return None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = worker_args(argv)
     if args is None:
@@ -52,8 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # job must import as they would under the real interpreter.
     sys.path[0] = os.getcwd()
     from .__main__ import main as worker_main
+    from .stopping import exit_process
 
-    return worker_main(args)
+    exit_process(worker_main(args))  # within a bounded time, whatever threads remain
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from .errors import BadRequest, RequestError, WorkloadError, describe, error_text
@@ -109,21 +110,70 @@ ACK = {"ok": True}
 """The result of methods that only acknowledge (the Rust side decodes an empty struct)."""
 
 
+class GlobSet:
+    """Globs matched as :func:`fnmatch.fnmatchcase` matches each, compiled once.
+
+    A name matches when it equals a glob without ``*?[``, starts with the
+    literal part of a ``literal*`` glob, or matches one of the others, which
+    are compiled into one regular expression when the set is built
+    (``fnmatch``'s own cache holds 32,768 patterns: a request with more
+    globs than that compiled every glob again for every key).
+    """
+
+    __slots__ = ("_literals", "_match", "_prefix_lengths", "_prefixes")
+
+    def __init__(self, globs: tuple[str, ...]) -> None:
+        literals, prefixes, wild = set(), set(), []
+        for glob in dict.fromkeys(globs):
+            if not _GLOB_MAGIC.intersection(glob):
+                literals.add(glob)
+            elif glob.endswith("*") and not _GLOB_MAGIC.intersection(glob[:-1]):
+                prefixes.add(glob[:-1])
+            else:
+                wild.append(glob)
+        self._literals = frozenset(literals)
+        self._prefixes = frozenset(prefixes)
+        self._prefix_lengths = sorted({len(p) for p in prefixes})
+        self._match = re.compile("|".join(map(fnmatch.translate, wild))).match if wild else None
+
+    def matches(self, name: str) -> bool:
+        if name in self._literals:
+            return True
+        for length in self._prefix_lengths:
+            if length > len(name):
+                break
+            if name[:length] in self._prefixes:
+                return True
+        return self._match is not None and self._match(name) is not None
+
+
+_GLOB_MAGIC = frozenset("*?[")
+
+
 @dataclass(frozen=True)
 class StateFilter:
-    """Which float state_dict entries a pack carries (docs/protocol.md §2, Filter)."""
+    """Which float state_dict entries a pack carries (docs/protocol.md §2, Filter).
+
+    The globs are compiled once, when the filter is made (one per request).
+    """
 
     include_globs: tuple[str, ...] = ()
     exclude_globs: tuple[str, ...] = ()
+    _include: GlobSet = field(init=False, repr=False, compare=False)
+    _exclude: GlobSet = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_include", GlobSet(self.include_globs))
+        object.__setattr__(self, "_exclude", GlobSet(self.exclude_globs))
 
     @property
     def is_trivial(self) -> bool:
         return not self.include_globs and not self.exclude_globs
 
     def selects(self, name: str) -> bool:
-        if self.include_globs and not any(fnmatch.fnmatchcase(name, g) for g in self.include_globs):
+        if self.include_globs and not self._include.matches(name):
             return False
-        return not any(fnmatch.fnmatchcase(name, g) for g in self.exclude_globs)
+        return not self._exclude.matches(name)
 
     def to_json(self) -> dict[str, list[str]]:
         return {

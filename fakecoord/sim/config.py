@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OuterError, SettingsError
+from ..network.transfer import parse_links
 from .faults import Fault, FaultPlan, parse_fault
 from .outer import AGGREGATORS, CODECS, OuterSGD
 
@@ -43,7 +44,14 @@ class SimConfig:
     protocol: str = "diloco"
     peers: int = 4
     rounds: int = 10
-    inner_steps: int = 20
+    inner_steps: int = 32
+    """``num_inner_steps`` (the network's default: 32)."""
+    target_group_size: int = 4
+    """The network's ``target_group_size``: the first N peers by id (as strings) form a round's group."""
+    minimum_group_size: int = 1
+    """The network's ``minimum_group_size``: fewer participants or contributions fail the round."""
+    checkpoint_interval_rounds: int = 8
+    """The network publishes a checkpoint head every N completed rounds."""
     seed: int = 0
     factory: str | None = None
     """None: the built-in demo workload."""
@@ -66,7 +74,12 @@ class SimConfig:
     reconcile: Any = field(default_factory=lambda: {"RootEma": {"canonical_weight": 0.75}})
     call_timeout: float = 60.0
     start_timeout: float = 60.0
-    device: str = "cpu"
+    device: str | None = None
+    """None (the network's behaviour): every ``device`` is the workload's own ``runtime_device``
+    from ``capability_probe``.  A string overrides it (the network never sends one)."""
+    link: list[str] = field(default_factory=list)
+    """``MBIT[/LATENCY_MS]`` for every peer or ``peer-N=MBIT[/LATENCY_MS]`` for one
+    (:mod:`fakecoord.network.transfer`); empty: no transfer time is modelled."""
     microshards_per_step: int = 2
     state_dict_filter: dict | None = None
     eval_metric: str = "loss"
@@ -91,6 +104,33 @@ class SimConfig:
             (_is_int(self.peers) and self.peers >= 1, "--peers must be at least 1"),
             (_is_int(self.rounds) and self.rounds >= 1, "--rounds must be at least 1"),
             (_is_int(self.inner_steps) and self.inner_steps >= 1, "--inner-steps must be at least 1"),
+            (
+                _is_int(self.target_group_size) and self.target_group_size >= 1,
+                "--target-group-size must be at least 1",
+            ),
+            (
+                _is_int(self.minimum_group_size) and self.minimum_group_size >= 1,
+                "--minimum-group-size must be at least 1",
+            ),
+            (
+                _is_int(self.checkpoint_interval_rounds) and self.checkpoint_interval_rounds >= 1,
+                "--checkpoint-interval-rounds must be at least 1",
+            ),
+            (
+                not (_is_int(self.minimum_group_size) and _is_int(self.target_group_size))
+                or self.minimum_group_size <= self.target_group_size,
+                # DiLoCoPolicy::validate (burn_p2p_core schema/diloco.rs)
+                f"DiLoCo minimum_group_size ({self.minimum_group_size}) cannot exceed "
+                f"target_group_size ({self.target_group_size})",
+            ),
+            (
+                _is_int(self.target_group_size) and self.target_group_size <= 65535,
+                "--target-group-size must fit the network's u16 (at most 65535)",
+            ),
+            (
+                self.device is None or (isinstance(self.device, str) and self.device != ""),
+                "--device must name a device (leave it out to use the workload's runtime_device)",
+            ),
             (_is_int(self.seed), "--seed must be an integer"),
             (self.aggregate in AGGREGATORS, f"--aggregate must be one of {', '.join(AGGREGATORS)}"),
             (self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}"),
@@ -158,6 +198,10 @@ class SimConfig:
                 )
         if self.state_dict_filter is not None:
             _check_filter(self.state_dict_filter)
+        try:
+            parse_links(self.link, self.peers)
+        except ValueError as exc:
+            raise SettingsError(f"--link: {exc}") from None
         try:
             json.dumps(self.config, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -245,7 +289,7 @@ def check_inputs(config: SimConfig) -> list[list[dict]] | None:
     batches = load_batches(config.batches, config.peers) if config.batches is not None else None
     if config.factory is not None and not config.is_demo and config.worker_cmd is None:
         check_factory(config)
-    if config.device != "cpu" and config.worker_cmd is None:
+    if config.device is not None and config.device != "cpu" and config.worker_cmd is None:
         check_device(config.device)
     return batches
 

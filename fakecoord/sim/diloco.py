@@ -1,16 +1,21 @@
 """DiLoCo (docs/protocol.md §6) as a :class:`~fakecoord.sim.strategy.Strategy`.
 
-Every peer imports the base pack, runs ``run_inner_loop`` on its lease
-(resuming its inner optimizer from the previous round's file) and exports
-its local pack; the coordinator streams the outer step over the packs of the
-peers that finished (:mod:`fakecoord.sim.outer`).  With the ``command``
-backend (docs/protocol.md §5) a program runs per peer and round instead, by
-default ``python -m worker.job`` with the run's (wrapped) factory.
+Every peer of the round's group makes the calls of
+:func:`fakecoord.network.rounds.run_peer_round` (``lib.rs``
+``run_worker_inner_loop``: import the base with the workload's own device,
+``run_inner_loop`` with a null inner-state path on its first round and a
+fresh copy of the state it returned before afterwards, read the local pack
+and the returned state back); the coordinator streams the outer step over
+the packs of the peers that finished (:mod:`fakecoord.sim.outer`).  With the
+``command`` backend (docs/protocol.md §5) a program runs per peer and round
+instead, by default ``python -m worker.job`` with the run's (wrapped)
+factory.
 
 Layout of a round ``R`` under the run directory::
 
-    rounds/RRRR/peer-N/pack/           the peer's local pack
-    rounds/RRRR/peer-N/inner_optimizer.pt   its inner optimizer state (if the workload keeps one)
+    rounds/RRRR/peer-N/local-parameters/     the peer's local pack (``pack/`` for command jobs)
+    rounds/RRRR/peer-N/inner-state-input.blob  the fresh copy handed to the workload (if any)
+    rounds/RRRR/peer-N/inner-state.blob      the state it returned, read right after the call
     rounds/RRRR/peer-N/job.json, result.json, job.log   (command backend)
     rounds/RRRR/base/                  the new base
     rounds/RRRR/velocity/              the outer momentum (a pack with the base's layout)
@@ -20,17 +25,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import handling
-from ..errors import FakecoordError, OuterError, PackError, SettingsError, SimError
+from ..errors import FakecoordError, OuterError, PackError, RoundFailed, SettingsError, SimError
 from ..files import write_json
-from ..packs import check_compatible, read_manifest
+from ..network import rounds
+from ..network.transfer import (
+    AGGREGATION_TIMEOUT_SECONDS,
+    codec_name,
+    encoded_size,
+    parse_links,
+    round_transfer,
+)
+from ..packs import check_compatible, open_pack, read_manifest
 from . import bootstrap
 from .config import SimConfig
 from .outer import Aggregator, OuterSGD, outer_step_packs, resolve_aggregator
@@ -51,11 +65,14 @@ CAPABILITY = "diloco_checkpoint_job"
 
 @dataclass
 class DiLoCoState:
-    """The base pack, the outer momentum pack (None: zeros) and each peer's inner optimizer file."""
+    """The base pack, the outer momentum pack (None: zeros), each peer's inner optimizer state
+    (the coordinator's copy of the blob its last inner loop returned; None: none yet) and the
+    network's ``round_id`` (completed rounds; failed rounds do not count)."""
 
     base: str
     velocity: str | None
     inner_opt: dict[int, str | None]
+    round_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,8 +139,9 @@ class DiLoCo(Strategy[DiLoCoState]):
     def initialize(self, setup: SetupContext) -> DiLoCoState:
         c = self.config
         client = setup.client()
-        model_id = setup.call(client.init_model, c.device)
-        plan = setup.call(handling.plan_or_none, client, c.device, c.state_dict_filter)
+        device = setup.device()
+        model_id = setup.call(client.init_model, device)
+        plan = setup.call(handling.plan_or_none, client, device, c.state_dict_filter)
         if plan is not None:
             try:
                 handling.check_diloco_plan(plan)
@@ -155,50 +173,71 @@ class DiLoCo(Strategy[DiLoCoState]):
             p: DiLoCoTask(state.base, lease, state.inner_opt.get(p)) for p, lease in leases.items()
         }
 
+    # -- the round's group (network.rs matchmake_diloco_participants) ----------------------
+
+    def select_group(self, r: int, candidates: list[int]) -> list[int]:
+        """The first ``target_group_size`` candidates by peer id as strings; raises
+        :class:`RoundFailed` below ``minimum_group_size`` (:func:`rounds.form_group`)."""
+        ids = {f"peer-{p}": p for p in candidates}
+        c = self.config
+        return [ids[i] for i in rounds.form_group(ids, c.target_group_size, c.minimum_group_size)]
+
+    def round_failure(self, r: int, results: list[PeerResult]) -> str | None:
+        """The network's reason when fewer than ``minimum_group_size`` peers contributed."""
+        try:
+            rounds.check_contributions(
+                sum(res.ok for res in results), self.config.minimum_group_size
+            )
+        except RoundFailed as exc:
+            return str(exc)
+        return None
+
     def train(self, peer: PeerContext, task: DiLoCoTask) -> PeerResult:
         if self.command_backend:
             return self._train_command(peer, task)
         c = self.config
         assert peer.peer is not None
         result = PeerResult(peer.peer)
-        model_id = None
         try:
             client = peer.client()
             started = time.monotonic()
             base = peer.path(task.base)
-            model_id = peer.call(client.import_parameter_pack, c.device, base, c.state_dict_filter)
-            job = self._job(peer, model_id, task.lease, c.inner_steps, task.inner_opt)
-            job = peer.inject(job)
-            done = peer.call(client.run_inner_loop, job)
-            peer.call(client.release_model, model_id)
-            model_id = None
+            done = rounds.run_peer_round(
+                client,
+                device=peer.device(),
+                base_pack=base,
+                work_dir=peer.dir,
+                batches=task.lease,
+                num_inner_steps=c.inner_steps,
+                model_schema_hash=self.schema_hash,
+                state_dict_filter_value=c.state_dict_filter,
+                inner_state=self._inner_state(peer, task.inner_opt),
+                where=f"peer-{peer.peer}, round {peer.round}",
+                call=peer.call,
+                before_inner_loop=peer.inject,
+            )
             result.worker_seconds = time.monotonic() - started
-            result.metrics = {**done["metrics"], **handling.batch_counts(task.lease)}
-            result.steps_completed = done["steps_completed"]
-            result.model = self._checked_local(peer, peer.dir / "pack", base)
-            opt = done.get("inner_optimizer_state_path") or job["inner_optimizer_state_path"]
-            result.private["inner_opt"] = peer.rel(opt) if os.path.exists(opt) else None
+            result.metrics = {**done.metrics, **handling.batch_counts(task.lease)}
+            result.steps_completed = done.steps_completed
+            result.model = self._checked_local(peer, done.local_pack, base)
+            self._keep_inner_state(peer, result, done.inner_state)
             result.ok = True
         except (FakecoordError, OSError) as exc:
             result.error = short_error(exc)
-            peer.after_failure(exc, model_id)
+            peer.after_failure(exc, None)
         return result
 
-    def _job(
-        self, peer: PeerContext, model_id: str, batches: list, steps: int, inner_opt: str | None
-    ) -> dict[str, Any]:
-        job: dict[str, Any] = {
-            "model_id": model_id,
-            "batches": batches,
-            "num_inner_steps": steps,
-            "inner_optimizer_state_path": str(_fresh_copy(peer, inner_opt)),
-            "output_parameter_pack_path": str(peer.dir / "pack"),
-            "model_schema_hash": self.schema_hash,
-            "require_exact_steps": True,
-        }
-        if self.config.state_dict_filter is not None:
-            job["state_dict_filter"] = self.config.state_dict_filter
-        return job
+    @staticmethod
+    def _inner_state(peer: PeerContext, kept: str | None) -> rounds.InnerState | None:
+        return None if kept is None else rounds.InnerState(peer.path(kept))
+
+    @staticmethod
+    def _keep_inner_state(
+        peer: PeerContext, result: PeerResult, state: rounds.InnerState | None
+    ) -> None:
+        """Remember the state the peer's inner loop returned (None: none) for its next round."""
+        result.private["inner_opt"] = None if state is None else peer.rel(state.path)
+        result.private["inner_state_encoding"] = None if state is None else state.encoding
 
     def _checked_local(self, peer: PeerContext, pack: Path, base: Path) -> ModelRef:
         """The local pack, refused (``PackError``) unless it has the base's layout and schema."""
@@ -212,20 +251,22 @@ class DiLoCo(Strategy[DiLoCoState]):
         job_path, result_path = peer.dir / "job.json", peer.dir / "result.json"
         peer.log = peer.dir / "job.log"
         base = peer.path(task.base)
-        job: dict[str, Any] = {
-            "protocol_version": 1,
-            "job_id": f"round-{peer.round}-peer-{peer.peer}",
-            "model_schema_hash": self.schema_hash,
-            "base_parameter_pack_path": str(base),
-            "output_parameter_pack_path": str(peer.dir / "pack"),
-            "result_manifest_path": str(result_path),
-            "batches": task.lease,
-            "num_inner_steps": c.inner_steps,
-            "require_exact_steps": True,
-            "state_dict_filter": c.state_dict_filter or {"include_globs": [], "exclude_globs": []},
-            "inner_optimizer_state_path": str(_fresh_copy(peer, task.inner_opt)),
-        }
+        where = f"peer-{peer.peer}, round {peer.round}"
         try:
+            rounds.check_batches(task.lease, c.inner_steps)
+            job = rounds.command_job(
+                job_id=f"round-{peer.round}-peer-{peer.peer}",
+                model_schema_hash=self.schema_hash,
+                base_parameter_pack_path=base,
+                output_parameter_pack_path=peer.dir / "pack",
+                result_manifest_path=result_path,
+                batches=task.lease,
+                num_inner_steps=c.inner_steps,
+                state_dict_filter_value=c.state_dict_filter,
+                inner_optimizer_state_path=rounds.stage_inner_state(
+                    self._inner_state(peer, task.inner_opt), peer.dir
+                ),
+            )
             if peer.fault is not None and peer.fault.kind == "error":
                 job = peer.inject(job)
             write_json(job_path, job)
@@ -256,9 +297,16 @@ class DiLoCo(Strategy[DiLoCoState]):
             result.metrics = {**done.get("metrics", {}), **handling.batch_counts(task.lease)}
             result.steps_completed = done["steps_completed"]
             local = done.get("local_parameter_pack_path") or job["output_parameter_pack_path"]
-            result.model = self._checked_local(peer, Path(local), base)
-            opt = done.get("inner_optimizer_state_path")
-            result.private["inner_opt"] = peer.rel(opt) if opt and os.path.exists(opt) else None
+            checked = self._checked_local(peer, Path(local), base)
+            # lib.rs run_command_inner_loop: the local pack, then the state file, read back.
+            state = rounds.capture_inner_state(
+                done.get("inner_optimizer_state_path"),
+                done.get("inner_optimizer_state_encoding"),
+                peer.dir / rounds.CAPTURED_STATE_NAME,
+                where,
+            )
+            self._keep_inner_state(peer, result, state)
+            result.model = checked
             result.ok = True
         except (FakecoordError, OSError, ValueError) as exc:
             result.error = short_error(exc)
@@ -271,7 +319,7 @@ class DiLoCo(Strategy[DiLoCoState]):
             sys.executable, "-m", "worker.job",
             "--factory", bootstrap.FACTORY,
             "--config-json", json.dumps(peer.workers.factory_config),
-            "--device", self.config.device,
+            "--device", peer.device(),
             "--job", "{job_manifest}",
         ]  # fmt: skip
 
@@ -322,30 +370,152 @@ class DiLoCo(Strategy[DiLoCoState]):
                 inner_opt[res.peer] = res.private["inner_opt"]
         return RoundOutcome(DiLoCoState(new_base, new_velocity, inner_opt), summary, refused)
 
+    # -- after the outer step: what the network does around it ------------------------------
+
+    def after_round(
+        self,
+        r: int,
+        old: DiLoCoState,
+        outcome: RoundOutcome[DiLoCoState],
+        results: list[PeerResult],
+        ctx: RoundContext,
+    ) -> RoundOutcome[DiLoCoState]:
+        """Carry each peer's inner state, count the network's ``round_id``, mark checkpoint
+        heads, put the encoded bytes and the modelled transfer in the record, and stop the
+        run when the new base holds a non-finite value.
+
+        Inner state (``network.rs``: ``state.inner_optimizer_state`` is set
+        right after the peer's own inner loop, before the group's minimum is
+        checked): every peer whose inner loop and local pack succeeded keeps
+        the state it returned (None when it returned none), even in a failed
+        round.
+        """
+        state = outcome.state
+        inner = dict(state.inner_opt)
+        for res in results:
+            if "inner_opt" in res.private:
+                inner[res.peer] = res.private["inner_opt"]
+        summary = dict(outcome.summary)
+        published = [res for res in results if res.ok]
+        n = read_manifest(ctx.path(old.base)).parameter_count
+        size = encoded_size(self.config.codec, n)
+        for res in published:
+            res.encoded_bytes = size
+        wire: dict[str, Any] = {
+            "codec": self.config.codec,
+            "values": n,
+            "encoded_bytes_per_peer": size,
+            "encoded_bytes_total": size * len(published),
+        }
+        transfer_seconds = 0.0
+        if self.config.link and published:
+            links = parse_links(self.config.link, self.config.peers)
+            ids = [f"peer-{res.peer}" for res in published]
+            modelled = round_transfer(ids, dict.fromkeys(ids, size), links)
+            transfer_seconds = modelled.seconds
+            wire["transfer_seconds"] = round(modelled.seconds, 6)
+            wire["peer_transfer_seconds"] = {
+                k: round(v, 6) for k, v in modelled.peer_seconds.items()
+            }
+            if modelled.late:
+                wire["past_aggregation_timeout"] = modelled.late
+                ctx.event(
+                    f"[yellow]round {r}: {', '.join(modelled.late)} would need more than "
+                    f"{AGGREGATION_TIMEOUT_SECONDS:g} s (the network's aggregation_timeout_ms) to "
+                    "fetch the other contributions; the network would aggregate without them[/]"
+                )
+        summary["wire"] = wire
+        round_id = old.round_id
+        stop = None
+        if outcome.failed is None:
+            round_id += 1
+            if rounds.checkpoint_due(old.round_id, self.config.checkpoint_interval_rounds):
+                summary["checkpoint_head"] = {"round_id": old.round_id, "base": state.base}
+            stop = self._nonfinite(r, old, state, published, ctx)
+        new_state = DiLoCoState(state.base, state.velocity, inner, round_id)
+        return RoundOutcome(
+            new_state,
+            summary,
+            outcome.refused,
+            outcome.eval_metrics,
+            failed=outcome.failed,
+            stop=stop,
+            transfer_seconds=transfer_seconds,
+        )
+
+    def _nonfinite(
+        self,
+        r: int,
+        old: DiLoCoState,
+        new: DiLoCoState,
+        published: list[PeerResult],
+        ctx: RoundContext,
+    ) -> str | None:
+        """None when the new base is finite; else the stop message naming the round, the group
+        and the first cause found (the network checks nothing and would publish this base)."""
+        found = first_nonfinite(open_pack(ctx.path(new.base)).values)
+        if found is None:
+            return None
+        index, value = found
+        base = open_pack(ctx.path(old.base)).values
+        cause = "the aggregate or the outer update overflowed float32"
+        for res in published:
+            if res.model is None:
+                continue
+            local = open_pack(ctx.path(res.model.path)).values
+            hit = first_nonfinite(local)
+            if hit is not None:
+                cause = f"peer-{res.peer}'s local pack holds {hit[1]} at index {hit[0]}"
+                break
+            hit = first_nonfinite_gradient(base, local)
+            if hit is not None:
+                cause = (
+                    f"peer-{res.peer}'s pseudo-gradient (base - local) overflows float32 at "
+                    f"index {hit[0]} ({hit[1]})"
+                )
+                break
+            if codec_name(self.config.codec) == "Fp16":
+                hit = first_fp16_overflow(base, local)
+                if hit is not None:
+                    cause = (
+                        f"peer-{res.peer}'s pseudo-gradient value {hit[1]:g} at index {hit[0]} "
+                        "rounds past 65504 and becomes inf in the Fp16 codec"
+                    )
+                    break
+        group = ", ".join(f"peer-{res.peer}" for res in published)
+        return (
+            f"round {r}: the new base holds a non-finite value ({value} at index {index}); "
+            f"group {group}; cause: {cause}. The network computes and publishes such a base "
+            "(nothing checks finiteness there); the simulation stops here."
+        )
+
     # -- baseline ---------------------------------------------------------------------
 
     def baseline_round(
         self, peer: PeerContext, state: BaselineState, batches: list[dict]
     ) -> BaselineOutcome:
         c = self.config
-        model_id = None
         try:
             client = peer.client()
-            model_id = peer.call(
-                client.import_parameter_pack, c.device, peer.path(state.model.path),
-                c.state_dict_filter,
-            )  # fmt: skip
-            job = self._job(peer, model_id, batches, len(batches), state.inner_opt)
-            done = peer.call(client.run_inner_loop, job)
-            peer.call(client.release_model, model_id)
+            done = rounds.run_peer_round(
+                client,
+                device=peer.device(),
+                base_pack=peer.path(state.model.path),
+                work_dir=peer.dir,
+                batches=batches,
+                num_inner_steps=len(batches),
+                model_schema_hash=self.schema_hash,
+                state_dict_filter_value=c.state_dict_filter,
+                inner_state=self._inner_state(peer, state.inner_opt),
+                where=f"the baseline, round {peer.round}",
+                call=peer.call,
+            )
         except (FakecoordError, OSError) as exc:
-            peer.after_failure(exc, model_id)
+            peer.after_failure(exc, None)
             raise
-        opt = Path(job["inner_optimizer_state_path"])
-        new = BaselineState(
-            ModelRef("pack", peer.rel(peer.dir / "pack")), peer.rel(opt) if opt.exists() else None
-        )
-        return BaselineOutcome(new, done["metrics"])
+        kept = None if done.inner_state is None else peer.rel(done.inner_state.path)
+        new = BaselineState(ModelRef("pack", peer.rel(done.local_pack)), kept)
+        return BaselineOutcome(new, done.metrics)
 
     # -- checkpoint ----------------------------------------------------------------------
 
@@ -354,25 +524,16 @@ class DiLoCo(Strategy[DiLoCoState]):
             "base": state.base,
             "velocity": state.velocity,
             "inner_opt": {str(p): v for p, v in state.inner_opt.items()},
+            "round_id": state.round_id,
         }
 
     def state_from_json(self, data: dict) -> DiLoCoState:
         return DiLoCoState(
-            data["base"], data.get("velocity"), {int(p): v for p, v in data["inner_opt"].items()}
+            data["base"],
+            data.get("velocity"),
+            {int(p): v for p, v in data["inner_opt"].items()},
+            int(data.get("round_id", 0)),
         )
-
-
-def _fresh_copy(peer: PeerContext, previous: str | None) -> Path:
-    """A private copy of the committed inner optimizer state for this round (the workload
-    writes the new one there, so the committed one stays intact for a resume)."""
-    target = peer.dir / "inner_optimizer.pt"
-    if previous:
-        source = peer.path(previous)
-        if source.is_dir():
-            shutil.copytree(source, target)
-        elif source.exists():
-            shutil.copy2(source, target)
-    return target
 
 
 def read_result(path: Path, steps: int) -> dict:
@@ -403,6 +564,49 @@ def read_result(path: Path, steps: int) -> dict:
         if result.get(key) is not None and not isinstance(result[key], str):
             raise ValueError(f"result manifest {str(path)!r}: {key} must be a string")
     return result
+
+
+CHUNK = 1 << 20
+FP16_LIMIT = 65520.0
+"""The smallest magnitude that rounds (to nearest even) past half's largest finite 65504."""
+
+
+def first_nonfinite(values: np.ndarray) -> tuple[int, float] | None:
+    """The index and value of the first NaN or infinity, scanning in chunks (None: all finite)."""
+    for start in range(0, len(values), CHUNK):
+        part = np.asarray(values[start : start + CHUNK])
+        bad = ~np.isfinite(part)
+        if bad.any():
+            i = int(np.argmax(bad))
+            return start + i, float(part[i])
+    return None
+
+
+def first_nonfinite_gradient(base: np.ndarray, local: np.ndarray) -> tuple[int, float] | None:
+    """The first index where ``base - local`` (float32) is not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, len(base), CHUNK):
+            g = np.subtract(
+                base[start : start + CHUNK], local[start : start + CHUNK], dtype=np.float32
+            )
+            hit = first_nonfinite(g)
+            if hit is not None:
+                return start + hit[0], hit[1]
+    return None
+
+
+def first_fp16_overflow(base: np.ndarray, local: np.ndarray) -> tuple[int, float] | None:
+    """The first index where ``base - local`` rounds to an infinite half (``|g| >= 65520``)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, len(base), CHUNK):
+            g = np.subtract(
+                base[start : start + CHUNK], local[start : start + CHUNK], dtype=np.float32
+            )
+            bad = np.abs(g) >= FP16_LIMIT
+            if bad.any():
+                i = int(np.argmax(bad))
+                return start + i, float(g[i])
+    return None
 
 
 __all__ = ["CAPABILITY", "DiLoCo", "DiLoCoState", "DiLoCoTask", "read_result"]

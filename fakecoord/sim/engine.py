@@ -11,6 +11,11 @@ Everything a run produces lives under the run directory ``out``::
     out/checkpoint.json            the last committed round (written atomically)
     out/report.json, metrics.jsonl the report, and one line of metrics per round
 
+Each round the strategy picks its group from the peers not dropped
+(``Strategy.select_group``; DiLoCo: the network's peer-id order and group
+sizes, :mod:`fakecoord.network.rounds`), and may fail the round as the
+network fails it (``round_failure``, ``RoundOutcome.failed``: the model
+stays) or stop the run after it (``RoundOutcome.stop``: exit 1).
 Faults never stop the run by themselves: a round completes with the peers
 that finished, a dead worker is restarted when next needed, and the report
 lists each fault with its recovery.  The run stops early (:class:`RunFailed`)
@@ -37,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import handling
-from ..errors import FakecoordError, RunFailed, SettingsError, SimError
+from ..errors import FakecoordError, RoundFailed, RunFailed, SettingsError, SimError
 from .config import SimConfig, check_inputs, choose_threads, schema_hash
 from .data import Leases, interleave, select_batch_files
 from .diloco import DiLoCo
@@ -50,6 +55,7 @@ from .strategy import (
     ModelRef,
     PeerResult,
     RoundContext,
+    RoundOutcome,
     SetupContext,
     Strategy,
 )
@@ -59,6 +65,15 @@ from .workers import PeerContext, Slot, Workers, short_error
 CHECKPOINT_NAME = "checkpoint.json"
 REPORT_NAME = "report.json"
 METRICS_NAME = "metrics.jsonl"
+
+
+def device_override_warning(device: str) -> str:
+    """What the run header and the report say when ``--device`` overrides the workload's own
+    device string."""
+    return (
+        f"--device {device!r}: every device argument is {device!r}; the network never sends "
+        "this, it passes the runtime_device the workload's capability_probe reports"
+    )
 
 
 def default_strategy(config: SimConfig) -> Strategy:
@@ -143,7 +158,13 @@ class Engine:
         interrupted = False
         self.workers: Workers | None = None
         try:
+            if self.config.device is not None:
+                self.view.event(
+                    f"[yellow]warning[/]: {device_override_warning(self.config.device)}"
+                )
             self._setup()
+            if self.config.device is not None:
+                self.report["device_override"] = device_override_warning(self.config.device)
             assert self.state is not None
             startup = time.monotonic() - self._started
             self.report["timings"]["startup_seconds"] += round(startup, 6)
@@ -156,6 +177,10 @@ class Engine:
                 self._stop_if_signalled()  # the round is not committed: resume redoes it
                 self._commit(r, record, new_state, new_baseline)
                 self.view.round_done(record)
+                if record.get("stop"):
+                    self.report["stopped"] = {"round": r, "reason": record["stop"]}
+                    self._finish()
+                    raise RunFailed(record["stop"])
                 if self.state.failed_streak >= self.config.max_failed_rounds:
                     reason = self.recorder.stop_reason(self.state.failed_streak)
                     self.report["stopped"] = {"round": r, "reason": reason}
@@ -165,6 +190,11 @@ class Engine:
                     self.report["stopped_after_round"] = r
                     break
             self._finish()
+            failure = self.strategy.run_failure(self.report)
+            if failure is not None:
+                self.report["run_failed"] = failure
+                self.recorder.write_report(self.out / REPORT_NAME)
+                raise RunFailed(failure)
             return self.report
         except KeyboardInterrupt:
             interrupted = True
@@ -324,7 +354,13 @@ class Engine:
         round_dir.mkdir(parents=True)
         leases = self.leases.for_round(r)
         dropped = {p for p in range(self.config.peers) if self.plan.dropped(r, p) is not None}
-        taking_part = {p: leases[p] for p in range(self.config.peers) if p not in dropped}
+        available = [p for p in range(self.config.peers) if p not in dropped]
+        group_failed: str | None = None
+        try:
+            group = self.strategy.select_group(r, available)
+        except RoundFailed as exc:
+            group, group_failed = [], str(exc)
+        taking_part = {p: leases[p] for p in group}
         tasks = self.strategy.configure_round(r, self.state.strategy, taking_part)
         futures = {
             p: self.pool.submit(self._train_peer, r, p, round_dir, task)
@@ -333,12 +369,23 @@ class Engine:
         baseline: Future | None = None
         if self.config.baseline:
             baseline = self.pool.submit(self._baseline_round, r, round_dir, leases)
-        results = [futures[p].result() for p in sorted(futures)]
+        # The group's order is the order of every sum (the network's peer-id order).
+        results = [futures[p].result() for p in group if p in futures]
         self._stop_if_signalled()
+        results += [PeerResult(p, outside_group=True) for p in available if p not in group]
         results += [PeerResult(p, dropped=True) for p in sorted(dropped)]
-        results.sort(key=lambda res: res.peer)
         ctx = self._round_context(r, round_dir)
-        outcome = self.strategy.aggregate_round(r, self.state.strategy, results, ctx)
+        failed = group_failed or self.strategy.round_failure(r, results)
+        if failed is None:
+            outcome = self.strategy.aggregate_round(r, self.state.strategy, results, ctx)
+        else:
+            outcome = RoundOutcome(self.state.strategy, failed=failed)
+        outcome = self.strategy.after_round(r, self.state.strategy, outcome, results, ctx)
+        if outcome.failed is not None:
+            self.view.event(
+                f"[red]round {r} failed[/]: {outcome.failed} (as the network fails it: the model "
+                "stays as it was)"
+            )
         for res in results:
             if res.peer in outcome.refused:
                 res.ok, res.error = False, outcome.refused[res.peer]
@@ -346,10 +393,26 @@ class Engine:
         if metrics is None:
             metrics = self._evaluate(self.strategy.model(outcome.state), r)
         record = self.recorder.round_record(r, results, metrics)
+        eval_error = self.recorder.eval_failure(metrics)
+        if eval_error is not None:
+            record["eval_error"] = eval_error
+            self.view.event(f"[yellow]round {r}: evaluation failed[/]: {eval_error}")
         record[self.strategy.summary_key] = outcome.summary
+        if outcome.failed is not None:
+            record["round_failed"] = outcome.failed
+        if outcome.stop is not None:
+            record["stop"] = outcome.stop
         new_baseline = self.state.baseline
         if baseline is not None:
             record["baseline"], new_baseline = baseline.result()
+            failure = record["baseline"].get("error") or self.recorder.eval_failure(
+                record["baseline"].get("eval", {})
+            )
+            if failure is not None:
+                record["baseline"]["eval_error"] = failure
+                self.view.event(
+                    f"[yellow]round {r}: the baseline's evaluation failed[/]: {failure}"
+                )
         ended = time.monotonic()
         worker = union_seconds(self.workers.since(mark), started, ended)
         record["timings"] = {
@@ -358,7 +421,14 @@ class Engine:
             "coordinator_seconds": round(ended - started - worker, 6),
             "straggle_seconds": round(sum(res.straggle_seconds for res in results), 6),
             "wall_seconds_at_end": round(self._wall(), 6),
+            "transfer_seconds": round(outcome.transfer_seconds, 6),
         }
+        transfer = sum(
+            rec["timings"].get("transfer_seconds", 0.0) for rec in self.report.get("rounds", [])
+        )
+        record["timings"]["simulated_seconds_at_end"] = round(
+            self._wall() + transfer + outcome.transfer_seconds, 6
+        )
         return record, outcome.state, new_baseline
 
     def _wall(self) -> float:
@@ -443,12 +513,13 @@ class Engine:
     def _evaluate_on(self, ctx: PeerContext, model: ModelRef) -> dict:
         c = self.config
         client = ctx.client()
+        device = ctx.device()
         if model.kind == "pack":
             model_id = ctx.call(
-                client.import_parameter_pack, c.device, ctx.path(model.path), c.state_dict_filter
+                client.import_parameter_pack, device, ctx.path(model.path), c.state_dict_filter
             )
         else:
-            model_id = ctx.call(client.init_model, c.device)
+            model_id = ctx.call(client.init_model, device)
             ctx.call(client.load_model_artifact, model_id, ctx.path(model.path))
         metrics = ctx.call(handling.evaluate_metrics, client, model_id, "Validation")
         ctx.call(client.release_model, model_id)
@@ -475,8 +546,13 @@ class Engine:
 
     def _commit(self, r: int, record: dict, new_state: Any, baseline: BaselineState | None) -> None:
         assert self.state is not None
-        asked = [p for p, entry in record["peers"].items() if entry["status"] != "dropped"]
-        streak = self.state.failed_streak + 1 if asked and not record["contributors"] else 0
+        asked = [
+            p
+            for p, entry in record["peers"].items()
+            if entry["status"] not in ("dropped", "outside_group")
+        ]
+        failed = record.get("round_failed") or (asked and not record["contributors"])
+        streak = self.state.failed_streak + 1 if failed else 0
         self.state = RunState(r, new_state, baseline, streak)
         self.recorder.commit(record)
         self.recorder.write_checkpoint()

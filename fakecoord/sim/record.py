@@ -90,7 +90,19 @@ class Recorder:
 
     def value(self, metrics: dict) -> float | None:
         value = metrics.get(self.metric)
-        return float(value) if numeric(value) else None
+        return float(value) if numeric(value) and math.isfinite(value) else None
+
+    def eval_failure(self, metrics: dict) -> str | None:
+        """Why an evaluation gave no usable value (None: it did): the worker's or the
+        workload's error, a missing metric, or a non-finite one."""
+        if "python_error" in metrics:
+            return str(metrics["python_error"])
+        value = metrics.get(self.metric)
+        if not numeric(value):
+            return f"evaluate returned no numeric {self.metric!r}"
+        if not math.isfinite(value):
+            return f"evaluate returned {self.metric} {value}"
+        return None
 
     def check_eval_metric(self, metrics: dict) -> None:
         """Refuse an ``eval_metric`` that the workload's evaluate does not return as a number."""
@@ -130,9 +142,9 @@ class Recorder:
     def round_record(self, r: int, results: list[PeerResult], metrics: dict) -> dict:
         plan = self.engine.plan
         finished = sum(res.ok for res in results)
-        asked = sum(not res.dropped for res in results)
+        asked = sum(not res.dropped and not res.outside_group for res in results)
         for res in results:
-            if res.dropped:
+            if res.dropped or res.outside_group:
                 continue
             pending = self.pending.pop(res.peer, None)
             if pending is not None:
@@ -164,8 +176,13 @@ class Recorder:
             "eval_value": self.value(metrics),
             "eval": metrics,
             "contributors": [res.peer for res in results if res.ok],
-            "failed": [res.peer for res in results if not res.ok and not res.dropped],
+            "failed": [
+                res.peer
+                for res in results
+                if not res.ok and not res.dropped and not res.outside_group
+            ],
             "dropped": [res.peer for res in results if res.dropped],
+            "outside_group": [res.peer for res in results if res.outside_group],
             "peers": {str(res.peer): res.record() for res in results},
         }
 
@@ -217,6 +234,12 @@ class Recorder:
     def stop_reason(self, streak: int) -> str:
         """Why the run stops: the last round's errors, grouped by text."""
         last = self.report["rounds"][-1]
+        if last.get("round_failed") and not last["failed"]:
+            rounds = "round" if streak == 1 else f"{streak} rounds in a row, up to round"
+            return (
+                f"the network fails {rounds} {last['round']} (--max-failed-rounds "
+                f"{self.engine.config.max_failed_rounds}): {last['round_failed']}"
+            )
         errors: dict[str, list[tuple[str, str]]] = {}
         for p, entry in last["peers"].items():
             if entry["status"] == "failed":
@@ -376,6 +399,14 @@ def metrics_lines(report: dict) -> list[dict]:
                 if entry["status"] == "ok"
             },
         }
+        for key in ("eval_error", "round_failed"):
+            if record.get(key):
+                line[key] = record[key]
+        if "simulated_seconds_at_end" in record["timings"]:
+            line["simulated_seconds"] = record["timings"]["simulated_seconds_at_end"]
+        wire = (record.get("aggregate") or {}).get("wire")
+        if wire:
+            line["encoded_bytes"] = wire["encoded_bytes_total"]
         if record.get("baseline"):
             line["baseline_eval"] = record["baseline"].get("eval", {})
             line["baseline_eval_value"] = record["baseline"].get("eval_value")

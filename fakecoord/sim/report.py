@@ -98,7 +98,8 @@ class RichView(RunView):
     def round_done(self, record: dict) -> None:
         if self._progress is None:
             return
-        value = f"{record.get('eval_metric', 'eval')} {fmt(record.get('eval_value'))}"
+        shown = "failed" if record.get("eval_error") else fmt(record.get("eval_value"))
+        value = f"{record.get('eval_metric', 'eval')} {shown}"
         if record.get("baseline"):
             value += f"  baseline {fmt(record['baseline'].get('eval_value'))}"
         self._progress.update(self._task, advance=1, value=value)
@@ -142,15 +143,25 @@ def summary_table(report: dict) -> Any:
             if f["round"] == record["round"]
         ]
         notes += [f"drop@{p}" for p in record.get("dropped", [])]
+        if record.get("round_failed"):
+            notes.append("round failed")
         notes += [
             f"slow@{p}"
             for p, entry in record.get("peers", {}).items()
             if entry.get("straggle_seconds")
         ]
-        row = [str(record["round"]), fmt(record.get("eval_value"))]
+        row = [
+            str(record["round"]),
+            "failed" if record.get("eval_error") else fmt(record.get("eval_value")),
+        ]
         if has_baseline:
-            row.append(fmt((record.get("baseline") or {}).get("eval_value")))
-        asked = len(record.get("peers", {})) - len(record.get("dropped", []))
+            entry = record.get("baseline") or {}
+            row.append("failed" if entry.get("eval_error") else fmt(entry.get("eval_value")))
+        asked = (
+            len(record.get("peers", {}))
+            - len(record.get("dropped", []))
+            - len(record.get("outside_group", []))
+        )
         row += [
             f"{len(record.get('contributors', []))}/{asked}",
             fmt(mean_train_loss(record)),
@@ -222,9 +233,70 @@ def summary_lines(report: dict) -> list[str]:
             f"fault {fault['spec']} in round {fault['round']}: {fault.get('error') or 'failure'}; "
             f"recovery: {recovery.get('action', 'pending')}"
         )
+    for record in report.get("rounds", []):
+        if record.get("eval_error"):
+            lines.append(f"round {record['round']}: evaluation failed: {record['eval_error']}")
+        if (record.get("baseline") or {}).get("eval_error"):
+            lines.append(
+                f"round {record['round']}: the baseline's evaluation failed: "
+                f"{record['baseline']['eval_error']}"
+            )
+        if record.get("round_failed"):
+            lines.append(
+                f"round {record['round']} failed (as in the network): {record['round_failed']}"
+            )
+    heads = [
+        str(r["round"])
+        for r in report.get("rounds", [])
+        if "checkpoint_head" in r.get("aggregate", {})
+    ]
+    if heads:
+        every = report["settings"].get("checkpoint_interval_rounds")
+        lines.append(
+            f"checkpoint heads (every {every} completed rounds, as the network publishes them): "
+            f"after round {', '.join(heads)}"
+        )
+    lines += wire_lines(report)
+    if report.get("device_override"):
+        lines.append(f"warning: {report['device_override']}")
     if report.get("stopped"):
         lines.append(f"stopped early: {report['stopped']['reason']}")
+    if report.get("run_failed"):
+        lines.append(f"run failed: {report['run_failed']}")
     return lines
+
+
+def wire_lines(report: dict) -> list[str]:
+    """What the codec put on the wire, and the simulated clock when a link was modelled."""
+    wires = [
+        (r, r["aggregate"]["wire"])
+        for r in report.get("rounds", [])
+        if "wire" in r.get("aggregate", {})
+    ]
+    if not wires:
+        return []
+    total = sum(w["encoded_bytes_total"] for _, w in wires)
+    first = wires[0][1]
+    lines = [
+        f"wire: {first['codec']} puts {_bytes(first['encoded_bytes_per_peer'])} per peer and round on "
+        f"the wire ({first['values']} values); {_bytes(total)} in {len(wires)} rounds"
+    ]
+    transfer = sum(r["timings"].get("transfer_seconds", 0.0) for r, _ in wires)
+    last = report["rounds"][-1]["timings"]
+    if "transfer_seconds" in first:
+        lines.append(
+            f"simulated time {last.get('simulated_seconds_at_end', 0):.1f} s = wall "
+            f"{last.get('wall_seconds_at_end', 0):.1f} s + modelled transfer {transfer:.1f} s "
+            f"(--link {' '.join(report['settings'].get('link') or [])})"
+        )
+    return lines
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
 
 
 def plotted_metrics(report: dict) -> list[str]:
@@ -302,8 +374,13 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
     label = f"{report.get('strategy')}, {settings['peers']} peers"
     xs = [0] + [r["round"] for r in rounds]
     wall = report.get("timings", {}).get("wall_seconds", 0.0)
+    simulated = rounds[-1]["timings"].get("simulated_seconds_at_end") if rounds else None
+    transfer = sum(r["timings"].get("transfer_seconds", 0.0) for r in rounds)
+    clock = f"wall {wall:.1f} s" + (
+        f", simulated {simulated:.1f} s with the link model" if transfer and simulated else ""
+    )
     fig.suptitle(
-        f"fakecoord {report.get('strategy')} run: {len(rounds)} rounds, wall {wall:.1f} s",
+        f"fakecoord {report.get('strategy')} run: {len(rounds)} rounds, {clock}",
         fontsize="medium",
     )
     for ax, name in zip(flat, metrics, strict=False):
@@ -321,6 +398,10 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
             ax.plot(*_finite(xs, bys), marker="s", linestyle="--",
                     label=f"single-worker baseline ({steps} steps/round)")  # fmt: skip
         mark_events(ax, report)
+        failed = [r["round"] for r in rounds if r.get("eval_error")]
+        for i, x in enumerate(failed):
+            ax.axvline(x, color="orange", linestyle=":",
+                       label="evaluation failed" if i == 0 else None)  # fmt: skip
         scale = _scale(ax, name, values)
         ax.set_title(f"eval {name} per round" + (" (log scale)" if scale == "log" else ""))
         ax.set_xlabel("round")
@@ -349,11 +430,29 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
     coordinator = [r["timings"]["coordinator_seconds"] for r in rounds]
     ax_time.bar(rx, worker, label="in worker calls")
     ax_time.bar(rx, coordinator, bottom=worker, label="coordinator")
-    ax_time.set_title("wall-clock time per round")
+    transfer = [r["timings"].get("transfer_seconds", 0.0) for r in rounds]
+    if any(transfer):
+        bottom = [w + c for w, c in zip(worker, coordinator, strict=True)]
+        ax_time.bar(rx, transfer, bottom=bottom, label="modelled transfer (--link)")
+    ax_time.set_title("time per round" + (" (simulated)" if any(transfer) else " (wall clock)"))
+    wires = [
+        ((r.get("aggregate") or {}).get("wire") or {}).get("encoded_bytes_total") for r in rounds
+    ]
+    if any(numeric(b) for b in wires):
+        ax_bytes = ax_time.twinx()
+        ax_bytes.plot(*_finite(rx, [b / 1e6 if numeric(b) else None for b in wires]),
+                      color="black", marker="x", label="MB on the wire")  # fmt: skip
+        ax_bytes.set_ylabel("MB encoded (all peers)")
+        top = max(b for b in wires if numeric(b)) / 1e6
+        ax_bytes.set_ylim(0, 1.6 * top if top > 0 else 1.0)
+        ax_bytes.legend(fontsize="small", loc="upper right")
+        ax_time.set_ylim(
+            0, 1.6 * max(w + c + t for w, c, t in zip(worker, coordinator, transfer, strict=True))
+        )
     ax_time.set_xlabel("round")
     ax_time.set_ylabel("seconds")
     mark_events(ax_time, report)
-    ax_time.legend(fontsize="small")
+    ax_time.legend(fontsize="small", loc="upper left")
     for ax in flat[:panels]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -365,8 +464,9 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
 
 
 def _finite(xs: list, ys: list) -> tuple[list, list]:
-    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if numeric(y)]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    """The points to draw: a missing or non-finite value becomes NaN, a gap in the line (a
+    failed evaluation is never bridged)."""
+    return list(xs), [float(y) if numeric(y) and math.isfinite(y) else math.nan for y in ys]
 
 
 __all__ = [

@@ -86,11 +86,20 @@ class PeerResult:
     straggle_seconds: float = 0.0
     pid: int | None = None
     dropped: bool = False
+    outside_group: bool = False
+    """Available but not among the round's group (the network's ``target_group_size``)."""
+    encoded_bytes: int | None = None
+    """The bytes its encoded contribution put on the wire (DiLoCo)."""
     private: dict = field(default_factory=dict)
 
     def record(self) -> dict:
         """The peer's entry in the report's round record."""
-        status = "dropped" if self.dropped else "ok" if self.ok else "failed"
+        status = (
+            "dropped" if self.dropped
+            else "outside_group" if self.outside_group
+            else "ok" if self.ok
+            else "failed"
+        )  # fmt: skip
         out: dict[str, Any] = {
             "status": status,
             "metrics": self.metrics,
@@ -106,6 +115,8 @@ class PeerResult:
             out["traceback"] = self.traceback
         if self.injected is not None:
             out["fault_injected"] = self.injected
+        if self.encoded_bytes is not None:
+            out["encoded_bytes"] = self.encoded_bytes
         return out
 
 
@@ -117,13 +128,20 @@ class RoundOutcome(Generic[S]):
     ``refused`` maps peers whose result the aggregation could not use (e.g.
     a pack full of NaN) to the reason, so they count as failed;
     ``eval_metrics``, when the strategy already evaluated the new model, saves
-    the engine an evaluation.
+    the engine an evaluation.  ``failed``: the round failed as the network
+    fails it (the reason; the state keeps its model); ``stop``: commit this
+    round, then stop the run with exit 1 and this message;
+    ``transfer_seconds``: the modelled transfer time, added to the simulated
+    clock.
     """
 
     state: S
     summary: dict = field(default_factory=dict)
     refused: dict[int, str] = field(default_factory=dict)
     eval_metrics: dict | None = None
+    failed: str | None = None
+    stop: str | None = None
+    transfer_seconds: float = 0.0
 
 
 @dataclass
@@ -235,6 +253,27 @@ class Strategy(ABC, Generic[S]):
     def train(self, peer: PeerContext, task: Any) -> PeerResult:
         """Run ``task`` on ``peer``'s worker.  Must not raise for a failed peer: return
         ``PeerResult(ok=False, error=...)`` (after ``peer.after_failure``)."""
+
+    def select_group(self, r: int, candidates: list[int]) -> list[int]:
+        """The peers (of the available ``candidates``) that take part in round ``r``, in the
+        order of every sum; raise :class:`~fakecoord.errors.RoundFailed` to fail the round
+        before anyone trains.  Default: all of them."""
+        return candidates
+
+    def round_failure(self, r: int, results: list[PeerResult]) -> str | None:
+        """A reason to fail round ``r`` after training, before any aggregation (None: go on)."""
+        return None
+
+    def after_round(
+        self, r: int, old: S, outcome: RoundOutcome[S], results: list[PeerResult], ctx: RoundContext
+    ) -> RoundOutcome[S]:
+        """Called after ``aggregate_round`` (or for a failed round, with the old state):
+        the outcome to commit.  Default: unchanged."""
+        return outcome
+
+    def run_failure(self, report: dict) -> str | None:
+        """Called when the run ends: a reason to call the whole run failed (exit 1), or None."""
+        return None
 
     @abstractmethod
     def aggregate_round(

@@ -56,7 +56,7 @@ class Windows(Strategy[WindowsState]):
 
     def initialize(self, setup: SetupContext) -> WindowsState:
         client = setup.client()
-        model_id = setup.call(client.init_model, self.config.device)
+        model_id = setup.call(client.init_model, setup.device())
         canonical = setup.dir / "canonical.safetensors"
         setup.call(client.materialize_model_artifact, model_id, canonical)
         setup.call(client.release_model, model_id)
@@ -78,7 +78,7 @@ class Windows(Strategy[WindowsState]):
         try:
             client = peer.client()
             started = time.monotonic()
-            model_id = peer.call(client.init_model, self.config.device)
+            model_id = peer.call(client.init_model, peer.device())
             peer.call(client.load_model_artifact, model_id, peer.path(task.local))
             job = peer.inject({"model_id": model_id, "batches": task.lease})
             metrics = peer.call(
@@ -115,10 +115,17 @@ class Windows(Strategy[WindowsState]):
             try:
                 canonical, merged, eval_metrics = self._reduce(peer, state, survivors, ctx.dir)
                 merge["merged"] = merged
+                if not merged:
+                    merge["error"] = "merge_candidate_models returned null (the workload declined)"
             except (FakecoordError, OSError) as exc:
                 merge["error"] = short_error(exc)
                 ctx.unplanned(reducer, exc, "merge")
                 peer.after_failure(exc)
+            if not merge["merged"]:
+                ctx.event(
+                    f"[yellow]round {r}: no merge[/] on peer {reducer}: {merge['error']}; the "
+                    "canonical model stays as it was"
+                )
         by_peer = {res.peer: res for res in survivors}
 
         def reconcile(peer: PeerContext) -> Any:
@@ -143,13 +150,13 @@ class Windows(Strategy[WindowsState]):
         client = peer.client()
         held: list[str] = []
         try:
-            base_id = peer.call(client.init_model, c.device)
+            base_id = peer.call(client.init_model, peer.device())
             held.append(base_id)
             peer.call(client.load_model_artifact, base_id, peer.path(state.canonical))
             candidates = []
             for res in survivors:
                 assert res.model is not None
-                cid = peer.call(client.init_model, c.device)
+                cid = peer.call(client.init_model, peer.device())
                 held.append(cid)
                 peer.call(client.load_model_artifact, cid, peer.path(res.model.path))
                 loss = res.metrics.get("loss")
@@ -190,7 +197,7 @@ class Windows(Strategy[WindowsState]):
         client = peer.client()
         canon_id = None
         try:
-            canon_id = peer.call(client.init_model, self.config.device)
+            canon_id = peer.call(client.init_model, peer.device())
             peer.call(client.load_model_artifact, canon_id, canonical)
             local_id = result.private["local_id"]
             peer.call(client.reconcile_canonical_model, local_id, canon_id, self.config.reconcile)
@@ -209,7 +216,7 @@ class Windows(Strategy[WindowsState]):
         model_id = None
         try:
             client = peer.client()
-            model_id = peer.call(client.init_model, self.config.device)
+            model_id = peer.call(client.init_model, peer.device())
             peer.call(client.load_model_artifact, model_id, peer.path(state.model.path))
             train = peer.call(handling.train_window_metrics, client, model_id, batches)
             artifact = peer.dir / "baseline.safetensors"
@@ -219,6 +226,15 @@ class Windows(Strategy[WindowsState]):
             peer.after_failure(exc, model_id)
             raise
         return BaselineOutcome(BaselineState(ModelRef("artifact", peer.rel(artifact))), train)
+
+    def run_failure(self, report: dict) -> str | None:
+        """A windows run in which no round merged failed: the canonical model never moved."""
+        records = report.get("rounds", [])
+        if not records or any(rec.get("merge", {}).get("merged") for rec in records):
+            return None
+        errors = [rec["merge"]["error"] for rec in records if rec.get("merge", {}).get("error")]
+        last = f"; last: {errors[-1]}" if errors else ""
+        return f"no round merged: every merge failed or was declined ({len(records)} rounds){last}"
 
     def state_to_json(self, state: WindowsState) -> dict:
         return {"canonical": state.canonical, "local": {str(p): v for p, v in state.local.items()}}

@@ -33,6 +33,7 @@ from ..errors import (
     WorkerExited,
     WorkerTimeout,
 )
+from ..network.rounds import runtime_device
 from . import bootstrap
 from .config import SimConfig, ThreadChoice
 from .faults import Fault
@@ -90,6 +91,8 @@ class Slot:
         self.client: WorkerClient | None = None
         self.pids: list[int] = []
         self.hello: dict | None = None
+        self.runtime_device: str | None = None
+        """The workload's own device string (``capability_probe``), asked at every start."""
         self.log_start = 0
         """Where the current worker's stderr starts in ``log`` (earlier workers' lines are older)."""
 
@@ -191,6 +194,8 @@ class Workers:
                 f.write("\n")
             try:
                 hello = client.hello()
+                # lib.rs PythonTorchProject::new: the probe's runtime_device is every device.
+                device = runtime_device(client)
             except FakecoordError as exc:
                 raise self.explain(slot, exc) from None
         finally:
@@ -199,6 +204,7 @@ class Workers:
             client.kill()
             raise SimStopped("the run is stopping")
         slot.hello = hello
+        slot.runtime_device = device
         return client
 
     def ensure(self, slot: Slot, round_index: int) -> WorkerClient:
@@ -390,6 +396,20 @@ class PeerContext:
         client = self.workers.ensure(self.slot, self.round)
         self.pid = client.pid
         return client
+
+    def device(self) -> str:
+        """The ``device`` to send: ``--device`` when given (an override the network never
+        makes), else the workload's own ``runtime_device`` from its worker's probe (for a
+        command job: the evaluator's)."""
+        if self.config.device is not None:
+            return self.config.device
+        slot = self.slot
+        if slot.runtime_device is None and slot.client is None:
+            slot = self.workers.evaluator if self.workers.evaluator.runtime_device else slot
+        if slot.runtime_device is None:
+            self.workers.ensure(slot, self.round)
+        assert slot.runtime_device is not None
+        return slot.runtime_device
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call a worker method (or a :mod:`fakecoord.handling` helper), timed as worker time."""

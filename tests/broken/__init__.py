@@ -26,6 +26,7 @@ import functools
 import sys
 from typing import Any
 
+from . import flow_defects as flow
 from . import process_defects as proc
 from . import semantic_defects as sem
 from . import workload_defects as wl
@@ -34,6 +35,9 @@ from .stub import StubWorkload, make_stub
 
 HANG_TIMEOUT = {"call_timeout": 5.0, "accept_timeout": 60.0}
 """Options for subjects that hang: a short --timeout, a normal worker start."""
+REAL_WORKERS = {"worker_cmd": None}
+"""Options for subjects whose defect forked workers hide (they share the fork server's
+hash seed): real ``python -m worker`` processes."""
 
 # name -> (defect mixin, base, the check that must FAIL[, Options overrides])
 DEFECTS: dict[str, tuple[Any, ...]] = {
@@ -79,6 +83,22 @@ DEFECTS: dict[str, tuple[Any, ...]] = {
     "import_drops_last": (wl.ImportDropsLast, "custom_packs", "packs.roundtrip_bit_identical"),
     "wrong_schema_hash": (wl.WrongSchemaHash, "custom_packs", "packs.manifest_valid"),
     "import_swallows_errors": (wl.ImportSwallowsErrors, "custom_packs", "errors.bad_files"),
+    "merge_widens": (wl.MergeWidens, "example", "semantics.merge_weighted_mean"),
+    "name_not_str": (flow.NameNotStr, "example", "protocol.portable_results"),
+    "train_returns_none": (flow.TrainReturnsNone, "example", "protocol.portable_results"),
+    "inner_state_directory": (flow.InnerStateDirectory, "example", "flows.diloco_rounds"),
+    "pairs_refs": (flow.PairsRefs, "example", "flows.train_handles"),
+    "merge_divides_by_zero": (flow.MergeDividesByZero, "example", "flows.merge_edge_cases"),
+    "ema_only_for_ema": (flow.EmaOnlyForEma, "example", "flows.root_ema_policies"),
+    "evaluate_needs_training": (
+        flow.EvaluateNeedsTraining, "example", "flows.evaluate_fresh_worker"
+    ),
+    "hash_ordered_packs": (
+        flow.HashOrderedPacks, "custom_packs", "flows.exchange_between_processes", REAL_WORKERS
+    ),
+    "export_ignores_filter": (
+        flow.ExportIgnoresFilter, "custom_packs", "flows.filters_in_jobs"
+    ),
 }  # fmt: skip
 
 # name -> (mixin, base, the check that must WARN)
@@ -96,6 +116,10 @@ WARNINGS: dict[str, tuple[Any, ...]] = {
     "inner_loop_ignores_batches": (
         sem.InnerLoopIgnoresBatches, "example", "diloco.inner_loop_updates_pack"
     ),
+    "inner_state_constant": (flow.InnerStateConstant, "example", "flows.diloco_rounds"),
+    "inner_state_never_loaded": (
+        flow.InnerStateNeverLoaded, "example", "flows.diloco_rounds"
+    ),
 }  # fmt: skip
 
 BASES = {
@@ -104,6 +128,7 @@ BASES = {
     "mixed_precision": (MixedPrecision,),
     "shards_only": (ShardsOnly,),
     "zero_steps": (ZeroSteps,),
+    "train_exits": (flow.TrainExits,),
     "marker": (proc.ImportMarker,),
 }
 
@@ -127,6 +152,13 @@ def make_broken(config: dict) -> Any:
     defect = config.get("defect")
     base = _entry(defect)[1] if defect else config.get("base", "example")
     return subject_class(defect, base)(config)
+
+
+def make_control(config: dict) -> Any:
+    """A legal but unusual workload (:mod:`.controls`, imported on use: it imports torch)."""
+    from .controls import make_control as make
+
+    return make(config)
 
 
 FACTORIES = {
@@ -157,6 +189,7 @@ __all__ = [
     "WARNINGS",
     "StubWorkload",
     "make_broken",
+    "make_control",
     "make_stub",
     "probe_command",
     "subject_class",

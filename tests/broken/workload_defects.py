@@ -182,3 +182,24 @@ class ImportSwallowsErrors:
             return super().import_parameter_pack_path(device, path, state_dict_filter)
         except (OSError, ValueError):
             return self.init_model(device)
+
+
+class MergeWidens:
+    """The merge result has a wider hidden layer (another parameter count)."""
+
+    def merge_candidate_models(self, base: dict, candidates: list, policy: Any) -> dict | None:
+        import torch
+
+        merged = super().merge_candidate_models(base, candidates, policy)
+        if merged is None:
+            return None
+        model = merged["model"]
+        with torch.no_grad():
+            wide = torch.nn.Linear(model[0].in_features, model[0].out_features + 1)
+            wide.weight[:-1].copy_(model[0].weight)
+            wide.bias[:-1].copy_(model[0].bias)
+            last = torch.nn.Linear(wide.out_features, 1)
+            last.weight[:, :-1].copy_(model[2].weight)
+            last.weight[:, -1] = 0.0
+            last.bias.copy_(model[2].bias)
+        return {"model": torch.nn.Sequential(wide, torch.nn.Tanh(), last)}

@@ -48,6 +48,21 @@ def test_plan_with_a_filter(worker):
     assert plan["layout_hash"] != unfiltered["layout_hash"]
 
 
+def test_a_plan_with_40000_globs_compiles_each_glob_once(worker, monkeypatch):
+    """Issue 16 item 19: 40,000 globs fell off fnmatch's cache (71-100 s for 24 keys)."""
+    import fnmatch
+
+    calls = []
+    translate = fnmatch.translate
+    monkeypatch.setattr(fnmatch, "translate", lambda g: calls.append(g) or translate(g))
+    include = [f"{i}.*" for i in range(40_000)] + ["item19-literal"]
+    exclude = [f"*.bias-{i}?" for i in range(40_000)] + ["*.bias"]
+    flt = {"include_globs": include, "exclude_globs": exclude}
+    plan = ok(worker, "parameter_pack_plan", {"device": "cpu", "state_dict_filter": flt})
+    assert plan["included_keys"] == [k for k in TINY_FLOAT_KEYS if not k.endswith(".bias")]
+    assert len(calls) <= len(include) + len(exclude)
+
+
 def test_plan_for_multi_module_states():
     worker = Worker(MultiModule({}))
     plan = ok(

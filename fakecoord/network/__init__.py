@@ -1,0 +1,1 @@
+"""The burn_p2p network as the coordinator side models it (rounds, groups, transfer)."""
