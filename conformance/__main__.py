@@ -6,8 +6,9 @@ summary.  The exit status comes from that summary: 0 when no check failed
 complete; 3 when none failed but the training checks could not run (the
 workload trained on none of the batches: incomplete, unless
 ``--allow-untrained``); 2 for a usage error (bad flags, a factory that cannot be imported
-or started, unreadable files), with the reason on stderr; 130 when
-interrupted.  The suite never runs workload code in its own process.
+or started, unreadable files), with the reason on stderr; 130 after Ctrl-C
+and 143 after SIGTERM (every worker and probe stopped and reaped first).  The
+suite never runs workload code in its own process.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import NoReturn
 from fakecoord import wire
 from fakecoord.errors import DecodeError
 from fakecoord.pipes import stdout_gone
+from fakecoord.signals import Terminated, interrupt_status, sigterm_raises
 
 from . import __version__
 from .errors import UsageError
@@ -131,17 +133,19 @@ def _check_factory(spec: str, roots: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (see the module docstring)."""
     try:
-        code = _main(argv)
-        sys.stdout.flush()  # a reader that went away is found here, not at exit
-        return code
+        with sigterm_raises():
+            code = _main(argv)
+            sys.stdout.flush()  # a reader that went away is found here, not at exit
+            return code
     except _HelpOrVersion:
         return 0
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (fakecoord.signals): workers reaped
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{PROG}: {what}", file=sys.stderr)
+        return interrupt_status(exc)
     except BrokenPipeError:  # e.g. `--list | head`: the reader went away, not an error
         return stdout_gone()
     except BaseException as exc:  # SystemExit included: never 0 without a summary

@@ -18,10 +18,13 @@ docs/protocol.md §4 is implemented:
 - ``runtime_device`` is ``"python-torch-cpu"``; every hook taking a device
   maps that string (``python-torch-X`` -> ``torch.device("X")``) and also
   takes a plain torch device name;
-- ``evaluate`` serves ``Train``, ``Validation``, ``Test`` and
-  ``{"Custom": NAME}`` for any ``NAME.json`` shard in ``data_dir``;
+- ``evaluate`` serves ``Train``, ``Validation``, ``Test`` and any
+  ``{"Custom": NAME}``: the ``NAME.json`` shard in ``data_dir`` when there is
+  one, else the validation shard (a peer may be asked for any custom name);
 - the merge hooks weigh candidates by ``sample_weight`` times the policy's
-  quality factor, as the Rust reference merge does (docs/protocol.md §7).
+  quality factor, as the Rust reference merge does (docs/protocol.md §7); weights
+  summing to at most ``f64::EPSILON`` merge into a copy of the base, as
+  ``merge_weighted_mean_modules`` (``burn_p2p_engine``) does.
 
 Config keys (all optional): ``data_dir`` (needed by ``evaluate``), ``seed``
 (0), ``hidden`` (64), ``inner_lr`` (3e-3; also set by a Hot patch of ``learning_rate`` or
@@ -32,6 +35,7 @@ Config keys (all optional): ``data_dir`` (needed by ``evaluate``), ``seed``
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -200,13 +204,7 @@ class DemoWorkload:
             if not name or "/" in name or "\\" in name or name.startswith("."):
                 raise ValueError(f"evaluate: custom split name {name!r} must be a plain file stem")
             path = self.data_dir / f"{name}.f32"
-            if not path.with_suffix(".json").exists():
-                available = sorted(p.stem for p in self.data_dir.glob("*.json"))
-                raise ValueError(
-                    f"evaluate: no custom split {name!r} in {str(self.data_dir)!r} "
-                    f"(available: {', '.join(available) or 'none'})"
-                )
-            return path
+            return path if path.with_suffix(".json").exists() else self._split_file("Validation")
         raise ValueError(f"evaluate: unknown split {split!r}")
 
     # -- training ----------------------------------------------------------------
@@ -300,6 +298,8 @@ class DemoWorkload:
         if not candidates:
             return None
         weights = _policy_weights(candidates, policy)
+        if weights is None:
+            return {"model": self._like(base)}
         flats = [_flat(c["model"]) for c in candidates]
         base_flat = _flat(base)
         if policy == "TrimmedMean" and len(flats) >= 3:
@@ -360,11 +360,12 @@ def _device(name: str) -> torch.device:
         raise ValueError(f"init_model: unknown device {name!r} ({exc})") from None
 
 
-def _policy_weights(candidates: list, policy: Any) -> list[float]:
+def _policy_weights(candidates: list, policy: Any) -> list[float] | None:
     """Normalized candidate weights ``sample_weight * q``, with ``q`` as the Rust
     reference merge takes it (docs/protocol.md §7): 1 for WeightedMean, the quality
     weight clamped to [0, 1] for NormClippedWeightedMean, the quality weight
-    for the others.  ``{"Custom": "uniform"}`` weighs every candidate alike."""
+    for the others.  ``{"Custom": "uniform"}`` weighs every candidate alike.  None when
+    the weights sum to at most ``f64::EPSILON`` (the reference then keeps the base)."""
     if policy == "WeightedMean":
         raw = [c["sample_weight"] for c in candidates]
     elif policy == "NormClippedWeightedMean":
@@ -378,8 +379,8 @@ def _policy_weights(candidates: list, policy: Any) -> list[float]:
     if any(w < 0 or not math.isfinite(w) for w in raw):
         raise ValueError(f"candidate weights must be finite and non-negative, got {raw}")
     total = sum(raw)
-    if total <= 0:
-        raise ValueError(f"candidate weights sum to {total}; at least one must be positive")
+    if total <= sys.float_info.epsilon:
+        return None
     return [w / total for w in raw]
 
 

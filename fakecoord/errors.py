@@ -23,6 +23,7 @@ and what was expected, so a failing test or simulation says what went wrong.
 
 from __future__ import annotations
 
+import re
 import signal
 from typing import Any
 
@@ -232,6 +233,19 @@ def describe(value: object, limit: int = 80) -> str:
     return f"{text} ({_json_kind(value)})"
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """``text`` as one printable line: control characters, bidi overrides and lone surrogates
+    escaped (``\\n``, ``\\x1b``, ``\\u202e``), cut to ``limit`` characters."""
+    shown = _UNPRINTABLE.sub(
+        lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"),
+        text[: limit * 2],
+    )
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 __all__ = [
     "CallerError",
     "ClientClosed",
@@ -247,6 +261,7 @@ __all__ = [
     "WorkerFault",
     "WorkerTimeout",
     "describe",
+    "one_line",
     "describe_returncode",
 ]
 

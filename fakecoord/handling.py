@@ -56,6 +56,38 @@ def _told_count(ref: Any, key: str) -> int | None:
     return None
 
 
+CONTRIBUTION_WEIGHT_METRICS = (
+    "tokens_processed",
+    "accepted_tokens_or_samples",
+    "examples_processed",
+    "sample_count",
+    "samples",
+    "batch_count",
+)
+"""Where the Rust coordinator reads a contribution's weight, in order
+(``burn_p2p_workload::standard_contribution_weight``)."""
+
+
+def metric_number(metrics: Mapping[str, Any], key: str) -> float | None:
+    """A metric as the coordinator's ``numeric_metric`` reads it: an integer or a float as
+    f64; None for a bool, a string, a non-finite number or an absent key."""
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return wire.f64_of(value)
+
+
+def contribution_weight(metrics: Mapping[str, Any]) -> float:
+    """The sample weight of a candidate, as the Rust coordinator computes it: the first of
+    :data:`CONTRIBUTION_WEIGHT_METRICS` that is a finite number above 0, else 1.0 (a string,
+    bool or missing metric is skipped, never an error)."""
+    for key in CONTRIBUTION_WEIGHT_METRICS:
+        value = metric_number(metrics, key)
+        if value is not None and value > 0:
+            return value
+    return 1.0
+
+
 def train_window_metrics(client: WorkerClient, model_id: str, batches: Sequence[Any]) -> dict:
     """``train_window`` metrics plus :func:`batch_counts` (the coordinator's counts win)."""
     metrics = dict(client.train_window(model_id, batches))
@@ -160,11 +192,14 @@ def plan_or_none(
 
 
 __all__ = [
+    "CONTRIBUTION_WEIGHT_METRICS",
     "apply_patch_outcome",
     "batch_counts",
     "check_diloco_plan",
+    "contribution_weight",
     "evaluate_metrics",
     "export_checked",
+    "metric_number",
     "plan_or_none",
     "train_window_metrics",
 ]

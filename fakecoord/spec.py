@@ -255,6 +255,18 @@ INNER_LOOP_RESULT = Struct(
         Field("inner_optimizer_state_encoding", Option(STRING), default=None),
     ),
 )
+CHECKPOINT_RESULT = Struct(
+    "PythonDiLoCoCheckpointResult",
+    (
+        Field("steps_completed", U32),
+        Field("metrics", METRICS, default={}),
+        Field("local_parameter_pack_path", Option(STRING), default=None),
+        Field("inner_optimizer_state_path", Option(PATH), default=None),
+        Field("inner_optimizer_state_encoding", Option(STRING), default=None),
+    ),
+)
+"""The checkpoint-command backend's result manifest (docs/protocol.md §5), as the Rust coordinator
+reads it from ``result_manifest_path``."""
 RPC_RESPONSE = Struct(
     "RpcResponse",
     (

@@ -6,7 +6,10 @@ does the same by default and keeps the last 16 KiB so that
 
 - ``None``: the child writes into a pipe that a thread copies to this
   process's fd 2 (what "inherit" would show), keeping the tail;
-- a path: the file is appended to, and its end read back;
+- a path: the file is appended to, and its end read back; it is opened with
+  ``O_NOFOLLOW`` (:func:`open_log`), so a link planted at a log's name is
+  refused, never written through (pass ``sys.stderr`` or an fd, not the
+  ``/dev/stderr`` link);
 - a file object with a real descriptor (or an ``int`` fd): the descriptor
   is given to the child, and the end read back when it is a regular file;
 - a file object without one (``io.StringIO``): the pipe's bytes are copied into it.
@@ -15,6 +18,7 @@ does the same by default and keeps the last 16 KiB so that
 from __future__ import annotations
 
 import codecs
+import errno
 import io
 import os
 import stat
@@ -27,6 +31,24 @@ EXIT_GRACE = 2.0
 """Seconds :meth:`StderrCapture.close` waits for the copier to reach EOF."""
 
 StderrTarget = None | str | os.PathLike | int | IO[Any]
+
+
+def open_log(path: str | os.PathLike, *, truncate: bool = False, regular: bool = True) -> IO[bytes]:
+    """Open a log file for appending (or truncated), never through a link: ``O_NOFOLLOW``
+    (a symlink planted at ``path`` raises ``OSError`` ELOOP), ``O_NONBLOCK`` while opening
+    (a FIFO without a reader raises instead of blocking) and, with ``regular``, ``fstat``
+    after (a FIFO or device is refused with ``OSError``); close-on-exec."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    flags |= os.O_TRUNC if truncate else os.O_APPEND
+    fd = os.open(path, flags, 0o644)
+    try:
+        if regular and not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "wb" if truncate else "ab")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class StderrCapture:
@@ -54,7 +76,8 @@ class StderrCapture:
             self._make_pipe()
         elif isinstance(target, (str, os.PathLike)):
             self._tail_path = os.fspath(target)
-            self._owned_file = open(self._tail_path, "ab")  # closed in started() or close()
+            # Never through a link; a device path (/dev/null) stays usable as before.
+            self._owned_file = open_log(self._tail_path, regular=False)  # closed later
             self.popen_arg = self._owned_file
         elif isinstance(target, int):
             self.popen_arg = target
@@ -187,4 +210,4 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-__all__ = ["STDERR_TAIL_BYTES", "StderrCapture", "StderrTarget"]
+__all__ = ["STDERR_TAIL_BYTES", "StderrCapture", "StderrTarget", "open_log"]

@@ -667,6 +667,8 @@ def test_the_demo_workload_weighs_merges_and_takes_patches_as_the_network_expect
             "semantics.results_keep_layout",
             "semantics.train_window_updates_model",
             "protocol.apply_patch_outcome",
+            "protocol.evaluate_metrics",
+            "flows.merge_edge_cases",
         ],
         strict=True,
     )
@@ -675,4 +677,6 @@ def test_the_demo_workload_weighs_merges_and_takes_patches_as_the_network_expect
         "semantics.results_keep_layout": PASS,
         "semantics.train_window_updates_model": PASS,
         "protocol.apply_patch_outcome": PASS,
+        "protocol.evaluate_metrics": PASS,  # any custom split is served
+        "flows.merge_edge_cases": PASS,  # weights summing to 0 keep the base
     }, [(o.id, o.reason) for o in report.outcomes]

@@ -29,6 +29,7 @@ from tools import fuzz
 from tools.fuzz import artifacts as fuzz_artifacts
 from tools.fuzz import oracle
 from tools.fuzz import requests as fuzz_requests
+from tools.fuzz import sim as fuzz_sim
 from worker import artifacts, packs
 from worker.errors import PackError
 from worker.framing import encode_frame
@@ -422,3 +423,15 @@ def test_fakecoord_refuses_a_connection_that_is_not_from_its_child(
             shutdown_timeout=2, exit_grace=1, stderr=log,
         )  # fmt: skip
     assert "refused a connection" in capsys.readouterr().err
+
+
+def test_the_sim_targets_valid_checkpoint_resumes_and_renders() -> None:
+    """The ``sim`` target mutates a checkpoint the resume accepts whole (so its oracle sees
+    accepted checkpoints, not only refusals), and its judges accept the unmutated inputs."""
+    assert fuzz_sim.check_checkpoint([])
+    assert fuzz_sim.check_toml({})
+    assert fuzz_sim.check_toml(
+        {"peers": 2, "fault": ["slow@0=2"], "state-dict-filter": {"include_globs": ["a*"]}}
+    )
+    assert fuzz_sim.check_path(("--report", False, ["r.json"]))
+    assert not fuzz_sim.check_path(("--plot", False, ["x.png2"]))

@@ -258,9 +258,10 @@ def test_device_override_is_kept_with_a_warning(recorder, capsys) -> None:
         "--rounds", "1", "--inner-steps", "1", "--device", "cpu",
     ]  # fmt: skip
     assert main(args) == 1  # the recorder refuses a device that is not its own
-    err = capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())  # however the console wraps it
     assert "unknown device 'cpu'" in err
-    assert "--device 'cpu': every device argument is 'cpu'; the network never sends" in err
+    assert "warning: --device 'cpu': every device argument is 'cpu'; the network never sends" in err
+    assert "[yellow]" not in err
     assert {e["device"] for e in calls(recorder)} == {"cpu"}
 
 

@@ -10,10 +10,16 @@ and ``config-json`` / ``state-dict-filter`` also take TOML tables.
 Exit status: 0 when the run completed (faults included), 1 when it could not
 run or stopped early (no worker starts, ``--max-failed-rounds`` rounds in a
 row without a contributor), 2 for a bad command line, config file, setting
-or input (found before anything is created; also an unreadable ``--resume``
-checkpoint and an ``--eval-metric`` the workload does not return), 130
-after Ctrl-C (every worker stopped; ``--resume DIR`` continues from the
-last completed round).
+or input (found before anything is created: also an unwritable ``--report``,
+``--plot`` or ``--out``, a damaged or foreign ``--resume`` checkpoint, a run
+directory another run holds, and an ``--eval-metric`` the workload does not
+return), 130 after Ctrl-C and 143 after SIGTERM (every worker stopped and
+reaped; ``--resume DIR`` continues from the last completed round).  A run
+that completed but whose ``--report`` or ``--plot`` still could not be
+written exits 1 and names its run directory, which is kept.
+
+Every option is one :class:`Opt` entry of :data:`OPTIONS`: its flag, its
+TOML key and its type; both readers are derived from it.
 """
 
 from __future__ import annotations
@@ -27,35 +33,161 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import FakecoordError, RunFailed, SettingsError
+from .. import wire
+from ..errors import FakecoordError, RunFailed, SettingsError, one_line
 from ..optional import require_for_run
+from ..signals import Terminated, interrupt_status, sigterm_raises
 from ..version import package_version
 from .config import MERGE_POLICIES, SimConfig
+from .faults import MAX_SLOWDOWN
+from .rundir import RunLock, check_out_dir, check_output_file, check_plot_file, is_stream
 
 RESUMABLE = ("rounds", "call_timeout", "start_timeout", "max_failed_rounds")
 """Settings that ``--resume`` may change; every other one comes from the checkpoint."""
 RUN_ONLY = ("resume", "out", "report", "plot", "quiet", "stop_after_round", "config_file")
 """Options about this invocation, not the run's settings."""
-# Relative paths follow one rule: they are relative to the directory fakecoord runs in, on
-# the command line, in a TOML file and inside the workload's config (the workers run there
-# too), so a TOML file's paths are kept as written (docs/simulation.md, "Config files").
 
-DEFAULTS: dict[str, Any] = {
-    "protocol": "diloco", "peers": 4, "rounds": 10, "inner_steps": 32, "seed": 0,
-    "target_group_size": 4, "minimum_group_size": 1, "checkpoint_interval_rounds": 8,
-    "aggregate": "mean", "codec": "fp32", "outer_lr": 0.7, "outer_momentum": 0.9,
-    "nesterov": True, "diloco_backend": "worker", "merge_policy": "QualityWeightedEma",
-    "reconcile": "root-ema", "canonical_weight": 0.75, "call_timeout": 60.0,
-    "start_timeout": 60.0, "device": None, "microshards_per_step": 2, "eval_metric": "loss",
-    "max_failed_rounds": 1, "baseline_steps": "total",
-}  # fmt: skip
+
+@dataclass(frozen=True)
+class Opt:
+    """One option of ``python -m fakecoord run``: its flag, its TOML key and its type, once.
+
+    ``kind`` decides both readers: ``int``, ``float`` and ``str`` (argparse
+    converts the flag; TOML must hold that type, an integer is accepted for a
+    float), ``path`` (a string; relative to the TOML file's directory),
+    ``flag`` (``--X``; TOML ``true``/``false`` only), ``switch`` (``--X`` /
+    ``--no-X``; TOML ``true``/``false`` only), ``specs`` (repeatable; TOML a
+    string or an array of strings), ``json`` (JSON text; TOML also a table or
+    array) and ``argv`` (a shell-split command; TOML also an array of
+    strings).  ``hidden`` options have no help and no TOML key.
+    """
+
+    name: str
+    kind: str
+    group: str
+    help: str = ""
+    default: Any = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    dest: str | None = None
+    hidden: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.dest or self.name.replace("-", "_")
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name}"
+
+
+KIND_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "path": "a path string (not empty, no NUL)",
+    "flag": "a boolean (true or false, not a string)",
+    "switch": "a boolean (true or false, not a string)",
+    "specs": "a string or an array of strings",
+    "json": "JSON text, a table or an array",
+    "argv": "a command string or an array of strings",
+}
+
+# fmt: off
+OPTIONS: tuple[Opt, ...] = (
+    Opt("config", "path", "run", "read options from a TOML file (keys: these option names); "
+        "flags override it; relative paths in it are relative to the current directory, as on "
+        "the command line", metavar="FILE.toml", dest="config_file"),
+    Opt("protocol", "str", "run", "(default {default})", "diloco", choices=("diloco", "windows")),
+    Opt("peers", "int", "run", "peers, one worker each (default {default})", 4, metavar="N"),
+    Opt("rounds", "int", "run", "(default {default})", 10, metavar="R"),
+    Opt("inner-steps", "int", "run", "optimizer steps per peer per round (default {default}, the "
+        "network's num_inner_steps)", 32, metavar="H"),
+    Opt("seed", "int", "run", "seeds data, leases, dropouts and random/numpy/torch in every "
+        "worker; 0 to 2**32-1, the range numpy, torch and random all accept (default {default})",
+        0, metavar="S"),
+    Opt("threads-per-peer", "int", "run", "threads for each worker's torch/OpenMP/MKL (default: "
+        "max(1, cores // peers); 0: the workload's own defaults)", metavar="N"),
+    Opt("out", "path", "run", "run directory: packs, artifacts, logs, checkpoint (default: a "
+        "temporary one, removed after a successful run without faults, else kept and named)",
+        metavar="DIR"),
+    Opt("resume", "path", "run", "continue the run in DIR from its last completed round",
+        metavar="DIR"),
+    Opt("report", "path", "run", "also write the report here (and FILE.metrics.jsonl beside it)",
+        metavar="FILE.json"),
+    Opt("plot", "path", "run", "draw every evaluated metric, per-peer training loss and round "
+        "times (PNG, PDF, SVG...: the extension decides)", metavar="FILE.png"),
+    Opt("baseline", "flag", "run", "also train one worker alone on the same total steps and "
+        "batches"),
+    Opt("baseline-steps", "str", "run", "baseline steps per round: all peers' steps and batches "
+        "together (total, the default) or one peer's (per-peer); implies --baseline", "total",
+        choices=("total", "per-peer")),
+    Opt("max-failed-rounds", "int", "run", "stop after K rounds in a row without any contributing "
+        "peer (default {default})", 1, metavar="K"),
+    Opt("quiet", "flag", "run", "no progress bar or summary"),
+    Opt("stop-after-round", "int", "run", hidden=True),
+    Opt("factory", "str", "workload", "your workload factory instead of the demo",
+        metavar="MOD:ATTR"),
+    Opt("config-json", "json", "workload", "config passed to --factory", metavar="JSON"),
+    Opt("batches", "path", "workload", "batch refs for --factory: a JSON list of refs per peer "
+        "(or one list dealt round-robin), or a directory whose files become one ref each",
+        metavar="FILE|DIR"),
+    Opt("worker-cmd", "argv", "workload", "worker command replacing 'python -m worker' (4 flags "
+        "are appended)", metavar="CMD"),
+    Opt("device", "str", "workload", "override every device argument (default: the workload's "
+        "own runtime_device from capability_probe, which is what the network sends; an override "
+        "prints a warning)"),
+    Opt("state-dict-filter", "json", "workload", '{{"include_globs": [...], "exclude_globs": '
+        '[...]}}', metavar="JSON"),
+    Opt("eval-metric", "str", "workload", "the evaluate metric the summary and progress follow "
+        "(default {default})", "loss"),
+    Opt("microshards-per-step", "int", "workload", default=2, hidden=True),
+    Opt("aggregate", "str", "diloco", "(default {default})", "mean", choices=("mean", "median")),
+    Opt("codec", "str", "diloco", "pseudo-gradient transport (default {default})", "fp32",
+        choices=("fp32", "fp16")),
+    Opt("outer-lr", "float", "diloco", "(default {default})", 0.7),
+    Opt("outer-momentum", "float", "diloco", "(default {default})", 0.9),
+    Opt("nesterov", "switch", "diloco", "Nesterov outer momentum (default on)", True),
+    Opt("target-group-size", "int", "diloco", "a round's group: the first N peers by id as "
+        "strings, as the network forms it (default {default})", 4, metavar="N"),
+    Opt("minimum-group-size", "int", "diloco", "fewer participants or contributions fail the "
+        "round, as in the network (default {default})", 1, metavar="N"),
+    Opt("checkpoint-interval-rounds", "int", "diloco", "record a checkpoint head every N "
+        "completed rounds, as the network publishes one (default {default})", 8, metavar="N"),
+    Opt("link", "specs", "diloco", "model each round's transfer over links of MBIT Mbit/s and "
+        "LATENCY_MS one-way latency (all peers, or peer-N's; repeatable) and add it to the "
+        "simulated clock", metavar="[peer-N=]MBIT[/LATENCY_MS]"),
+    Opt("diloco-backend", "str", "diloco", "(default {default})", "worker",
+        choices=("worker", "command")),
+    Opt("command", "argv", "diloco", "checkpoint-command backend program; {{job_manifest}} and "
+        "{{result_manifest}} are expanded (default: python -m worker.job with the run's factory "
+        "and config)", metavar="'PROGRAM ARGS'"),
+    Opt("merge-policy", "str", "windows", "(default {default})", "QualityWeightedEma",
+        choices=MERGE_POLICIES),
+    Opt("reconcile", "str", "windows", "(default {default})", "root-ema",
+        choices=("replace", "root-ema")),
+    Opt("canonical-weight", "float", "windows", "RootEma canonical_weight (default {default})",
+        0.75),
+    Opt("fault", "specs", "faults", "crash@PEER:ROUND (SIGKILL), hang@PEER:ROUND (SIGSTOP; the "
+        "call timeout fires), error@PEER:ROUND, slow@PEER[:ROUNDS]=FACTOR (a straggler, 1 < "
+        "FACTOR <= {slow_max:g}), drop@PEER[:ROUNDS]=P (dropout with probability P, seeded); "
+        "PEER may be * for slow and drop; repeatable", metavar="SPEC"),
+    Opt("call-timeout", "float", "faults", "per call (default {default:g})", 60.0, metavar="S"),
+    Opt("start-timeout", "float", "faults", "worker startup (default {default:g})", 60.0,
+        metavar="S"),
+)
+# fmt: on
+BY_KEY = {opt.key: opt for opt in OPTIONS}
+DEFAULTS: dict[str, Any] = {o.key: o.default for o in OPTIONS if o.default is not None}
+TOML_ALIASES = {"faults": "fault"}
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    d = DEFAULTS
+    """The parser, one argument per :data:`OPTIONS` entry."""
     parser = argparse.ArgumentParser(
         prog="python -m fakecoord run",
         description=(
@@ -69,201 +201,76 @@ def argument_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"fakecoord {package_version()} (python -m fakecoord run)",
     )
-    run = parser.add_argument_group("run")
-    add = run.add_argument
-    add(
-        "--config",
-        dest="config_file",
-        metavar="FILE.toml",
-        help="read options from a TOML file (keys: these option names); flags override it; "
-        "relative paths in it are relative to the current directory, as on the command line",
-    )
-    add("--protocol", choices=("diloco", "windows"), help=f"(default {d['protocol']})")
-    add("--peers", type=int, metavar="N", help=f"peers, one worker each (default {d['peers']})")
-    add("--rounds", type=int, metavar="R", help=f"(default {d['rounds']})")
-    add(
-        "--inner-steps",
-        type=int,
-        metavar="H",
-        help=f"optimizer steps per peer per round (default {d['inner_steps']})",
-    )
-    add(
-        "--seed",
-        type=int,
-        metavar="S",
-        help="seeds data, leases, dropouts and random/numpy/torch in every worker (default 0)",
-    )
-    add(
-        "--threads-per-peer",
-        type=int,
-        metavar="N",
-        help="threads for each worker's torch/OpenMP/MKL (default: max(1, cores // peers); "
-        "0: the workload's own defaults)",
-    )
-    add(
-        "--out",
-        metavar="DIR",
-        help="run directory: packs, artifacts, logs, checkpoint (default: a temporary one, "
-        "removed after a successful run without faults, else kept and named)",
-    )
-    add("--resume", metavar="DIR", help="continue the run in DIR from its last completed round")
-    add(
-        "--report",
-        metavar="FILE.json",
-        help="also write the report here (and FILE.metrics.jsonl beside it)",
-    )
-    add(
-        "--plot",
-        metavar="FILE.png",
-        help="draw every evaluated metric, per-peer training loss and round times",
-    )
-    add(
-        "--baseline",
-        action="store_true",
-        default=None,
-        help="also train one worker alone on the same total steps and batches",
-    )
-    add(
-        "--baseline-steps",
-        choices=("total", "per-peer"),
-        help="baseline steps per round: all peers' steps and batches together (total, the "
-        "default) or one peer's (per-peer); implies --baseline",
-    )
-    add(
-        "--max-failed-rounds",
-        type=int,
-        metavar="K",
-        help=f"stop after K rounds in a row without any contributing peer (default {d['max_failed_rounds']})",
-    )
-    add("--quiet", action="store_true", default=None, help="no progress bar or summary")
-    add("--stop-after-round", type=int, help=argparse.SUPPRESS)
-
-    workload = parser.add_argument_group("workload")
-    add = workload.add_argument
-    add("--factory", metavar="MOD:ATTR", help="your workload factory instead of the demo")
-    add("--config-json", metavar="JSON", help="config passed to --factory")
-    add(
-        "--batches",
-        metavar="FILE|DIR",
-        help="batch refs for --factory: a JSON list of refs per peer (or one list dealt "
-        "round-robin), or a directory whose files become one ref each",
-    )
-    add(
-        "--worker-cmd",
-        metavar="CMD",
-        help="worker command replacing 'python -m worker' (4 flags are appended)",
-    )
-    add(
-        "--device",
-        help="override every device argument (default: the workload's own runtime_device from "
-        "capability_probe, which is what the network sends; an override prints a warning)",
-    )
-    add(
-        "--state-dict-filter",
-        metavar="JSON",
-        help='{"include_globs": [...], "exclude_globs": [...]}',
-    )
-    add(
-        "--eval-metric",
-        help=f"the evaluate metric the summary and progress follow (default {d['eval_metric']})",
-    )
-    add("--microshards-per-step", type=int, help=argparse.SUPPRESS)
-
-    diloco = parser.add_argument_group("diloco")
-    add = diloco.add_argument
-    add("--aggregate", choices=("mean", "median"), help=f"(default {d['aggregate']})")
-    add(
-        "--codec",
-        choices=("fp32", "fp16"),
-        help=f"pseudo-gradient transport (default {d['codec']})",
-    )
-    add("--outer-lr", type=float, help=f"(default {d['outer_lr']})")
-    add("--outer-momentum", type=float, help=f"(default {d['outer_momentum']})")
-    add(
-        "--nesterov",
-        action=argparse.BooleanOptionalAction,
-        help="Nesterov outer momentum (default on)",
-    )
-    add(
-        "--target-group-size",
-        type=int,
-        metavar="N",
-        help="a round's group: the first N peers by id as strings, as the network forms it "
-        f"(default {d['target_group_size']})",
-    )
-    add(
-        "--minimum-group-size",
-        type=int,
-        metavar="N",
-        help="fewer participants or contributions fail the round, as in the network "
-        f"(default {d['minimum_group_size']})",
-    )
-    add(
-        "--checkpoint-interval-rounds",
-        type=int,
-        metavar="N",
-        help="record a checkpoint head every N completed rounds, as the network publishes "
-        f"one (default {d['checkpoint_interval_rounds']})",
-    )
-    add(
-        "--link",
-        action="append",
-        metavar="[peer-N=]MBIT[/LATENCY_MS]",
-        help="model each round's transfer over links of MBIT Mbit/s and LATENCY_MS one-way "
-        "latency (all peers, or peer-N's; repeatable) and add it to the simulated clock",
-    )
-    add("--diloco-backend", choices=("worker", "command"), help=f"(default {d['diloco_backend']})")
-    add(
-        "--command",
-        metavar="'PROGRAM ARGS'",
-        help="checkpoint-command backend program; {job_manifest} and {result_manifest} are "
-        "expanded (default: python -m worker.job with the run's factory and config)",
-    )
-
-    windows = parser.add_argument_group("windows")
-    add = windows.add_argument
-    add("--merge-policy", choices=MERGE_POLICIES, help=f"(default {d['merge_policy']})")
-    add("--reconcile", choices=("replace", "root-ema"), help=f"(default {d['reconcile']})")
-    add(
-        "--canonical-weight",
-        type=float,
-        help=f"RootEma canonical_weight (default {d['canonical_weight']})",
-    )
-
-    faults = parser.add_argument_group("faults")
-    add = faults.add_argument
-    add(
-        "--fault",
-        action="append",
-        metavar="SPEC",
-        help="crash@PEER:ROUND (SIGKILL), hang@PEER:ROUND (SIGSTOP; the call timeout fires), "
-        "error@PEER:ROUND, slow@PEER[:ROUNDS]=FACTOR (a straggler), drop@PEER[:ROUNDS]=P "
-        "(dropout with probability P, seeded); PEER may be * for slow and drop; repeatable",
-    )
-    add("--call-timeout", type=float, metavar="S", help=f"per call (default {d['call_timeout']:g})")
-    add(
-        "--start-timeout",
-        type=float,
-        metavar="S",
-        help=f"worker startup (default {d['start_timeout']:g})",
-    )
-    return parser  # fmt: skip
+    groups: dict[str, Any] = {}
+    for opt in OPTIONS:
+        if opt.group not in groups:
+            groups[opt.group] = parser.add_argument_group(opt.group)
+        text = opt.help.format(default=opt.default, slow_max=MAX_SLOWDOWN)
+        kwargs: dict[str, Any] = {
+            "dest": opt.key,
+            "help": argparse.SUPPRESS if opt.hidden else text,
+        }
+        if opt.kind == "flag":
+            kwargs.update(action="store_true", default=None)
+        elif opt.kind == "switch":
+            kwargs.update(action=argparse.BooleanOptionalAction)
+        elif opt.kind == "specs":
+            kwargs.update(action="append", metavar=opt.metavar)
+        else:
+            kwargs.update(type=_ARGPARSE_TYPES.get(opt.kind, str), metavar=opt.metavar)
+            kwargs.update(choices=opt.choices)
+        groups[opt.group].add_argument(opt.flag, **kwargs)
+    return parser
 
 
-def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """Long option name without dashes (``inner-steps``) -> argparse dest."""
-    names = {}
-    for action in parser._actions:
-        for flag in action.option_strings:
-            if flag.startswith("--") and action.help != argparse.SUPPRESS:
-                names[flag[2:].removeprefix("no-")] = action.dest
-    names.pop("help", None)
-    names.pop("version", None)
-    return names
+_ARGPARSE_TYPES: dict[str, Any] = {"int": int, "float": float}
 
 
-def read_toml(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The options of a TOML config file, as argparse dests; raises :class:`SettingsError`."""
+def coerce(opt: Opt, value: Any, where: str) -> Any:
+    """``value`` as ``opt``'s type (an integer becomes a float, arrays and tables become the
+    flag's text); raises :class:`SettingsError` naming ``where`` and the expected type."""
+    kind = opt.kind
+
+    def shown() -> str:
+        return one_line(repr(value), 80)
+
+    def refuse() -> SettingsError:
+        return SettingsError(f"{where}: expected {KIND_NAMES[kind]}, got {shown()}")
+
+    if kind == "int":
+        if type(value) is not int:
+            raise refuse()
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise refuse()
+        value = float(value)
+    elif kind in ("str", "path"):
+        if not isinstance(value, str) or kind == "path" and (not value or "\x00" in value):
+            raise refuse()
+        if opt.choices is not None and value not in opt.choices:
+            raise SettingsError(f"{where}: expected one of {', '.join(opt.choices)}, got {shown()}")
+    elif kind in ("flag", "switch"):
+        if not isinstance(value, bool):
+            raise refuse()
+    elif kind == "specs":
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise refuse()
+    elif kind == "argv":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = shlex.join(value)
+        elif not isinstance(value, str):
+            raise refuse()
+    elif kind == "json" and not isinstance(value, str):
+        try:
+            value = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise refuse() from None
+    return value
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The options of a TOML config file, by key; raises :class:`SettingsError`."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
@@ -274,48 +281,38 @@ def read_toml(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SettingsError(f"--config {str(path)!r}: cannot read TOML ({exc})") from None
-    names = option_names(parser)
+    by_name = {o.name: o for o in OPTIONS if not o.hidden and o.key != "config_file"}
     out: dict[str, Any] = {}
     for key, value in data.items():
-        dest = names.get(key.replace("_", "-"))
-        if key in ("faults",):
-            dest = "fault"
-        if dest is None or dest == "config_file":
-            known = ", ".join(sorted(k for k in names if k != "config"))
-            raise SettingsError(f"--config {str(path)!r}: unknown key {key!r}; known keys: {known}")
-        if dest in ("config_json", "state_dict_filter") and not isinstance(value, str):
-            value = json.dumps(value)
-        if dest in ("worker_cmd", "command") and isinstance(value, list):
-            value = shlex.join(str(v) for v in value)
-        if dest in ("fault", "link"):
-            value = [value] if isinstance(value, str) else value
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise SettingsError(f"--config {str(path)!r}: {dest} must be a list of specs")
-        out[dest] = value
+        name = key.replace("_", "-")
+        opt = by_name.get(TOML_ALIASES.get(name, name))
+        if opt is None:
+            known = ", ".join(sorted(by_name))
+            raise SettingsError(
+                f"--config {str(path)!r}: unknown key {one_line(repr(key), 80)}; known keys: {known}"
+            )
+        value = coerce(opt, value, f"--config {str(path)!r}: {one_line(key, 80)} ({opt.flag})")
+        # One rule for relative paths: the current directory, on the command line, in a TOML
+        # file and in the workload's config (the workers run there too); docs/simulation.md.
+        out[opt.key] = value
     return out
 
 
-def merged_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+def merged_options(args: argparse.Namespace) -> dict[str, Any]:
     """Flags over the TOML file's values (only flags actually given override)."""
     given = {k: v for k, v in vars(args).items() if v is not None}
     if args.config_file is None:
         return given
-    return {**read_toml(Path(args.config_file), parser), **given}
+    return {**read_toml(Path(args.config_file)), **given}
 
 
-def _typed(options: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = options.get(name, DEFAULTS.get(name))
-    if value is not None and kind is float and type(value) is int:
-        value = float(value)
-    if (
-        value is not None
-        and not isinstance(value, kind)
-        or isinstance(value, bool)
-        and kind is not bool
-    ):
-        flag = "--" + name.replace("_", "-")
-        raise SettingsError(f"{flag}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
-    return value
+def option(options: dict[str, Any], key: str) -> Any:
+    """The option's value (or its default), checked against its type in :data:`OPTIONS`."""
+    value = options.get(key, DEFAULTS.get(key))
+    if value is None:
+        return None
+    opt = BY_KEY[key]
+    return coerce(opt, value, opt.flag)
 
 
 def build_config(options: dict[str, Any]) -> SimConfig:
@@ -323,81 +320,80 @@ def build_config(options: dict[str, Any]) -> SimConfig:
     from .faults import parse_fault
 
     def parse_json(name: str) -> Any:
-        text = options.get(name)
+        text = option(options, name)
         if text is None:
             return None
         try:
-            return json.loads(text)
-        except ValueError as exc:
+            return wire.validate_value(json.loads(text), max_depth=None)
+        except (ValueError, RecursionError, FakecoordError) as exc:
             raise SettingsError(f"--{name.replace('_', '-')} is not valid JSON: {exc}") from None
 
     def split(name: str) -> list[str] | None:
-        text = options.get(name)
+        text = option(options, name)
         if text is None:
             return None
         try:
             argv = shlex.split(text)
         except ValueError as exc:
             raise SettingsError(
-                f"--{name.replace('_', '-')}: cannot split {text!r} ({exc})"
+                f"--{name.replace('_', '-')}: cannot split {one_line(repr(text), 80)} ({exc})"
             ) from None
         if not argv:
             raise SettingsError(f"--{name.replace('_', '-')}: must name a program")
         return argv
 
     reconcile: Any = "Replace"
-    if _typed(options, "reconcile", str) == "root-ema":
-        reconcile = {"RootEma": {"canonical_weight": _typed(options, "canonical_weight", float)}}
-    batches = options.get("batches")
+    if option(options, "reconcile") == "root-ema":
+        reconcile = {"RootEma": {"canonical_weight": option(options, "canonical_weight")}}
+    batches = option(options, "batches")
     return SimConfig(
-        protocol=_typed(options, "protocol", str),
-        peers=_typed(options, "peers", int),
-        rounds=_typed(options, "rounds", int),
-        inner_steps=_typed(options, "inner_steps", int),
-        target_group_size=_typed(options, "target_group_size", int),
-        minimum_group_size=_typed(options, "minimum_group_size", int),
-        checkpoint_interval_rounds=_typed(options, "checkpoint_interval_rounds", int),
-        link=list(options.get("link") or []),
-        seed=_typed(options, "seed", int),
-        factory=options.get("factory"),
+        protocol=option(options, "protocol"),
+        peers=option(options, "peers"),
+        rounds=option(options, "rounds"),
+        inner_steps=option(options, "inner_steps"),
+        target_group_size=option(options, "target_group_size"),
+        minimum_group_size=option(options, "minimum_group_size"),
+        checkpoint_interval_rounds=option(options, "checkpoint_interval_rounds"),
+        link=list(option(options, "link") or []),
+        seed=option(options, "seed"),
+        factory=option(options, "factory"),
         config=parse_json("config_json"),
         batches=str(Path(batches).resolve()) if batches else None,
         worker_cmd=split("worker_cmd"),
-        faults=[parse_fault(s) for s in options.get("fault") or []],
-        aggregate=_typed(options, "aggregate", str),
-        codec=_typed(options, "codec", str),
-        outer_lr=_typed(options, "outer_lr", float),
-        outer_momentum=_typed(options, "outer_momentum", float),
-        nesterov=_typed(options, "nesterov", bool),
-        diloco_backend=_typed(options, "diloco_backend", str),
+        faults=[parse_fault(s) for s in option(options, "fault") or []],
+        aggregate=option(options, "aggregate"),
+        codec=option(options, "codec"),
+        outer_lr=option(options, "outer_lr"),
+        outer_momentum=option(options, "outer_momentum"),
+        nesterov=option(options, "nesterov"),
+        diloco_backend=option(options, "diloco_backend"),
         command=split("command"),
-        baseline=bool(options.get("baseline") or options.get("baseline_steps")),
-        baseline_steps=_typed(options, "baseline_steps", str),
-        merge_policy=_typed(options, "merge_policy", str),
+        baseline=bool(option(options, "baseline") or options.get("baseline_steps")),
+        baseline_steps=option(options, "baseline_steps"),
+        merge_policy=option(options, "merge_policy"),
         reconcile=reconcile,
-        call_timeout=_typed(options, "call_timeout", float),
-        start_timeout=_typed(options, "start_timeout", float),
-        device=_typed(options, "device", str),
-        microshards_per_step=_typed(options, "microshards_per_step", int),
+        call_timeout=option(options, "call_timeout"),
+        start_timeout=option(options, "start_timeout"),
+        device=option(options, "device"),
+        microshards_per_step=option(options, "microshards_per_step"),
         state_dict_filter=parse_json("state_dict_filter"),
-        eval_metric=_typed(options, "eval_metric", str),
-        threads_per_peer=options.get("threads_per_peer"),
-        max_failed_rounds=_typed(options, "max_failed_rounds", int),
+        eval_metric=option(options, "eval_metric"),
+        threads_per_peer=option(options, "threads_per_peer"),
+        max_failed_rounds=option(options, "max_failed_rounds"),
     )
 
 
 def resume_config(options: dict[str, Any], out: Path) -> SimConfig:
-    """The checkpoint's settings, with ``RESUMABLE`` ones taken from the options."""
+    """The checkpoint's settings (the whole checkpoint validated first), with ``RESUMABLE``
+    ones taken from the options."""
     from .engine import CHECKPOINT_NAME
+    from .record import read_checkpoint
 
-    try:
-        data = json.loads((out / CHECKPOINT_NAME).read_text(encoding="utf-8"))
-        config = SimConfig.from_json(data["config"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SettingsError(f"--resume {out}: no readable {CHECKPOINT_NAME} ({exc})") from None
+    data = read_checkpoint(out / CHECKPOINT_NAME, f"--resume {out}")
+    config = SimConfig.from_json(data["config"])
     for name in RESUMABLE:
         if options.get(name) is not None:
-            setattr(config, name, options[name])
+            setattr(config, name, option(options, name))
     return config
 
 
@@ -406,7 +402,7 @@ def say(text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fakecoord run ...``; returns the exit status."""
+    """``python -m fakecoord run ...``; returns the exit status (SIGTERM is handled as Ctrl-C)."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and (
         threading.current_thread() is threading.main_thread()
     ):
@@ -416,13 +412,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argument_parser()
     args = parser.parse_args(argv)
     try:
-        options = merged_options(args, parser)
+        with sigterm_raises():
+            return _main(args)
+    except KeyboardInterrupt as exc:  # before any worker started
+        say("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted")
+        return interrupt_status(exc)
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        options = merged_options(args)
         if options.get("resume") and options.get("out"):
-            if Path(options["out"]).resolve() != Path(options["resume"]).resolve():
+            resume, out_dir = option(options, "resume"), option(options, "out")
+            if Path(resume).resolve() != Path(out_dir).resolve():
                 raise SettingsError("--resume DIR already names the run directory; drop --out")
         out: Path | None
         if options.get("resume"):
-            out = Path(options["resume"])
+            out = check_out_dir("--resume", option(options, "resume"))
             config = resume_config(options, out)
             ignored = [
                 "--" + name.replace("_", "-")
@@ -432,8 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if ignored:
                 say(f"the checkpoint's settings are kept; ignoring {', '.join(ignored)}")
         else:
-            out = Path(options["out"]) if options.get("out") else None
+            out = check_out_dir("--out", option(options, "out")) if options.get("out") else None
             config = build_config(options)
+        check_outputs(options)
         require_for_run(progress=not options.get("quiet"), plot=bool(options.get("plot")))
         return _run(config, options, out)
     except SettingsError as exc:
@@ -441,39 +448,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def check_outputs(options: dict[str, Any]) -> None:
+    """Refuse a ``--report`` or ``--plot`` that could not be written, before the run starts."""
+    if options.get("report"):
+        check_output_file("--report", option(options, "report"), beside=".metrics.jsonl")
+    if options.get("plot"):
+        check_plot_file(option(options, "plot"))
+
+
 def _run(config: SimConfig, options: dict[str, Any], out: Path | None) -> int:
-    from .engine import CHECKPOINT_NAME, Engine
-    from .report import RichView, RunView, write_plot
+    from .engine import Engine
+    from .report import RichView, RunView
 
     quiet = bool(options.get("quiet"))
+    resume = bool(options.get("resume"))
     engine = Engine(
         config,
         out or "unused",
         view=RunView() if quiet else RichView(),
-        resume=bool(options.get("resume")),
+        resume=resume,
         stop_after_round=options.get("stop_after_round"),
     )
     engine.prepare()  # SettingsError -> exit 2 before anything exists
     temporary = out is None
-    if temporary:
+    if out is None:
         out = Path(tempfile.mkdtemp(prefix="fakecoord-run-"))
-    assert out is not None
-    engine.out = out.resolve()
+    else:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"--out {str(out)!r}: cannot create it ({exc})") from None
+    lock = RunLock(out, "--resume" if resume else "--out")
+    lock.acquire()
+    try:
+        engine.out = out.resolve()
+        return _drive(engine, config, options, out, temporary)
+    finally:
+        lock.release()
+
+
+def _drive(
+    engine: Any, config: SimConfig, options: dict[str, Any], out: Path, temporary: bool
+) -> int:
+    from .engine import CHECKPOINT_NAME
+
+    quiet = bool(options.get("quiet"))
     status, report = 0, None
     try:
         report = engine.run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         done = engine.state.completed_rounds if engine.state else 0
         if not (out / CHECKPOINT_NAME).exists() or done == 0 and temporary:
             if temporary:
                 shutil.rmtree(out, ignore_errors=True)
-            say("interrupted before the first round completed; all workers stopped")
+            say(f"{what} before the first round completed; all workers stopped")
         else:
             say(
-                f"interrupted; all workers stopped. {out} holds the run after round {done}: "
+                f"{what}; all workers stopped. {out} holds the run after round {done}: "
                 f"resume with --resume {out}"
             )
-        return 130
+        return interrupt_status(exc)
     except SettingsError as exc:
         say(str(exc))
         if temporary:
@@ -486,7 +521,10 @@ def _run(config: SimConfig, options: dict[str, Any], out: Path | None) -> int:
         say(str(exc))
         say(f"run directory kept for inspection (worker logs in {out / 'logs'}): {out}")
         return 1
-    _outputs(report, options, write_plot)
+    failed = _outputs(report, options)
+    if failed:
+        say(f"{failed}; run directory kept, with report.json and metrics.jsonl: {out}")
+        return 1
     if status and not temporary:
         say(f"run directory: {out} (report, worker logs, checkpoint)")
     elif status:
@@ -501,22 +539,45 @@ def _run(config: SimConfig, options: dict[str, Any], out: Path | None) -> int:
     return status
 
 
-def _outputs(report: dict, options: dict[str, Any], write_plot: Any) -> None:
-    from ..files import write_output
+def _outputs(report: dict, options: dict[str, Any]) -> str | None:
+    """Write ``--report`` (atomically, with FILE.metrics.jsonl) and ``--plot``; returns what
+    failed, or None."""
+    from ..files import write_bytes, write_output
     from .record import metrics_lines
+    from .report import MAX_METRIC_PANELS, write_plot
 
-    for name in ("report", "plot"):  # e.g. --plot runs/loss.png: runs/ is made if missing
-        if options.get(name):
-            Path(options[name]).parent.mkdir(parents=True, exist_ok=True)
     if options.get("report"):
-        path = Path(options["report"])
-        write_output(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
-        lines = metrics_lines(report)
-        path.with_suffix(".metrics.jsonl").write_text(
-            "".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8"
-        )
+        path = Path(option(options, "report"))
+        try:
+            stream = is_stream(path)  # /dev/stdout, a FIFO: the report alone
+            write_output(path, (json.dumps(report, indent=2, allow_nan=False) + "\n").encode())
+            if not stream:
+                lines = metrics_lines(report)
+                text = "".join(json.dumps(line, allow_nan=False) + "\n" for line in lines)
+                write_bytes(path.with_suffix(".metrics.jsonl"), text.encode("utf-8"))
+        except (OSError, ValueError, TypeError) as exc:
+            return f"cannot write --report {str(path)!r} ({exc})"
     if options.get("plot"):
-        write_plot(report, options["plot"])
+        try:
+            left_out = write_plot(report, option(options, "plot"))
+        except Exception as exc:  # matplotlib's failures have no common base class
+            return f"cannot draw --plot {options['plot']!r} ({type(exc).__name__}: {exc})"
+        if left_out:
+            say(
+                f"--plot: {len(left_out)} metrics left out (the plot draws at most "
+                f"{MAX_METRIC_PANELS}): {', '.join(left_out)}"
+            )
+    return None
 
 
-__all__ = ["DEFAULTS", "RESUMABLE", "argument_parser", "build_config", "main", "read_toml"]
+__all__ = [
+    "DEFAULTS",
+    "OPTIONS",
+    "RESUMABLE",
+    "Opt",
+    "argument_parser",
+    "build_config",
+    "coerce",
+    "main",
+    "read_toml",
+]

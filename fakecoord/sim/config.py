@@ -12,19 +12,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
-from ..errors import OuterError, SettingsError
+from ..errors import OuterError, SettingsError, one_line
 from ..network.transfer import parse_links
 from .faults import Fault, FaultPlan, parse_fault
 from .outer import AGGREGATORS, CODECS, OuterSGD
 
 DEMO_FACTORY = "fakecoord.demo:make_workload"
+MAX_PEERS = 4096
+"""Peers (one worker process each) and threads per worker, at most."""
+MAX_COUNT = 10**9
+"""Rounds and ``--max-failed-rounds``, at most."""
+U32_MAX = 2**32 - 1
+"""``--inner-steps`` travels as ``num_inner_steps: u32``."""
+U16_MAX = 2**16 - 1
+"""The group sizes are ``u16`` in the network's ``DiLoCoPolicy``."""
+MAX_SEED = 2**32 - 1
+"""``--seed`` is in ``0..MAX_SEED``: numpy's legacy seeding takes no more, torch and random take it."""
 PROTOCOLS = ("diloco", "windows")
 BACKENDS = ("worker", "command")
 MERGE_POLICIES = (
@@ -101,20 +112,19 @@ class SimConfig:
         """Raise :class:`SettingsError` naming the first invalid setting (no I/O)."""
         checks = [
             (self.protocol in PROTOCOLS, f"--protocol must be one of {', '.join(PROTOCOLS)}"),
-            (_is_int(self.peers) and self.peers >= 1, "--peers must be at least 1"),
-            (_is_int(self.rounds) and self.rounds >= 1, "--rounds must be at least 1"),
-            (_is_int(self.inner_steps) and self.inner_steps >= 1, "--inner-steps must be at least 1"),
+            (_in(self.peers, 1, MAX_PEERS), f"--peers must be in 1..{MAX_PEERS}"),
+            (_in(self.rounds, 1, MAX_COUNT), f"--rounds must be in 1..{MAX_COUNT}"),
+            (_in(self.inner_steps, 1, U32_MAX), f"--inner-steps must be in 1..{U32_MAX} (u32)"),
             (
-                _is_int(self.target_group_size) and self.target_group_size >= 1,
-                "--target-group-size must be at least 1",
+                _is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
+                f"--seed must be an integer in 0..{MAX_SEED} (2**32-1: the range random, numpy "
+                f"and torch all accept), got {self.seed!r}",
             ),
+            (_in(self.target_group_size, 1, U16_MAX), f"--target-group-size must be in 1..{U16_MAX} (u16)"),
+            (_in(self.minimum_group_size, 1, U16_MAX), f"--minimum-group-size must be in 1..{U16_MAX} (u16)"),
             (
-                _is_int(self.minimum_group_size) and self.minimum_group_size >= 1,
-                "--minimum-group-size must be at least 1",
-            ),
-            (
-                _is_int(self.checkpoint_interval_rounds) and self.checkpoint_interval_rounds >= 1,
-                "--checkpoint-interval-rounds must be at least 1",
+                _in(self.checkpoint_interval_rounds, 1, U32_MAX),
+                f"--checkpoint-interval-rounds must be in 1..{U32_MAX} (u32)",
             ),
             (
                 not (_is_int(self.minimum_group_size) and _is_int(self.target_group_size))
@@ -124,14 +134,9 @@ class SimConfig:
                 f"target_group_size ({self.target_group_size})",
             ),
             (
-                _is_int(self.target_group_size) and self.target_group_size <= 65535,
-                "--target-group-size must fit the network's u16 (at most 65535)",
-            ),
-            (
                 self.device is None or (isinstance(self.device, str) and self.device != ""),
                 "--device must name a device (leave it out to use the workload's runtime_device)",
             ),
-            (_is_int(self.seed), "--seed must be an integer"),
             (self.aggregate in AGGREGATORS, f"--aggregate must be one of {', '.join(AGGREGATORS)}"),
             (self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}"),
             (
@@ -141,8 +146,8 @@ class SimConfig:
             (_positive(self.call_timeout), "--call-timeout must be a positive number of seconds"),
             (_positive(self.start_timeout), "--start-timeout must be a positive number of seconds"),
             (
-                _is_int(self.microshards_per_step) and self.microshards_per_step >= 1,
-                "--microshards-per-step must be at least 1",
+                _in(self.microshards_per_step, 1, U32_MAX),
+                f"--microshards-per-step must be in 1..{U32_MAX}",
             ),
             (
                 self.baseline_steps in ("total", "per-peer"),
@@ -168,13 +173,13 @@ class SimConfig:
                 "--eval-metric must name a metric of the workload's evaluate",
             ),
             (
-                self.threads_per_peer is None
-                or (_is_int(self.threads_per_peer) and self.threads_per_peer >= 0),
-                "--threads-per-peer must be 0 (the workload's defaults) or a positive count",
+                self.threads_per_peer is None or _in(self.threads_per_peer, 0, MAX_PEERS),
+                f"--threads-per-peer must be 0 (the workload's defaults) or a count up to "
+                f"{MAX_PEERS}",
             ),
             (
-                _is_int(self.max_failed_rounds) and self.max_failed_rounds >= 1,
-                "--max-failed-rounds must be at least 1",
+                _in(self.max_failed_rounds, 1, MAX_COUNT),
+                f"--max-failed-rounds must be in 1..{MAX_COUNT}",
             ),
             (
                 self.protocol == "diloco" or self.merge_policy in MERGE_POLICIES
@@ -206,6 +211,7 @@ class SimConfig:
             json.dumps(self.config, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise SettingsError(f"--config-json: not standard JSON ({exc})") from None
+        _check_reconcile(self.reconcile)
         self.fault_plan()
 
     def fault_plan(self) -> FaultPlan:
@@ -228,8 +234,29 @@ def _is_int(value: Any) -> bool:
     return type(value) is int
 
 
+def _in(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
 def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e9
+
+
+def _check_reconcile(value: Any) -> None:
+    """``Replace`` or ``{"RootEma": {"canonical_weight": w}}`` with a finite ``w`` in [0, 1]."""
+    if value == "Replace":
+        return
+    root = value.get("RootEma") if isinstance(value, dict) else None
+    weight = root.get("canonical_weight") if isinstance(root, dict) else root
+    if not _number(weight) or not 0.0 <= weight <= 1.0:
+        raise SettingsError(
+            "--canonical-weight must be a number in [0, 1] (RootEma), got "
+            + one_line(repr(weight), 80)
+        )
+
+
+def _number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_filter(value: Any) -> None:
@@ -371,6 +398,7 @@ def check_device(device: str) -> None:
 __all__ = [
     "BACKENDS",
     "DEMO_FACTORY",
+    "MAX_SEED",
     "MERGE_POLICIES",
     "PROTOCOLS",
     "SimConfig",

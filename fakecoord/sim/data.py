@@ -15,13 +15,13 @@ run sees the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SettingsError
+from .. import schema, spec, wire
+from ..errors import DecodeError, SettingsError
 from .shards import REF_KIND, DemoDataset, demo_leases
 
 PIPELINE_KINDS = ("sharded-static", "indexed-dataset", "generated-dataset", "custom")
@@ -109,7 +109,9 @@ def load_batches(source: str | os.PathLike, peers: int) -> list[list[dict]]:
         try:
             if path.stat().st_size > MAX_BATCHES_FILE:
                 raise SettingsError(f"{where}: larger than {MAX_BATCHES_FILE} bytes")
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = wire.parse_json(path.read_bytes())
+        except DecodeError as exc:
+            raise SettingsError(f"{where}: not standard JSON: {exc}") from None
         except (OSError, ValueError) as exc:
             raise SettingsError(f"{where}: cannot read a JSON list of batch refs ({exc})") from None
         if not isinstance(data, list) or not data:
@@ -141,7 +143,12 @@ def load_batches(source: str | os.PathLike, peers: int) -> list[list[dict]]:
 
 
 def ref_problem(ref: Any) -> str | None:
-    """Why ``ref`` is not a BatchRef the real coordinator could send, or None."""
+    """Why ``ref`` is not a BatchRef the real coordinator could send, or None.
+
+    Beyond the shapes below, the ref must decode as the coordinator's ``PythonBatchRef``
+    (:data:`fakecoord.spec.BATCH_REF`, read as serde_json reads it): no NaN or Infinity in a
+    payload, no lone surrogate in any string (a file name that is not UTF-8), ``bytes_len``
+    within u64."""
     if not isinstance(ref, dict):
         return f"expected a BatchRef object, got {type(ref).__name__}"
     kind = ref.get("kind")
@@ -166,6 +173,11 @@ def ref_problem(ref: Any) -> str | None:
             return f"{key} must hold strings"
     if type(ref.get("bytes_len")) is not int or ref["bytes_len"] < 0:
         return "bytes_len must be a non-negative integer"
+    try:
+        schema.decode(spec.BATCH_REF, ref)
+        wire.encode_body(ref)
+    except (DecodeError, ValueError, TypeError, RecursionError) as exc:
+        return f"the coordinator could never send it: {exc}"
     return None
 
 

@@ -33,8 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from .. import handling
-from ..errors import FakecoordError, OuterError, PackError, RoundFailed, SettingsError, SimError
+from .. import handling, schema, spec
+from ..errors import (
+    DecodeError,
+    FakecoordError,
+    OuterError,
+    PackError,
+    RoundFailed,
+    SettingsError,
+    SimError,
+)
 from ..files import write_json
 from ..network import rounds
 from ..network.transfer import (
@@ -45,6 +53,7 @@ from ..network.transfer import (
     round_transfer,
 )
 from ..packs import check_compatible, open_pack, read_manifest
+from ..schema import STRING, Field, Option, Struct
 from . import bootstrap
 from .config import SimConfig
 from .outer import Aggregator, OuterSGD, outer_step_packs, resolve_aggregator
@@ -52,6 +61,7 @@ from .strategy import (
     BaselineOutcome,
     BaselineState,
     ModelRef,
+    PeerMap,
     PeerResult,
     RoundContext,
     RoundOutcome,
@@ -420,9 +430,10 @@ class DiLoCo(Strategy[DiLoCoState]):
             if modelled.late:
                 wire["past_aggregation_timeout"] = modelled.late
                 ctx.event(
-                    f"[yellow]round {r}: {', '.join(modelled.late)} would need more than "
+                    f"round {r}: {', '.join(modelled.late)} would need more than "
                     f"{AGGREGATION_TIMEOUT_SECONDS:g} s (the network's aggregation_timeout_ms) to "
-                    "fetch the other contributions; the network would aggregate without them[/]"
+                    "fetch the other contributions; the network would aggregate without them",
+                    "yellow",
                 )
         summary["wire"] = wire
         round_id = old.round_id
@@ -527,6 +538,15 @@ class DiLoCo(Strategy[DiLoCoState]):
             "round_id": state.round_id,
         }
 
+    state_schema = Struct(
+        "DiLoCoState",
+        (
+            Field("base", STRING),
+            Field("velocity", Option(STRING), default=None),
+            Field("inner_opt", PeerMap(Option(STRING))),
+        ),
+    )
+
     def state_from_json(self, data: dict) -> DiLoCoState:
         return DiLoCoState(
             data["base"],
@@ -536,33 +556,30 @@ class DiLoCo(Strategy[DiLoCoState]):
         )
 
 
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+"""A result manifest larger than this is refused unread."""
+
+
 def read_result(path: Path, steps: int) -> dict:
-    """Read a command backend result manifest (docs/protocol.md §5); raises ``ValueError``."""
+    """Read a command backend result manifest (docs/protocol.md §5) as the Rust coordinator does
+    (``serde_json::from_slice::<PythonDiLoCoCheckpointResult>``: no NaN/Infinity, no lone
+    surrogates, every field of its type); raises ``ValueError`` naming the file and the field."""
+    where = f"result manifest {str(path)!r}"
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"result manifest {str(path)!r}: cannot read ({exc})") from None
-    if not isinstance(result, dict):
-        raise ValueError(f"result manifest {str(path)!r}: expected a JSON object")
-    done = result.get("steps_completed")
-    if type(done) is not int or done != steps:
-        raise ValueError(
-            f"result manifest {str(path)!r}: steps_completed is {done!r}, but {steps} were required"
-        )
-    metrics = result.get("metrics", {})
-    if not isinstance(metrics, dict) or not all(
-        isinstance(v, (int, float, bool, str)) for v in metrics.values()
-    ):
-        raise ValueError(
-            f"result manifest {str(path)!r}: metrics must map names to numbers, bools or strings"
-        )
-    for key in (
-        "local_parameter_pack_path",
-        "inner_optimizer_state_path",
-        "inner_optimizer_state_encoding",
-    ):
-        if result.get(key) is not None and not isinstance(result[key], str):
-            raise ValueError(f"result manifest {str(path)!r}: {key} must be a string")
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_RESULT_BYTES:
+                raise ValueError(f"{where}: larger than {MAX_RESULT_BYTES} bytes")
+            raw = f.read(MAX_RESULT_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read ({exc})") from None
+    try:
+        result = schema.decode_bytes(spec.CHECKPOINT_RESULT, raw)
+    except DecodeError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    assert isinstance(result, dict)
+    done = result["steps_completed"]
+    if done != steps:
+        raise ValueError(f"{where}: steps_completed is {done!r}, but {steps} were required")
     return result
 
 

@@ -159,9 +159,7 @@ class Engine:
         self.workers: Workers | None = None
         try:
             if self.config.device is not None:
-                self.view.event(
-                    f"[yellow]warning[/]: {device_override_warning(self.config.device)}"
-                )
+                self.view.event(f"warning: {device_override_warning(self.config.device)}", "yellow")
             self._setup()
             if self.config.device is not None:
                 self.report["device_override"] = device_override_warning(self.config.device)
@@ -308,7 +306,7 @@ class Engine:
             )
         for text, labels in errors.items():
             self.view.event(
-                f"[yellow]worker start failed[/] {', '.join(labels)}: {text} (retried when needed)"
+                f"worker start failed {', '.join(labels)}: {text} (retried when needed)", "yellow"
             )
         self._note_workload()
         needed = self.strategy.required_capability(self.config)
@@ -383,8 +381,9 @@ class Engine:
         outcome = self.strategy.after_round(r, self.state.strategy, outcome, results, ctx)
         if outcome.failed is not None:
             self.view.event(
-                f"[red]round {r} failed[/]: {outcome.failed} (as the network fails it: the model "
-                "stays as it was)"
+                f"round {r} failed: {outcome.failed} (as the network fails it: the model "
+                "stays as it was)",
+                "red",
             )
         for res in results:
             if res.peer in outcome.refused:
@@ -396,7 +395,7 @@ class Engine:
         eval_error = self.recorder.eval_failure(metrics)
         if eval_error is not None:
             record["eval_error"] = eval_error
-            self.view.event(f"[yellow]round {r}: evaluation failed[/]: {eval_error}")
+            self.view.event(f"round {r}: evaluation failed: {eval_error}", "yellow")
         record[self.strategy.summary_key] = outcome.summary
         if outcome.failed is not None:
             record["round_failed"] = outcome.failed
@@ -410,9 +409,7 @@ class Engine:
             )
             if failure is not None:
                 record["baseline"]["eval_error"] = failure
-                self.view.event(
-                    f"[yellow]round {r}: the baseline's evaluation failed[/]: {failure}"
-                )
+                self.view.event(f"round {r}: the baseline's evaluation failed: {failure}", "yellow")
         ended = time.monotonic()
         worker = union_seconds(self.workers.since(mark), started, ended)
         record["timings"] = {

@@ -27,15 +27,21 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..errors import FaultSpecError
+from ..errors import FaultSpecError, one_line
 
 EVENT_KINDS = ("crash", "hang", "error")
 CONDITION_KINDS = ("slow", "drop")
 FAULT_KINDS = EVENT_KINDS + CONDITION_KINDS
-_EVENT = re.compile(r"^(?P<kind>[a-z]+)@(?P<peer>\d+):(?P<round>\d+)$")
+_N = "[0-9]{1,9}"
+_EVENT = re.compile(rf"^(?P<kind>[a-z]+)@(?P<peer>{_N}):(?P<round>{_N})$")
 _CONDITION = re.compile(
-    r"^(?P<kind>[a-z]+)@(?P<peer>\d+|\*)(?::(?P<first>\d+)(?:-(?P<last>\d+))?)?=(?P<value>[^=]+)$"
+    rf"^(?P<kind>[a-z]+)@(?P<peer>{_N}|\*)(?::(?P<first>{_N})(?:-(?P<last>{_N}))?)?=(?P<value>[^=]+)$"
 )
+MAX_SLOWDOWN = 1000.0
+"""The largest ``slow`` factor: a straggler at most 1000 times slower (the hold-back stays a
+bounded wait)."""
+MAX_INDEX_DIGITS = 9
+"""Peers and rounds in a spec have at most 9 digits (the run's own bounds are checked later)."""
 _FORMS = "KIND@PEER:ROUND (crash, hang, error) or KIND@PEER[:ROUNDS]=VALUE (slow, drop)"
 
 
@@ -62,9 +68,23 @@ class Fault:
         return self.last is None or round_index <= self.last
 
 
+class _Shown(str):
+    """A spec as messages show it: ``{text!r}`` escaped and cut to 120 characters."""
+
+    def __repr__(self) -> str:
+        return one_line(str.__repr__(self), 120)
+
+
 def parse_fault(text: str) -> Fault:
-    """Parse one spec (see the module docstring); raises :class:`FaultSpecError`."""
+    """Parse one spec (see the module docstring); raises :class:`FaultSpecError`.
+
+    Peers and rounds are ASCII integers of at most :data:`MAX_INDEX_DIGITS` digits; a
+    slow-down factor is in (1, :data:`MAX_SLOWDOWN`], a dropout probability in (0, 1].
+    """
+    if not isinstance(text, str):
+        raise FaultSpecError(f"--fault: expected a spec string, got {type(text).__name__}")
     spec = text.strip()
+    text = _Shown(text)
     kind = spec.split("@", 1)[0]
     if kind not in FAULT_KINDS:
         if "@" not in spec:
@@ -89,11 +109,13 @@ def parse_fault(text: str) -> Fault:
             f"--fault {text!r}: {kind} takes KIND@PEER[:ROUND[-ROUND]]=VALUE, e.g. {example}"
         )
     try:
-        value = float(match["value"])
+        value = float(match["value"]) if len(match["value"]) <= 64 else float("nan")
     except ValueError:
         raise FaultSpecError(f"--fault {text!r}: {match['value']!r} is not a number") from None
-    if kind == "slow" and not (value > 1 and value < float("inf")):
-        raise FaultSpecError(f"--fault {text!r}: the slow-down factor must be above 1")
+    if kind == "slow" and not 1 < value <= MAX_SLOWDOWN:
+        raise FaultSpecError(
+            f"--fault {text!r}: the slow-down factor must be above 1 and at most {MAX_SLOWDOWN:g}"
+        )
     if kind == "drop" and not 0 < value <= 1:
         raise FaultSpecError(f"--fault {text!r}: the dropout probability must be in (0, 1]")
     first = int(match["first"]) if match["first"] else None
@@ -178,5 +200,6 @@ __all__ = [
     "Fault",
     "FaultPlan",
     "FaultSpecError",
+    "MAX_SLOWDOWN",
     "parse_fault",
 ]

@@ -9,15 +9,34 @@ engine/strategy split) cannot be resumed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from ..errors import SettingsError, SimError
+from .. import schema, wire
+from ..errors import DecodeError, SettingsError, one_line
 from ..files import write_bytes, write_json
-from .strategy import BaselineState, PeerResult
+from ..schema import (
+    BOOL,
+    F64,
+    I64,
+    JSON_VALUE,
+    STRING,
+    U32,
+    Enum,
+    Field,
+    Map,
+    Option,
+    Struct,
+    Variant,
+    Vec,
+)
+from .config import SimConfig
+from .faults import parse_fault
+from .strategy import BaselineState, PeerMap, PeerResult
 from .workers import short_error
 
 if TYPE_CHECKING:
@@ -26,6 +45,245 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = "fakecoord-sim-checkpoint-v2"
 REPORT_FORMAT = "fakecoord-sim-report-v2"
 COUNT_METRICS = ("examples", "batch_count", "steps", "microshard_count")
+
+
+# ---------------------------------------------------------------------------
+# The checkpoint's schema: everything a resume reads, in the wire types of fakecoord.schema
+
+
+_OPT_F64 = Option(F64)
+_NUMBERS = Map(JSON_VALUE)
+_ANNOTATIONS: dict[str, schema.Type] = {
+    "int": I64,
+    "float": F64,
+    "bool": BOOL,
+    "str": STRING,
+    "str | None": Option(STRING),
+    "int | None": Option(I64),
+    "float | None": _OPT_F64,
+    "list[str] | None": Option(Vec(STRING)),
+    "list[Fault]": Vec(STRING),
+}
+
+
+def config_schema() -> Struct:
+    """:class:`SimConfig` as the checkpoint holds it, derived from its fields (an absent
+    field takes its default; an annotation without a wire type here takes any JSON)."""
+    fields = []
+    for f in dataclasses.fields(SimConfig):
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # pragma: no cover - every SimConfig field has a default
+            default = schema.MISSING
+        kind = _ANNOTATIONS.get(str(f.type), JSON_VALUE)
+        fields.append(Field(f.name, kind, default=[] if f.name == "faults" else default))
+    return Struct("SimConfig", tuple(fields))
+
+
+_MODEL_REF = Struct(
+    "ModelRef",
+    (
+        Field("kind", Enum("ModelKind", (Variant("pack"), Variant("artifact")))),
+        Field("path", STRING),
+    ),
+)
+_ROUND = Struct(
+    "RoundRecord",
+    (
+        Field("round", U32),
+        Field("eval", _NUMBERS, default={}),
+        Field("eval_value", _OPT_F64, default=None),
+        Field("contributors", Vec(U32)),
+        Field("failed", Vec(U32)),
+        Field("dropped", Vec(U32)),
+        Field(
+            "peers",
+            PeerMap(
+                Struct(
+                    "PeerRecord",
+                    (
+                        Field("status", STRING),
+                        Field("metrics", _NUMBERS, default={}),
+                        Field("error", Option(STRING), default=None),
+                    ),
+                )
+            ),
+        ),
+        Field(
+            "timings",
+            Struct(
+                "RoundTimings",
+                tuple(
+                    Field(name, F64)
+                    for name in (
+                        "round_seconds",
+                        "worker_call_seconds",
+                        "coordinator_seconds",
+                        "straggle_seconds",
+                        "wall_seconds_at_end",
+                    )
+                ),
+            ),
+        ),
+        Field(
+            "baseline",
+            Option(
+                Struct(
+                    "BaselineRecord",
+                    (
+                        Field("eval_value", _OPT_F64, default=None),
+                        Field("eval", _NUMBERS, default={}),
+                    ),
+                )
+            ),
+            default=None,
+        ),
+    ),
+)
+_FAULT = Struct(
+    "FaultEntry",
+    (
+        Field("spec", STRING),
+        Field("kind", STRING),
+        Field("peer", U32),
+        Field("round", U32),
+        Field("error", Option(STRING), default=None),
+        Field(
+            "recovery",
+            Option(Struct("Recovery", (Field("round", Option(U32)), Field("action", STRING)))),
+        ),
+    ),
+)
+_REPORT = Struct(
+    "Report",
+    (
+        Field("format", STRING),
+        Field("strategy", STRING),
+        Field("eval_metric", STRING),
+        Field("initial_eval", _NUMBERS, default={}),
+        Field("initial_eval_value", _OPT_F64, default=None),
+        Field("final_eval_value", _OPT_F64, default=None),
+        Field("rounds", Vec(_ROUND)),
+        Field("faults", Vec(_FAULT)),
+        Field(
+            "baseline",
+            Option(
+                Struct(
+                    "BaselineHeader",
+                    (
+                        Field("steps_per_round", U32),
+                        Field("description", STRING),
+                        Field("eval_values", Vec(_OPT_F64)),
+                        Field("final_eval_value", _OPT_F64, default=None),
+                    ),
+                )
+            ),
+            default=None,
+        ),
+        Field(
+            "timings",
+            Struct(
+                "Timings",
+                (
+                    *(
+                        Field(name, F64)
+                        for name in (
+                            "wall_seconds",
+                            "startup_seconds",
+                            "rounds_seconds",
+                            "worker_call_seconds",
+                            "coordinator_seconds",
+                            "straggle_seconds",
+                        )
+                    ),
+                    Field("coordinator_overhead_share", _OPT_F64, default=None),
+                ),
+            ),
+        ),
+        Field("resumed", Vec(Struct("Resumed", (Field("after_round", U32),))), default=[]),
+        Field(
+            "threads",
+            Option(Struct("Threads", (Field("per_worker", Option(U32)), Field("reason", STRING)))),
+            default=None,
+        ),
+    ),
+)
+CHECKPOINT = Struct(
+    "Checkpoint",
+    (
+        Field("format", STRING),
+        Field("strategy", STRING),
+        Field("config", config_schema()),
+        Field(
+            "state",
+            Struct(
+                "RunState",
+                (
+                    Field("completed_rounds", U32),
+                    Field("strategy", JSON_VALUE),
+                    Field(
+                        "baseline",
+                        Option(
+                            Struct(
+                                "BaselineState",
+                                (
+                                    Field("model", _MODEL_REF),
+                                    Field("inner_opt", Option(STRING), default=None),
+                                ),
+                            )
+                        ),
+                        default=None,
+                    ),
+                    Field("failed_streak", U32, default=0),
+                ),
+            ),
+        ),
+        Field("pending_recovery", PeerMap(STRING), default={}),
+        Field("report", _REPORT),
+    ),
+)
+"""What a ``fakecoord-sim-checkpoint-v2`` file must hold for a resume (the strategy's own
+state is checked by its ``state_schema``)."""
+
+
+def read_checkpoint(path: Path, where: str) -> dict:
+    """The checkpoint at ``path``, validated whole against :data:`CHECKPOINT` (JSON read as
+    serde_json reads it); raises :class:`SettingsError` ``"<where>: the checkpoint is damaged:
+    <path in the file>: ..."``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"{where}: no readable {path.name} ({exc})") from None
+    try:
+        data = wire.parse_json(raw)
+        found = data.get("format") if isinstance(data, dict) else None
+        if found == "fakecoord-sim-checkpoint-v1":
+            raise SettingsError(
+                f"{where}: the checkpoint was written by an older fakecoord "
+                "(fakecoord-sim-checkpoint-v1) and cannot be resumed; start a new run"
+            )
+        if found != CHECKPOINT_FORMAT:
+            raise SettingsError(f"{where}: {path.name} is not a {CHECKPOINT_FORMAT} file")
+        decoded = schema.decode(CHECKPOINT, data)
+        assert isinstance(decoded, dict)
+        for i, spec in enumerate(decoded["config"]["faults"]):
+            try:
+                parse_fault(spec)
+            except SettingsError as exc:
+                raise DecodeError(
+                    f"config.faults[{i}]", "a --fault spec", got_text=str(exc)
+                ) from None
+        if decoded["state"]["completed_rounds"] != len(decoded["report"]["rounds"]):
+            raise DecodeError(
+                "state.completed_rounds",
+                f"the number of rounds in report.rounds ({len(decoded['report']['rounds'])})",
+                decoded["state"]["completed_rounds"],
+            )
+    except DecodeError as exc:
+        raise SettingsError(f"{where}: the checkpoint is damaged: {one_line(str(exc))}") from None
+    return decoded
 
 
 def numeric(value: Any) -> TypeGuard[int | float]:
@@ -168,7 +426,7 @@ class Recorder:
             self.report["faults"].append(entry)
             self.pending[res.peer] = entry
             self.engine.view.event(
-                f"[red]round {r}: peer {res.peer} failed[/] ({entry['spec']}): {res.error}"
+                f"round {r}: peer {res.peer} failed ({entry['spec']}): {res.error}", "red"
             )
         return {
             "round": r,
@@ -211,7 +469,7 @@ class Recorder:
                 f"{source}"
             )
             restarted = False
-        e.view.event(f"[green]round {r}: peer {res.peer} recovered[/] ({entry['spec']}): {action}")
+        e.view.event(f"round {r}: peer {res.peer} recovered ({entry['spec']}): {action}", "green")
         return {"round": r, "action": action, "worker_restarted": restarted}
 
     def unplanned(self, r: int, p: int, exc: BaseException, phase: str) -> None:
@@ -320,43 +578,44 @@ class Recorder:
         write_json(e.out / "checkpoint.json", checkpoint)
 
     def load_checkpoint(self, path: Path) -> tuple[Any, dict]:
-        """``(RunState, report)`` from a checkpoint; raises :class:`SettingsError`."""
+        """``(RunState, report)`` from a checkpoint (validated whole by :func:`read_checkpoint`
+        and the strategy's ``state_schema``); raises :class:`SettingsError`."""
         from .engine import RunState
 
         e = self.engine
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SettingsError(f"--resume {e.out}: cannot read {path.name} ({exc})") from None
-        found = data.get("format") if isinstance(data, dict) else None
-        if found == "fakecoord-sim-checkpoint-v1":
+        where = f"--resume {e.out}"
+        data = read_checkpoint(path, where)
+        if data["strategy"] != e.strategy.name:
             raise SettingsError(
-                f"--resume {e.out}: the checkpoint was written by an older fakecoord "
-                "(fakecoord-sim-checkpoint-v1) and cannot be resumed; start a new run"
-            )
-        if found != CHECKPOINT_FORMAT:
-            raise SettingsError(f"--resume {e.out}: {path.name} is not a {CHECKPOINT_FORMAT} file")
-        if data.get("strategy") != e.strategy.name:
-            raise SettingsError(
-                f"--resume {e.out}: the run used the {data.get('strategy')!r} strategy, "
+                f"{where}: the run used the {one_line(repr(data['strategy']), 80)} strategy, "
                 f"not {e.strategy.name!r}"
             )
+        raw = data["state"]
         try:
-            raw = data["state"]
-            state = RunState(
-                raw["completed_rounds"],
-                e.strategy.state_from_json(raw["strategy"]),
-                BaselineState.from_json(raw["baseline"]) if raw.get("baseline") else None,
-                raw.get("failed_streak", 0),
-            )
-            report = data["report"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SimError(f"--resume {e.out}: the checkpoint is damaged ({exc!r})") from None
+            if e.strategy.state_schema is not None:
+                schema.decode(e.strategy.state_schema, raw["strategy"], "state.strategy")
+            strategy_state = e.strategy.state_from_json(raw["strategy"])
+        except DecodeError as exc:
+            raise SettingsError(
+                f"{where}: the checkpoint is damaged: {one_line(str(exc))}"
+            ) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SettingsError(
+                f"{where}: the checkpoint is damaged: state.strategy: {one_line(short_error(exc))}"
+            ) from None
+        baseline = raw["baseline"]
+        state = RunState(
+            raw["completed_rounds"],
+            strategy_state,
+            BaselineState.from_json(baseline) if baseline else None,
+            raw["failed_streak"],
+        )
+        report = data["report"]
         report["settings"] = e.config.to_json()
         report.pop("stopped_after_round", None)
         report.pop("stopped", None)
         self.prior_wall = report["timings"]["wall_seconds"]
-        for p_text, spec in data.get("pending_recovery", {}).items():
+        for p_text, spec in data["pending_recovery"].items():
             for entry in reversed(report["faults"]):
                 if entry["spec"] == spec and entry["peer"] == int(p_text):
                     self.pending[int(p_text)] = entry
@@ -415,7 +674,10 @@ def metrics_lines(report: dict) -> list[dict]:
 
 
 __all__ = [
+    "CHECKPOINT",
     "CHECKPOINT_FORMAT",
+    "config_schema",
+    "read_checkpoint",
     "REPORT_FORMAT",
     "Recorder",
     "metrics_lines",

@@ -21,8 +21,9 @@ class RunView:
     def start(self, total_rounds: int, completed: int, description: str) -> None:
         """The rounds are about to run (``completed`` of them were done before a resume)."""
 
-    def event(self, text: str) -> None:
-        """Something worth a line: a fault, a restart, a resume."""
+    def event(self, text: str, style: str | None = None) -> None:
+        """Something worth a line: a fault, a restart, a resume.  ``text`` is plain text (never
+        read as markup: it quotes workloads, paths and metric names); ``style`` colours it."""
 
     def round_done(self, record: dict) -> None:
         """One round committed."""
@@ -60,7 +61,9 @@ def console(stderr: bool = False) -> Any:
 
 
 class RichView(RunView):
-    """Progress on stderr, summary on stdout."""
+    """Progress on stderr, summary on stdout.  Every text is printed as a ``rich.text.Text``
+    (or with ``markup=False``): nothing a workload, a path or a metric name says is read as
+    markup."""
 
     def __init__(self) -> None:
         self.err = console(stderr=True)
@@ -76,13 +79,14 @@ class RichView(RunView):
             TextColumn,
             TimeElapsedColumn,
         )
+        from rich.text import Text
 
-        self.err.print(description, highlight=False)
+        self.err.print(Text(description), highlight=False)
         self._progress = Progress(
             TextColumn("[bold]rounds"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[value]}"),
+            TextColumn("{task.fields[value]}", markup=False),
             TimeElapsedColumn(),
             console=self.err,
             transient=False,
@@ -92,8 +96,11 @@ class RichView(RunView):
             "rounds", total=total_rounds, completed=completed, value=""
         )
 
-    def event(self, text: str) -> None:
-        (self._progress.console if self._progress else self.err).print(text, highlight=False)
+    def event(self, text: str, style: str | None = None) -> None:
+        from rich.text import Text
+
+        console = self._progress.console if self._progress else self.err
+        console.print(Text(text, style=style or ""), highlight=False)
 
     def round_done(self, record: dict) -> None:
         if self._progress is None:
@@ -110,28 +117,31 @@ class RichView(RunView):
             self._progress = None
 
     def finish(self, report: dict) -> None:
+        from rich.text import Text
+
         self.close()
         self.out.print(summary_table(report))
         for line in summary_lines(report):
-            self.out.print(line, highlight=False)
+            self.out.print(Text(line), highlight=False)
 
 
 def summary_table(report: dict) -> Any:
     """A rich Table: one row per round."""
     from rich.table import Table
+    from rich.text import Text
 
     metric = report.get("eval_metric", "loss")
     has_baseline = any(r.get("baseline") for r in report.get("rounds", []))
-    table = Table(title=f"fakecoord {report.get('strategy')} run", title_justify="left")
+    table = Table(title=Text(f"fakecoord {report.get('strategy')} run"), title_justify="left")
     for name in ("round", f"eval {metric}"):
-        table.add_column(name, justify="right")
+        table.add_column(Text(name), justify="right")
     if has_baseline:
         table.add_column("baseline", justify="right")
     for name in ("peers ok", "mean train loss", "round s", "in workers"):
         table.add_column(name, justify="right")
     table.add_column("faults")
     first = ["0", fmt(report.get("initial_eval_value"))] + [""] * (5 + has_baseline)
-    table.add_row(*first)
+    table.add_row(*(Text(cell) for cell in first))
     for record in report.get("rounds", []):
         timings = record.get("timings", {})
         share = ""
@@ -169,7 +179,7 @@ def summary_table(report: dict) -> Any:
             share,
             ", ".join(notes),
         ]
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     return table
 
 
@@ -332,6 +342,34 @@ def _scale(axis: Any, name: str, values: list[float]) -> str:
     return "linear"
 
 
+MAX_METRIC_PANELS = 12
+"""The plot draws at most this many evaluated metrics (the followed one first); the rest are
+named in the figure and on stderr, so 150 metrics never make a 20,000-pixel image."""
+PLOT_LIMIT = 1e300
+"""Values beyond +-PLOT_LIMIT are drawn at the limit (the panel's title says so): axis limits
+with margins stay finite for any finite float64."""
+
+
+PLAIN: dict[str, Any] = {"parse_math": False}
+"""Text properties of every label the plot draws: literal text, never mathtext (a metric named
+``spend_$_per_$_token`` is shown as written)."""
+
+
+def _plain_legend(ax: Any) -> None:
+    for text in ax.legend(fontsize="small").get_texts():
+        text.set_parse_math(False)
+
+
+def _clipped(ys: list) -> tuple[list, bool]:
+    """``ys`` with finite values beyond :data:`PLOT_LIMIT` moved to it; whether any was."""
+    out, clipped = [], False
+    for y in ys:
+        if numeric(y) and abs(y) > PLOT_LIMIT:
+            y, clipped = math.copysign(PLOT_LIMIT, y), True
+        out.append(float(y) if numeric(y) else y)
+    return out, clipped
+
+
 def plot_events(report: dict) -> list[tuple[float, str]]:
     """Where the plot marks events on every panel: ``(x, "fault")`` at each fault's round and
     ``(x, "resumed")`` between the rounds a resumed run continued after and from."""
@@ -354,17 +392,21 @@ def mark_events(ax: Any, report: dict) -> bool:
     return bool(labelled)
 
 
-def write_plot(report: dict, path: str | os.PathLike) -> None:
-    """One panel per evaluated metric (and the baseline's), per-peer training loss, and the
-    time of each round; saved to ``path`` (PNG)."""
+def write_plot(report: dict, path: str | os.PathLike) -> list[str]:
+    """One panel per evaluated metric (and the baseline's; at most :data:`MAX_METRIC_PANELS`),
+    per-peer training loss, and the time of each round; saved atomically to ``path`` in the
+    format its extension names.  Every label is plain text.  Returns the metrics left out."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from ..files import staged_file
+
     rounds = report.get("rounds", [])
-    metrics = plotted_metrics(report)
+    every = plotted_metrics(report)
+    metrics, left_out = every[:MAX_METRIC_PANELS], every[MAX_METRIC_PANELS:]
     panels = len(metrics) + 2
     columns = min(panels, 3)
     rows = math.ceil(panels / columns)
@@ -382,18 +424,31 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
     fig.suptitle(
         f"fakecoord {report.get('strategy')} run: {len(rounds)} rounds, {clock}",
         fontsize="medium",
+        **PLAIN,
     )
+    if left_out:
+        fig.text(
+            0.01,
+            0.002,
+            f"{len(left_out)} more metrics not drawn: {', '.join(left_out)}",
+            fontsize="x-small",
+            wrap=True,
+            **PLAIN,
+        )
     for ax, name in zip(flat, metrics, strict=False):
-        ys = [report.get("initial_eval", {}).get(name)] + [
-            r.get("eval", {}).get(name) for r in rounds
-        ]
-        values = [float(y) for y in ys if numeric(y)]
+        ys, clipped = _clipped(
+            [report.get("initial_eval", {}).get(name)]
+            + [r.get("eval", {}).get(name) for r in rounds]
+        )
+        values = [y for y in ys if numeric(y)]
         ax.plot(*_finite(xs, ys), marker="o", label=label)
         if any(r.get("baseline") for r in rounds):
-            bys = [report.get("initial_eval", {}).get(name)] + [
-                ((r.get("baseline") or {}).get("eval") or {}).get(name) for r in rounds
-            ]
-            values += [float(y) for y in bys if numeric(y)]
+            bys, more = _clipped(
+                [report.get("initial_eval", {}).get(name)]
+                + [((r.get("baseline") or {}).get("eval") or {}).get(name) for r in rounds]
+            )
+            clipped |= more
+            values += [y for y in bys if numeric(y)]
             steps = (report.get("baseline") or {}).get("steps_per_round")
             ax.plot(*_finite(xs, bys), marker="s", linestyle="--",
                     label=f"single-worker baseline ({steps} steps/round)")  # fmt: skip
@@ -403,12 +458,14 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
             ax.axvline(x, color="orange", linestyle=":",
                        label="evaluation failed" if i == 0 else None)  # fmt: skip
         scale = _scale(ax, name, values)
-        ax.set_title(f"eval {name} per round" + (" (log scale)" if scale == "log" else ""))
+        title = f"eval {name} per round" + (" (log scale)" if scale == "log" else "")
+        ax.set_title(title + (f" (clipped to +-{PLOT_LIMIT:g})" if clipped else ""), **PLAIN)
         ax.set_xlabel("round")
-        ax.set_ylabel(name)
-        ax.legend(fontsize="small")
+        ax.set_ylabel(name, **PLAIN)
+        _plain_legend(ax)
     ax_train = flat[len(metrics)]
     losses: list[float] = []
+    any_clipped = False
     for peer in sorted({int(p) for r in rounds for p in r.get("peers", {})}):
         px, py = [], []
         for record in rounds:
@@ -416,14 +473,20 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
             loss = entry.get("metrics", {}).get("loss") if entry.get("status") == "ok" else None
             px.append(record["round"])
             py.append(loss)
-        losses += [float(v) for v in py if numeric(v)]
+        py, clipped = _clipped(py)
+        any_clipped |= clipped
+        losses += [v for v in py if numeric(v)]
         ax_train.plot(*_finite(px, py), marker=".", label=f"peer {peer}")
     scale = _scale(ax_train, "loss", losses)
-    ax_train.set_title("training loss per peer" + (" (log scale)" if scale == "log" else ""))
+    ax_train.set_title(
+        "training loss per peer"
+        + (" (log scale)" if scale == "log" else "")
+        + (f" (clipped to +-{PLOT_LIMIT:g})" if any_clipped else "")
+    )
     ax_train.set_xlabel("round")
     ax_train.set_ylabel("training 'loss' metric, as the workload reports it")
     if mark_events(ax_train, report) or losses:
-        ax_train.legend(fontsize="small")
+        _plain_legend(ax_train)
     ax_time = flat[len(metrics) + 1]
     rx = [r["round"] for r in rounds]
     worker = [r["timings"]["worker_call_seconds"] for r in rounds]
@@ -458,9 +521,14 @@ def write_plot(report: dict, path: str | os.PathLike) -> None:
         ax.grid(alpha=0.3)
     for ax in flat[panels:]:
         ax.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.tight_layout(rect=(0, 0.03 if left_out else 0, 1, 1))
+    suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    try:
+        with staged_file(path) as f:
+            fig.savefig(f, dpi=100, format=suffix)
+    finally:
+        plt.close(fig)
+    return left_out
 
 
 def _finite(xs: list, ys: list) -> tuple[list, list]:
@@ -470,6 +538,8 @@ def _finite(xs: list, ys: list) -> tuple[list, list]:
 
 
 __all__ = [
+    "MAX_METRIC_PANELS",
+    "PLOT_LIMIT",
     "QuietView",
     "RichView",
     "RunView",

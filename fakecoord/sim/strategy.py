@@ -33,11 +33,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from .. import schema, wire
+from ..errors import DecodeError
+from ..schema import Map
 from .config import SimConfig
 from .workers import PeerContext
 
 S = TypeVar("S")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PeerMap(Map):
+    """An object keyed by peer index (``"0"``, ``"1"``, ...)."""
+
+    def decode(self, value: Any, path: str, ctx: schema.Ctx, depth: int) -> Any:
+        if isinstance(value, dict):
+            for key in value:
+                if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 10):
+                    raise DecodeError(wire.join(path, str(key)), "a peer index", key)
+        return super().decode(value, path, ctx, depth)
 
 
 @dataclass(frozen=True)
@@ -178,7 +193,7 @@ class RoundContext:
         parallel: Callable[[Callable[[PeerContext], Any], list[int]], dict[int, Any]],
         evaluate: Callable[[ModelRef], dict],
         unplanned: Callable[[int, BaseException, str], None],
-        event: Callable[[str], None],
+        event: Callable[..., None],
     ) -> None:
         self.round = round_index
         self.dir = directory
@@ -194,6 +209,7 @@ class RoundContext:
         self.unplanned = unplanned
         """``unplanned(peer, exc, phase)``: record a failure outside the training call."""
         self.event = event
+        """``event(text, style=None)``: a line in the live log (plain text, never markup)."""
 
     def rel(self, path: Path | str) -> str:
         return os.path.relpath(path, self.run_dir)
@@ -217,6 +233,9 @@ class Strategy(ABC, Generic[S]):
     name: ClassVar[str] = "strategy"
     summary_key: ClassVar[str] = "summary"
     """Where a round's ``RoundOutcome.summary`` goes in the report's round record."""
+    state_schema: ClassVar[schema.Type | None] = None
+    """What ``state_to_json`` gives, in :mod:`fakecoord.schema` types: a resume refuses a
+    checkpoint whose state does not match (None: only ``state_from_json``'s errors count)."""
 
     config: SimConfig
     schema_hash: str
@@ -306,6 +325,7 @@ __all__ = [
     "BaselineOutcome",
     "BaselineState",
     "ModelRef",
+    "PeerMap",
     "PeerResult",
     "RoundContext",
     "RoundOutcome",

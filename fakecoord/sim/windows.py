@@ -18,10 +18,12 @@ from typing import Any
 
 from .. import handling
 from ..errors import FakecoordError
+from ..schema import STRING, Field, Struct
 from .strategy import (
     BaselineOutcome,
     BaselineState,
     ModelRef,
+    PeerMap,
     PeerResult,
     RoundContext,
     RoundOutcome,
@@ -123,8 +125,9 @@ class Windows(Strategy[WindowsState]):
                 peer.after_failure(exc)
             if not merge["merged"]:
                 ctx.event(
-                    f"[yellow]round {r}: no merge[/] on peer {reducer}: {merge['error']}; the "
-                    "canonical model stays as it was"
+                    f"round {r}: no merge on peer {reducer}: {merge['error']}; the "
+                    "canonical model stays as it was",
+                    "yellow",
                 )
         by_peer = {res.peer: res for res in survivors}
 
@@ -159,20 +162,16 @@ class Windows(Strategy[WindowsState]):
                 cid = peer.call(client.init_model, peer.device())
                 held.append(cid)
                 peer.call(client.load_model_artifact, cid, peer.path(res.model.path))
-                loss = res.metrics.get("loss")
+                loss = handling.metric_number(res.metrics, "loss")
                 candidates.append(
                     {
                         "peer_id": f"peer-{res.peer}",
                         "head_id": f"round-{peer.round}-peer-{res.peer}",
                         "artifact_id": res.model.path,
                         "model_id": cid,
-                        "sample_weight": float(
-                            res.metrics.get("examples_processed")
-                            or res.metrics.get("examples")
-                            or res.metrics["batch_count"]
-                        ),
-                        "quality_weight": 1.0 / (1.0 + float(loss))
-                        if isinstance(loss, (int, float)) and loss >= 0
+                        "sample_weight": handling.contribution_weight(res.metrics),
+                        "quality_weight": 1.0 / (1.0 + loss)
+                        if loss is not None and loss >= 0
                         else 1.0,
                     }
                 )
@@ -238,6 +237,10 @@ class Windows(Strategy[WindowsState]):
 
     def state_to_json(self, state: WindowsState) -> dict:
         return {"canonical": state.canonical, "local": {str(p): v for p, v in state.local.items()}}
+
+    state_schema = Struct(
+        "WindowsState", (Field("canonical", STRING), Field("local", PeerMap(STRING)))
+    )
 
     def state_from_json(self, data: dict) -> WindowsState:
         return WindowsState(data["canonical"], {int(p): v for p, v in data["local"].items()})

@@ -29,11 +29,13 @@ from ..errors import (
     JobFailed,
     PackError,
     RemoteError,
+    SimError,
     SimStopped,
     WorkerExited,
     WorkerTimeout,
 )
 from ..network.rounds import runtime_device
+from ..stderr import open_log
 from . import bootstrap
 from .config import SimConfig, ThreadChoice
 from .faults import Fault
@@ -172,7 +174,12 @@ class Workers:
             raise SimStopped("the run is stopping")
         c = self.config
         started = time.monotonic()
-        slot.log_start = slot.log.stat().st_size if slot.log.exists() else 0
+        for log in (slot.log, self.out / "logs" / "workers.jsonl"):
+            try:
+                open_log(log).close()  # never through a planted link (O_NOFOLLOW)
+            except OSError as exc:
+                raise SimError(f"{slot.label}: cannot open its log {str(log)!r} ({exc})") from None
+        slot.log_start = slot.log.stat().st_size
         try:
             try:
                 client = WorkerClient.spawn(
@@ -189,9 +196,9 @@ class Workers:
                 raise self.explain(slot, exc) from None
             slot.client = client
             slot.pids.append(client.pid)
-            with self.lock, open(self.out / "logs" / "workers.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"slot": slot.label, "pid": client.pid, "round": round_index}))
-                f.write("\n")
+            line = {"slot": slot.label, "pid": client.pid, "round": round_index}
+            with self.lock, open_log(self.out / "logs" / "workers.jsonl") as f:
+                f.write((json.dumps(line) + "\n").encode("utf-8"))
             try:
                 hello = client.hello()
                 # lib.rs PythonTorchProject::new: the probe's runtime_device is every device.
@@ -292,7 +299,7 @@ class Workers:
         if self.stopping.is_set():
             raise SimStopped("the run is stopping")
         started = time.monotonic()
-        with open(log, "wb") as sink:
+        with open_log(log, truncate=True) as sink:
             proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
                 env=dict(env),

@@ -1,8 +1,9 @@
-"""Fuzz the worker's untrusted-input surfaces: frames, requests, packs, artifacts, races.
+"""Fuzz the worker's untrusted-input surfaces (frames, requests, packs, artifacts, races) and
+the simulation's run inputs (sim).
 
 Usage (from the repository root)::
 
-    python -m tools.fuzz --target frames|requests|packs|artifacts|races|all --seconds N \\
+    python -m tools.fuzz --target frames|requests|packs|artifacts|races|sim|all --seconds N \\
         [--seed S] [--verbose]
 
 ``--seconds`` is the budget of the whole run, shared evenly by the selected
@@ -20,7 +21,8 @@ the project's hypothesis profile with a CI-sized budget.
 Modules, one per target: :mod:`~tools.fuzz.framing` (frames),
 :mod:`~tools.fuzz.requests` (bodies and every method's params, drawn from the
 coordinator's spec), :mod:`~tools.fuzz.packs`, :mod:`~tools.fuzz.artifacts`,
-:mod:`~tools.fuzz.races` (re-export racing import); shared:
+:mod:`~tools.fuzz.races` (re-export racing import), :mod:`~tools.fuzz.sim`
+(``fakecoord run``'s TOML options, checkpoints and output paths); shared:
 :mod:`~tools.fuzz.oracle`, :mod:`~tools.fuzz.values` (edge values),
 :mod:`~tools.fuzz.workloads`; :mod:`~tools.fuzz.runner` (registry, CLI).
 """

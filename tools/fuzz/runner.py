@@ -13,14 +13,14 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from . import artifacts, framing, packs, races, requests
+from . import artifacts, framing, packs, races, requests, sim
 from .oracle import fd_count, rss_kib
 
 USAGE = """Fuzz the worker's untrusted-input surfaces for a time budget, per target: frames,
-requests, packs, artifacts, races.  Prints per property and per target the
+requests, packs, artifacts, races; and the coordinator side's run inputs (sim).  Prints per property and per target the
 inputs tried and the distinct failures found, then RSS and descriptors."""
 
-TARGETS = ("frames", "requests", "packs", "artifacts", "races")
+TARGETS = ("frames", "requests", "packs", "artifacts", "races", "sim")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ PROPERTIES: list[Property] = [
         artifacts.check_artifact,
     ),  # fmt: skip
     Property("export-import", "races", races.RACES, races.check_race, ci_examples=12),
+    Property("toml-options", "sim", sim.toml_inputs(), sim.check_toml),
+    Property("checkpoint", "sim", sim.checkpoint_inputs(), sim.check_checkpoint),
+    Property("output-paths", "sim", sim.path_inputs(), sim.check_path),
 ]
 
 
