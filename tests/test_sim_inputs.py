@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fakecoord.errors import SettingsError
-from fakecoord.sim.cli import argument_parser, read_toml
+from fakecoord.sim.cli import read_toml
 from fakecoord.sim.data import load_batches, select_batch_files
 
 
@@ -59,6 +59,6 @@ def test_relative_paths_in_a_toml_file_follow_the_command_lines_rule(tmp_path) -
     toml = tmp_path / "conf" / "run.toml"
     toml.parent.mkdir()
     toml.write_text('batches = "data/refs.json"\nout = "runs/a"\n[config-json]\nroot = "data"\n')
-    options = read_toml(toml, argument_parser())
+    options = read_toml(toml)
     assert options["batches"] == "data/refs.json" and options["out"] == "runs/a"
     assert json.loads(options["config_json"]) == {"root": "data"}
