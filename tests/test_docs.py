@@ -38,7 +38,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "README.md",
         "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[sim]'",
     ): (
-        "creates the checkout's own venv and runs the full 10-round demo (minutes); the "
+        "creates the checkout's own venv and runs the full 10-round demo; the "
         "install line is the one CI runs for tests, the run is the runnable smoke block's "
         "command with the defaults"
     ),
@@ -47,7 +47,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[test]'",
     ): ("the README's test command: it is what CI runs (.ci/run), verbatim"),
     ("README.md", ".venv/bin/python -m fakecoord run"): (
-        "each line is a full-length demo run (minutes on 2 cores), one needs the reader's own "
+        "each line is a full-length demo run (several seconds to a minute each, with faults "
+        "and timeouts), one needs the reader's own "
         "package; the flags are parsed below, the smoke block runs a one-round version"
     ),
     ("README.md", ".venv/bin/pip install -c constraints.txt -e '.[conformance]'"): (
