@@ -6,7 +6,8 @@ Every error :mod:`fakecoord` raises on purpose is a :class:`FakecoordError`
     FakecoordError
     ├── CallerError          the caller's bad input or misuse
     │   ├── InvalidParams      params or config that cannot be sent (not standard JSON)
-    │   └── ClientClosed       a call on a closed, shut down or broken client
+    │   ├── ClientClosed       a call on a closed, shut down or broken client
+    │   └── PolicyError        a DiLoCoPolicy the network cannot parse, validate or run
     ├── WorkerFault          the worker process broke its side of the contract
     │   ├── ProtocolViolation  a bad frame, a wrong id, a result serde would refuse
     │   │   └── DecodeError      ... with the dotted path, what was expected and what came
@@ -15,6 +16,7 @@ Every error :mod:`fakecoord` raises on purpose is a :class:`FakecoordError`
     ├── RemoteError          the worker answered ``ok: false`` (a hook raised, or it refused params)
     ├── SpawnError           the environment: the worker program or its stderr target cannot be opened
     ├── PackError            a parameter pack on disk is missing, invalid or cannot be written
+    ├── NetworkStepError     a DiLoCo step the network itself fails (the codec or aggregation refuses)
     └── PlanRefused          a parameter pack plan the coordinator would refuse to train with
 
 Messages name the method and, where there is one, the field or parameter
@@ -62,6 +64,24 @@ class ClientClosed(CallerError):
     def __init__(self, message: str, method: str | None = None) -> None:
         super().__init__(message)
         self.method = method
+
+
+class PolicyError(CallerError):
+    """A ``DiLoCoPolicy`` (:mod:`fakecoord.network.policy`) the network would not take.
+
+    ``field`` is the dotted path of the offending field (``policy.codec.Qsgd.bits``);
+    ``reason`` the network's own text (``DiLoCoPolicy::validate``'s error, or the
+    refusal a Python workload meets at run time); ``stage`` is None for a policy
+    that does not parse or validate, else where the network's step fails every
+    round (``"encode"`` for LowRank, ``"outer"`` for an outer optimizer beyond
+    plain SGD).
+    """
+
+    def __init__(self, field: str, reason: str, stage: str | None = None) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+        self.stage = stage
 
 
 # ---------------------------------------------------------------------------
@@ -193,6 +213,22 @@ class PlanRefused(FakecoordError):
     """A parameter pack plan the coordinator would refuse to train with (see ``handling``)."""
 
 
+class NetworkStepError(FakecoordError):
+    """One DiLoCo step that the network itself fails, with its reason (``anyhow`` text).
+
+    ``stage`` is ``"encode"``, ``"decode"``, ``"aggregate"`` or ``"outer"``;
+    ``reason`` the network's message verbatim; ``peer`` the index (in group
+    order) of the contributor whose pseudo-gradient failed, when one did.
+    """
+
+    def __init__(self, stage: str, reason: str, peer: int | None = None) -> None:
+        who = f" (contributor {peer})" if peer is not None else ""
+        super().__init__(f"the network's {stage} step fails{who}: {reason}")
+        self.stage = stage
+        self.reason = reason
+        self.peer = peer
+
+
 # ---------------------------------------------------------------------------
 # Rendering values and exit statuses in messages
 
@@ -252,8 +288,10 @@ __all__ = [
     "DecodeError",
     "FakecoordError",
     "InvalidParams",
+    "NetworkStepError",
     "PackError",
     "PlanRefused",
+    "PolicyError",
     "ProtocolViolation",
     "RemoteError",
     "SpawnError",

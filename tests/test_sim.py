@@ -29,6 +29,7 @@ from fakecoord.demo import AdamW, InjectedFault, make_workload
 from fakecoord.errors import FakecoordError, SettingsError
 from fakecoord.packs import open_pack
 from fakecoord.sim import SimConfig
+from fakecoord.sim.cli import build_config
 from fakecoord.sim.data import load_batches
 from fakecoord.sim.engine import CHECKPOINT_NAME
 from fakecoord.sim.faults import parse_fault
@@ -280,8 +281,20 @@ def test_batches_from_a_file_or_a_directory(tmp_path: Path) -> None:
     [
         ({"peers": 0}, "--peers"),
         ({"protocol": "gossip"}, "--protocol"),
-        ({"codec": "int8"}, "--codec"),
-        ({"outer_momentum": 1.5}, "--outer-momentum"),
+        ({"codec": "int4"}, "--codec must be one of fp32, fp16, int8, qsgd, lowrank, sign"),
+        ({"outer_momentum": 1.5}, "momentum_micros must be <= 1000000, got 1500000"),
+        ({"outer_momentum": 0.0}, r"the network refuses this policy: .*momentum_micros: Some\(0\)"),
+        ({"nesterov": True}, "--beyond-network runs this optimizer"),
+        ({"policy": {"codec": {"LowRank": {"rank": 2}}}}, "low-rank DiLoCo transport requires"),
+        (
+            {"policy": '{"codec": {"Qsgd": {"bits": 9, "stochastic": false}}}'},
+            "between 1 and 8, got 9",
+        ),
+        (
+            {"policy": {"num_inner_steps": -1}},
+            r"--policy: policy\.num_inner_steps: expected an integer",
+        ),
+        ({"inner_steps": 0}, "--inner-steps must be at least 1"),
         ({"protocol": "windows", "diloco_backend": "command"}, "only applies to --protocol diloco"),
         ({"factory": TINY}, "--factory needs --batches"),
         ({"faults": [parse_fault("crash@5:1")]}, "peer 5 does not exist"),
@@ -489,7 +502,7 @@ def test_windows_protocol_merges_reconciles_and_survives_an_error(tmp_path: Path
         assert (out / "rounds" / "0002" / name).stat().st_size > 0
 
 
-def _fake_trainer(tmp_path: Path) -> Path:
+def _fake_trainer(tmp_path: Path, update: str = "values * 0.5") -> Path:
     script = tmp_path / "halve.py"
     script.write_text(
         textwrap.dedent(
@@ -504,7 +517,7 @@ def _fake_trainer(tmp_path: Path) -> Path:
             out = job["output_parameter_pack_path"] + "-elsewhere"
             os.makedirs(out)
             values = np.fromfile(os.path.join(base, "values.f32le"), dtype="<f4")
-            (values * 0.5).astype("<f4").tofile(os.path.join(out, "values.f32le"))
+            (UPDATE).astype("<f4").tofile(os.path.join(out, "values.f32le"))
             with open(os.path.join(base, "manifest.json")) as f:
                 manifest = f.read()
             with open(os.path.join(out, "manifest.json"), "w") as f:
@@ -516,6 +529,7 @@ def _fake_trainer(tmp_path: Path) -> Path:
             """
         )
     )
+    script.write_text(script.read_text().replace("UPDATE", update))
     return script
 
 
@@ -526,13 +540,69 @@ def test_command_backend_expands_placeholders_and_reads_the_result(tmp_path: Pat
         tmp_path, "custom",
         "--peers", "1", "--rounds", "1", "--inner-steps", "2", "--diloco-backend", "command",
         "--command", f"{sys.executable} {script} {{job_manifest}} {{result_manifest}}",
-        "--outer-lr", "1", "--outer-momentum", "0", "--no-nesterov",
+        "--outer-lr", "1", "--codec", "fp32",
     )  # fmt: skip
     assert code == 0 and report["rounds"][0]["contributors"] == [0]
     before = open_pack(out / "rounds" / "0000" / "base").values
     after = open_pack(out / "rounds" / "0001" / "base").values
     np.testing.assert_allclose(after, before * 0.5, rtol=1e-6)  # lr 1, no momentum: base = local
     assert report["rounds"][0]["peers"]["0"]["metrics"]["loss"] == 0.5
+
+
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_a_non_finite_new_base_stops_the_run_naming_the_round_peer_and_cause(
+    tmp_path: Path, capsys
+) -> None:
+    # The network computes this step (fp16 overflows to inf; nothing checks finiteness) and
+    # would publish the base; the rehearsal stops there and says why.
+    script = _fake_trainer(tmp_path, "values - 1e5")
+    code, _, out = run_sim(
+        tmp_path, "diverge",
+        "--peers", "1", "--rounds", "2", "--inner-steps", "2", "--diloco-backend", "command",
+        "--command", f"{sys.executable} {script} {{job_manifest}} {{result_manifest}}",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "round 1: the new base holds" in err and "group peer-0" in err
+    assert "rounds past 65504 and becomes inf in the Fp16 codec" in err
+    assert "publishes such a base" in err
+    assert np.isinf(open_pack(out / "rounds" / "0001" / "base").values).all()
+
+
+def test_policy_options_refused_before_anything_starts(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "never"
+    for args, fragment in (
+        (["--policy", '{"codec": {"LowRank": {"rank": 2}}}'], "low-rank DiLoCo transport"),
+        (["--outer-momentum", "0.9"], "requires a workload-specific implementation"),
+        (["--policy", '{"codec": "Int8"}'], "policy.codec: expected a GradientCodec"),
+        (["--policy", str(tmp_path / "missing.json")], "cannot read it"),
+        (
+            ["--policy", '{"num_inner_steps": 0}'],
+            "DiLoCo num_inner_steps must be greater than zero",
+        ),
+    ):
+        assert main(["run", "--quiet", "--out", str(out), *args]) == 2
+        assert fragment in capsys.readouterr().err
+        assert not out.exists()
+    toml = tmp_path / "run.toml"
+    toml.write_text("[policy]\ncodec = { Qsgd = { bits = 9, stochastic = false } }\n")
+    assert main(["run", "--quiet", "--out", str(out), "--config", str(toml)]) == 2
+    assert "policy.codec.Qsgd.bits: DiLoCo QSGD codec bits must be between 1 and 8" in (
+        capsys.readouterr().err
+    )
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"codec": "Fp32", "num_inner_steps": 7, "outer_optimizer_policy": '
+                      '{"Sgd": {"learning_rate_micros": 700000, "momentum_micros": 900000, '
+                      '"nesterov": true}}}')  # fmt: skip
+    config = build_config({"policy": str(policy), "beyond_network": True, "inner_steps": 5})
+    config.validate()
+    assert config.inner_steps == 5 and config.policy["num_inner_steps"] == 5  # the flag wins
+    assert config.network_refusal() is not None and "Some(900000)" in config.network_refusal()
+    from fakecoord.sim.diloco import DiLoCo
+
+    strategy = DiLoCo()
+    strategy.bind(config, "h")
+    assert "BEYOND THE NETWORK" in strategy.describe(config)
 
 
 @pytest.mark.timeout(E2E_TIMEOUT)
@@ -647,3 +717,38 @@ def test_ctrl_c_stops_every_worker_and_the_run_resumes(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == list(range(1, done + 2))
     assert report["resumed"] == [{"after_round": done}]
+
+
+def test_the_policy_survives_the_checkpoint_round_trip() -> None:
+    # resume_config rebuilds SimConfig from the checkpoint's settings (config.to_json())
+    config = SimConfig(
+        policy={"codec": {"Qsgd": {"bits": 4, "stochastic": True}}, "target_group_size": 3},
+        aggregate="median", beyond_network=True, outer_momentum=0.9, nesterov=True,
+    )  # fmt: skip
+    config.validate()
+    again = SimConfig.from_json(json.loads(json.dumps(config.to_json())))
+    again.validate()
+    assert again.policy == config.policy and again.beyond_network
+    assert again.network_policy() == config.network_policy()
+    assert config.policy["codec"] == {"Qsgd": {"bits": 4, "stochastic": True}}
+    assert config.policy["aggregation_policy"] == "CoordinateMedian"
+    assert config.target_group_size == 3 and config.policy["outer_optimizer_policy"] == {
+        "Sgd": {"learning_rate_micros": 1000000, "momentum_micros": 900000, "nesterov": True}
+    }
+
+
+def test_the_summary_says_when_the_run_went_beyond_the_network() -> None:
+    from fakecoord.sim.report import summary_lines
+
+    report = {
+        "eval_metric": "loss", "initial_eval_value": 1.0, "final_eval_value": 0.5, "rounds": [],
+        "strategy": "diloco", "settings": {"peers": 2, "inner_steps": 2},
+        "network": {"refused_by_network": "DiLoCo outer optimizer policy Sgd { ... } requires "
+                    "a workload-specific implementation"},
+    }  # fmt: skip
+    lines = summary_lines(report)
+    assert any(
+        line.startswith("BEYOND THE NETWORK: DiLoCo outer optimizer policy") for line in lines
+    )
+    report["network"] = {"refused_by_network": None}
+    assert not any("BEYOND" in line for line in summary_lines(report))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fakecoord.__main__ import main
-from fakecoord.errors import RunFailed, SettingsError
+from fakecoord.errors import RunFailed, SettingsError, SimError
 from fakecoord.sim import DiLoCo, OuterSGD, SimConfig, run
 from fakecoord.sim.config import usable_cores
 from fakecoord.sim.report import plotted_metrics
@@ -300,16 +300,31 @@ def test_a_toml_config_mirrors_the_flags_and_flags_override_it(tmp_path: Path, m
     config = tmp_path / "conf" / "run.toml"
     config.parent.mkdir()
     config.write_text(
-        'peers = 2\nrounds = 3\ninner-steps = 2\nout = "run"\ncodec = "fp16"\n'
+        'peers = 2\nrounds = 3\ninner-steps = 2\nout = "run"\n'
         'fault = ["error@1:1"]\nouter_lr = 0.5\nnesterov = false\n'
+        "[policy]\ncodec = { BlockwiseInt8 = { block_size = 64 } }\n"
+        'aggregation_policy = "CoordinateMedian"\n'
     )
     assert main(["run", "--quiet", "--config", str(config), "--rounds", "1"]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert not (tmp_path / "conf" / "run").exists()  # one rule: not relative to the file
     settings = report["settings"]
     assert (settings["peers"], settings["rounds"], settings["inner_steps"]) == (2, 1, 2)
-    assert settings["codec"] == "fp16" and settings["faults"] == ["error@1:1"]
+    assert settings["faults"] == ["error@1:1"]
     assert settings["outer_lr"] == 0.5 and settings["nesterov"] is False
+    # the [policy] table, with the shorthands over it, complete in the settings and the report
+    policy = settings["policy"]
+    assert policy["codec"] == {"BlockwiseInt8": {"block_size": 64}}
+    assert policy["aggregation_policy"] == "CoordinateMedian" and policy["num_inner_steps"] == 2
+    assert policy["outer_optimizer_policy"] == {
+        "Sgd": {"learning_rate_micros": 500000, "nesterov": False}
+    }
+    assert report["network"] == {
+        "policy": policy,
+        "beyond_network": False,
+        "refused_by_network": None,
+    }
+    assert report["rounds"][0]["aggregate"]["codec"] == "BlockwiseInt8(block_size=64)"
     config.write_text("peers = 2\nwhat = 1\n")
     assert main(["run", "--quiet", "--config", str(config)]) == 2
 
@@ -330,6 +345,9 @@ def test_the_python_api_takes_a_custom_aggregator_and_strategy(tmp_path: Path) -
             return OuterSGD(lr=0.7 * min(1.0, r / 2), momentum=0.9, nesterov=True)
 
     config = SimConfig(peers=3, rounds=2, inner_steps=3, seed=2)
+    with pytest.raises(SimError, match="requires a workload-specific implementation"):
+        run(config, strategy=Warmup(aggregator=trimmed), out=tmp_path / "refused")
+    config = SimConfig(peers=3, rounds=2, inner_steps=3, seed=2, beyond_network=True)
     report = run(config, strategy=Warmup(aggregator=trimmed), out=tmp_path / "run")
     assert calls and set(calls) == {3}
     assert report["rounds"][0]["aggregate"]["method"] == "trimmed"

@@ -135,7 +135,7 @@ def recorder_config(recorder: dict, **changes) -> SimConfig:
         factory="sim_recorder:make",
         config={"log": str(recorder["log"]), "state_dir": str(recorder["state_dir"])},
         batches=recorder["batches"], peers=2, rounds=3, inner_steps=2, outer_lr=1.0,
-        outer_momentum=0.0, nesterov=False, codec="fp32",
+        codec="fp32",  # plain SGD lr 1: the network's (a momentum, even 0, is refused)
     )  # fmt: skip
     values.update(changes)
     return SimConfig(**values)

@@ -54,50 +54,49 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import PolicyError
+from .codecs import BY_NAME
+from .policy import GradientCodec
+
 CHUNK_SIZE_BYTES = 1024
 """``DILOCO_CHUNK_SIZE_BYTES`` in ``diloco/network.rs``."""
 AGGREGATION_TIMEOUT_SECONDS = 15.0
 """``DiLoCoPolicy::default().aggregation_timeout_ms`` / 1000."""
-_SHORT_NAMES = {"fp32": "Fp32", "fp16": "Fp16"}
 
 
 def codec_name(codec: Any) -> str:
     """The serde variant name of a codec given as ``"fp16"``, ``"Fp16"`` or ``{"Qsgd": {...}}``."""
     if isinstance(codec, str):
-        return _SHORT_NAMES.get(codec, codec)
+        entry = BY_NAME.get(codec)
+        return entry.tag if entry is not None else codec
     if isinstance(codec, Mapping) and len(codec) == 1:
         return str(next(iter(codec)))
     raise ValueError(f"not a codec: {codec!r}")
 
 
 def encoded_size(codec: Any, n: int) -> int:
-    """The bytes ``codec.rs`` ``encode_values`` produces for ``n`` values (see the module table).
+    """The bytes ``codec.rs`` ``encode_values`` produces for ``n`` values (see the module table;
+    the codec registry's :meth:`~fakecoord.network.codecs.Codec.encoded_size`).
 
     ``codec`` is the serde JSON of a ``GradientCodec`` (``"Fp16"``,
-    ``{"BlockwiseInt8": {"block_size": 256}}``...) or the simulation's short
-    name (``"fp32"``, ``"fp16"``).  Raises ``ValueError`` for a codec the
+    ``{"BlockwiseInt8": {"block_size": 256}}``...) or a ``--codec`` name
+    (``"fp32"``, ``"int8"``).  Raises ``ValueError`` for a codec the
     network cannot encode (LowRank, a zero block size).
     """
-    name = codec_name(codec)
-    if name == "Fp32":
-        return 4 * n
-    if name == "Fp16":
-        return 2 * n
-    if name == "BlockwiseInt8":
-        block = int(codec["BlockwiseInt8"]["block_size"])
-        if block <= 0:
-            raise ValueError("blockwise int8 block size must be positive")
-        return n + 6 * -(-n // block)
-    if name == "Qsgd":
-        return 4 + 3 * n
-    if name == "SignSgd":
-        return (n + 3) // 4
-    if name == "LowRank":
-        raise ValueError(
-            "low-rank DiLoCo transport requires tensor-shape layout metadata; flattened packs "
-            "cannot preserve rank semantics"
-        )
-    raise ValueError(f"unknown codec {name!r}")
+    try:
+        if isinstance(codec, str) and codec in BY_NAME:
+            parsed = GradientCodec.shorthand(codec)
+        else:
+            parsed = GradientCodec.from_json(codec)
+    except PolicyError as exc:
+        raise ValueError(f"unknown codec {codec!r}: {exc.reason}") from None
+    entry = parsed.entry
+    if entry.refusal is not None:
+        raise ValueError(entry.refusal)
+    found = entry.check(dict(parsed.params))
+    if found is not None and "block_size" in found[0]:
+        raise ValueError("blockwise int8 block size must be positive")
+    return parsed.make().encoded_size(n)
 
 
 def chunk_count(encoded_bytes: int) -> int:

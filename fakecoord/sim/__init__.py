@@ -12,7 +12,7 @@ Modules (docs/simulation.md is the guide):
   evaluation, faults, checkpoint/resume) and :func:`run`;
 - :mod:`.strategy`: the :class:`Strategy` interface and its types;
 - :mod:`.diloco`, :mod:`.windows`: the two built-in strategies;
-- :mod:`.outer`: the streamed DiLoCo outer step and the aggregators;
+- :mod:`.outer`: the streamed DiLoCo outer step (the network's arithmetic, :mod:`fakecoord.network`);
 - :mod:`.config`, :mod:`.cli`: settings, checks, the command line and config files;
 - :mod:`.workers`: worker processes, fault injection, error messages;
 - :mod:`.record`, :mod:`.report`: the report, checkpoint, metrics.jsonl, summary and plot;
@@ -52,8 +52,7 @@ _EXPORTS = {
     "WindowsState": "windows",
     "OuterSGD": "outer",
     "Aggregator": "outer",
-    "mean": "outer",
-    "median": "outer",
+    "OuterStats": "outer",
     "Fault": "faults",
     "parse_fault": "faults",
     "RunView": "report",
@@ -61,6 +60,8 @@ _EXPORTS = {
     "write_plot": "report",
     "load_batches": "data",
     "PeerContext": "workers",
+    "network_step": "..network.step",
+    "DiLoCoPolicy": "..network.policy",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -70,4 +71,5 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    target = module if module.startswith("..") else f".{module}"
+    return getattr(importlib.import_module(target, __name__), name)

@@ -38,7 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import wire
-from ..errors import FakecoordError, RunFailed, SettingsError, one_line
+from ..errors import FakecoordError, PolicyError, RunFailed, SettingsError, one_line
+from ..network.aggregation import AGGREGATION_NAMES, AGGREGATIONS
+from ..network.codecs import CODEC_NAMES, CODECS
+from ..network.policy import DiLoCoPolicy
 from ..optional import require_for_run
 from ..signals import Terminated, interrupt_status, sigterm_raises
 from ..version import package_version
@@ -95,6 +98,12 @@ KIND_NAMES = {
     "specs": "a string or an array of strings",
     "json": "JSON text, a table or an array",
     "argv": "a command string or an array of strings",
+    "policy": "a file name, JSON text or a table",
+}
+GROUP_HELP = {
+    "diloco": "The network's DiLoCoPolicy (--policy, or a [policy] table in --config); the flags "
+    "below are shorthands that override its fields.  Defaults: the network's (Fp16, Mean, SGD "
+    "lr 1.0 without momentum, 32 inner steps).",
 }
 
 # fmt: off
@@ -105,8 +114,8 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("protocol", "str", "run", "(default {default})", "diloco", choices=("diloco", "windows")),
     Opt("peers", "int", "run", "peers, one worker each (default {default})", 4, metavar="N"),
     Opt("rounds", "int", "run", "(default {default})", 10, metavar="R"),
-    Opt("inner-steps", "int", "run", "optimizer steps per peer per round (default {default}, the "
-        "network's num_inner_steps)", 32, metavar="H"),
+    Opt("inner-steps", "int", "run", "optimizer steps per peer per round: the policy's "
+        "num_inner_steps (default: the network's, 32; windows: 20)", metavar="H"),
     Opt("seed", "int", "run", "seeds data, leases, dropouts and random/numpy/torch in every "
         "worker; 0 to 2**32-1, the range numpy, torch and random all accept (default {default})",
         0, metavar="S"),
@@ -146,18 +155,31 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("eval-metric", "str", "workload", "the evaluate metric the summary and progress follow "
         "(default {default})", "loss"),
     Opt("microshards-per-step", "int", "workload", default=2, hidden=True),
-    Opt("aggregate", "str", "diloco", "(default {default})", "mean", choices=("mean", "median")),
-    Opt("codec", "str", "diloco", "pseudo-gradient transport (default {default})", "fp32",
-        choices=("fp32", "fp16")),
-    Opt("outer-lr", "float", "diloco", "(default {default})", 0.7),
-    Opt("outer-momentum", "float", "diloco", "(default {default})", 0.9),
-    Opt("nesterov", "switch", "diloco", "Nesterov outer momentum (default on)", True),
+    Opt("policy", "policy", "diloco", "a DiLoCoPolicy in its serde JSON shape, as an experiment "
+        "revision carries it (e.g. '{{\"codec\": {{\"BlockwiseInt8\": {{\"block_size\": 64}}}}}}'); "
+        "absent fields take the network's defaults", metavar="FILE|JSON"),
+    Opt("aggregate", "str", "diloco", "the policy's aggregation_policy: " + ", ".join(
+        f"{e.name} = {e.tag}" for e in AGGREGATIONS), choices=AGGREGATION_NAMES),
+    Opt("codec", "str", "diloco", "the policy's pseudo-gradient codec: " + ", ".join(
+        f"{e.name} = {json.dumps(e.serde_json(e.shorthand))}" for e in CODECS
+    ).replace("{", "{{").replace("}", "}}"), choices=CODEC_NAMES),
+    Opt("outer-lr", "float", "diloco", "outer SGD learning rate (default: the policy's, 1.0)"),
+    Opt("outer-momentum", "float", "diloco", "outer momentum (any value, even 0, is refused by "
+        "the network for Python workloads: needs --beyond-network)"),
+    Opt("nesterov", "switch", "diloco", "Nesterov outer momentum (default off; on needs "
+        "--beyond-network)"),
+    Opt("beyond-network", "flag", "diloco", "run an outer optimizer the network refuses for "
+        "Python workloads (momentum, Nesterov, weight decay: the DiLoCo paper's setting) as the "
+        "simulation's own; the header, summary and report say so"),
     Opt("target-group-size", "int", "diloco", "a round's group: the first N peers by id as "
-        "strings, as the network forms it (default {default})", 4, metavar="N"),
+        "strings, as the network forms it (the policy's target_group_size; default: the "
+        "network's, 4)", metavar="N"),
     Opt("minimum-group-size", "int", "diloco", "fewer participants or contributions fail the "
-        "round, as in the network (default {default})", 1, metavar="N"),
+        "round, as in the network (the policy's minimum_group_size; default: the network's, 1)",
+        metavar="N"),
     Opt("checkpoint-interval-rounds", "int", "diloco", "record a checkpoint head every N "
-        "completed rounds, as the network publishes one (default {default})", 8, metavar="N"),
+        "completed rounds, as the network publishes one (the policy's "
+        "checkpoint_interval_rounds; default: the network's, 8)", metavar="N"),
     Opt("link", "specs", "diloco", "model each round's transfer over links of MBIT Mbit/s and "
         "LATENCY_MS one-way latency (all peers, or peer-N's; repeatable) and add it to the "
         "simulated clock", metavar="[peer-N=]MBIT[/LATENCY_MS]"),
@@ -204,7 +226,7 @@ def argument_parser() -> argparse.ArgumentParser:
     groups: dict[str, Any] = {}
     for opt in OPTIONS:
         if opt.group not in groups:
-            groups[opt.group] = parser.add_argument_group(opt.group)
+            groups[opt.group] = parser.add_argument_group(opt.group, GROUP_HELP.get(opt.group))
         text = opt.help.format(default=opt.default, slow_max=MAX_SLOWDOWN)
         kwargs: dict[str, Any] = {
             "dest": opt.key,
@@ -224,6 +246,28 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 _ARGPARSE_TYPES: dict[str, Any] = {"int": int, "float": float}
+
+
+def read_policy(value: Any, base: Path | None = None) -> Any:
+    """``--policy FILE|JSON`` (or a TOML ``[policy]`` table): the policy's JSON value, checked
+    as serde reads it (absent fields are the network's defaults); raises :class:`SettingsError`."""
+    try:
+        if isinstance(value, dict):
+            return DiLoCoPolicy.from_json(value).to_json()
+        if not isinstance(value, str):
+            raise SettingsError(
+                f"--policy: expected a file name, JSON text or a table, got {value!r}"
+            )
+        if value.lstrip().startswith("{"):
+            return DiLoCoPolicy.from_text(value).to_json()
+        path = Path(value) if base is None or Path(value).is_absolute() else base / value
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise SettingsError(f"--policy {value!r}: cannot read it ({exc})") from None
+        return DiLoCoPolicy.from_text(text).to_json()
+    except PolicyError as exc:
+        raise SettingsError(f"--policy: {exc}") from None
 
 
 def coerce(opt: Opt, value: Any, where: str) -> Any:
@@ -261,6 +305,9 @@ def coerce(opt: Opt, value: Any, where: str) -> Any:
             value = shlex.join(value)
         elif not isinstance(value, str):
             raise refuse()
+    elif kind == "policy":
+        if not isinstance(value, (str, dict)):
+            raise refuse()
     elif kind == "json" and not isinstance(value, str):
         try:
             value = json.dumps(value, allow_nan=False)
@@ -294,6 +341,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         value = coerce(opt, value, f"--config {str(path)!r}: {one_line(key, 80)} ({opt.flag})")
         # One rule for relative paths: the current directory, on the command line, in a TOML
         # file and in the workload's config (the workers run there too); docs/simulation.md.
+        if opt.kind == "policy":
+            value = read_policy(value)
         out[opt.key] = value
     return out
 
@@ -361,6 +410,10 @@ def build_config(options: dict[str, Any]) -> SimConfig:
         batches=str(Path(batches).resolve()) if batches else None,
         worker_cmd=split("worker_cmd"),
         faults=[parse_fault(s) for s in option(options, "fault") or []],
+        policy=read_policy(option(options, "policy"))
+        if options.get("policy") is not None
+        else None,
+        beyond_network=bool(option(options, "beyond_network")),
         aggregate=option(options, "aggregate"),
         codec=option(options, "codec"),
         outer_lr=option(options, "outer_lr"),

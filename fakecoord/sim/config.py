@@ -20,10 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from ..errors import OuterError, SettingsError, one_line
+from ..errors import PolicyError, SettingsError, one_line
+from ..network import aggregation as aggregations
+from ..network import codecs
+from ..network.policy import (
+    DiLoCoAggregationPolicy,
+    DiLoCoPolicy,
+    GradientCodec,
+)
 from ..network.transfer import parse_links
 from .faults import Fault, FaultPlan, parse_fault
-from .outer import AGGREGATORS, CODECS, OuterSGD
 
 DEMO_FACTORY = "fakecoord.demo:make_workload"
 MAX_PEERS = 4096
@@ -36,6 +42,10 @@ U16_MAX = 2**16 - 1
 """The group sizes are ``u16`` in the network's ``DiLoCoPolicy``."""
 MAX_SEED = 2**32 - 1
 """``--seed`` is in ``0..MAX_SEED``: numpy's legacy seeding takes no more, torch and random take it."""
+WINDOW_STEPS = 20
+"""``--inner-steps`` of the windows protocol when not given (DiLoCo's is the policy's)."""
+POLICY_SHORTHANDS = ("target_group_size", "minimum_group_size", "checkpoint_interval_rounds")
+"""SimConfig fields that are the policy's fields of the same name (besides ``inner_steps``)."""
 PROTOCOLS = ("diloco", "windows")
 BACKENDS = ("worker", "command")
 MERGE_POLICIES = (
@@ -55,14 +65,19 @@ class SimConfig:
     protocol: str = "diloco"
     peers: int = 4
     rounds: int = 10
-    inner_steps: int = 32
-    """``num_inner_steps`` (the network's default: 32)."""
-    target_group_size: int = 4
-    """The network's ``target_group_size``: the first N peers by id (as strings) form a round's group."""
-    minimum_group_size: int = 1
-    """The network's ``minimum_group_size``: fewer participants or contributions fail the round."""
-    checkpoint_interval_rounds: int = 8
-    """The network publishes a checkpoint head every N completed rounds."""
+    inner_steps: int = None  # type: ignore[assignment]
+    """DiLoCo: a shorthand for the policy's ``num_inner_steps``; None (the default): the
+    policy's (the network's default: 32).  Windows: steps per window (None: 20).
+    :meth:`validate` sets it."""
+    target_group_size: int = None  # type: ignore[assignment]
+    """A shorthand for the policy's ``target_group_size`` (None: the policy's; the network's
+    default: 4): the first N peers by id (as strings) form a round's group."""
+    minimum_group_size: int = None  # type: ignore[assignment]
+    """A shorthand for the policy's ``minimum_group_size`` (None: the policy's, 1): fewer
+    participants or contributions fail the round."""
+    checkpoint_interval_rounds: int = None  # type: ignore[assignment]
+    """A shorthand for the policy's ``checkpoint_interval_rounds`` (None: the policy's, 8):
+    the network publishes a checkpoint head every N completed rounds."""
     seed: int = 0
     factory: str | None = None
     """None: the built-in demo workload."""
@@ -71,11 +86,20 @@ class SimConfig:
     """A JSON file (a list of batch refs per peer, or one list dealt round-robin) or a data directory."""
     worker_cmd: list[str] | None = None
     faults: list[Fault] = field(default_factory=list)
-    aggregate: str = "mean"
-    codec: str = "fp32"
-    outer_lr: float = 0.7
-    outer_momentum: float = 0.9
-    nesterov: bool = True
+    policy: Any = None
+    """The network's ``DiLoCoPolicy`` in its serde JSON shape (``--policy``, ``[policy]``;
+    absent fields take the network's defaults).  :meth:`validate` makes it complete."""
+    beyond_network: bool = False
+    """Run an outer optimizer the network refuses for Python workloads (momentum, Nesterov,
+    weight decay) as the simulation's own."""
+    aggregate: str | None = None
+    """Shorthands over ``policy`` (None: the policy's): an aggregation name
+    (:data:`fakecoord.network.aggregation.AGGREGATION_NAMES`), a codec name
+    (:data:`fakecoord.network.codecs.CODEC_NAMES`), the outer SGD's lr, momentum, Nesterov."""
+    codec: str | None = None
+    outer_lr: float | None = None
+    outer_momentum: float | None = None
+    nesterov: bool | None = None
     diloco_backend: str = "worker"
     command: list[str] | None = None
     baseline: bool = False
@@ -108,8 +132,35 @@ class SimConfig:
     def workload_factory(self) -> str:
         return self.factory or DEMO_FACTORY
 
+    def __post_init__(self) -> None:
+        self._fill_from_policy(strict=False)
+
+    def _fill_from_policy(self, strict: bool) -> None:
+        """Give the policy's value to every policy shorthand left at None (``strict``: a policy
+        that does not parse raises :class:`SettingsError`; else it is left for
+        :meth:`validate` to report)."""
+        try:
+            base = (
+                DiLoCoPolicy.default() if self.policy is None else DiLoCoPolicy.coerce(self.policy)
+            )
+        except PolicyError as exc:
+            if strict:
+                raise SettingsError(f"--policy: {exc}") from None
+            return
+        if strict:  # the policy as given, before any flag: refused with the network's reason
+            try:
+                base.validate()
+            except PolicyError as exc:
+                raise SettingsError(f"the network refuses this policy: {exc}") from None
+        if self.inner_steps is None:
+            self.inner_steps = base.num_inner_steps if self.protocol == "diloco" else WINDOW_STEPS
+        for name in POLICY_SHORTHANDS:
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(base, name))
+
     def validate(self) -> None:
         """Raise :class:`SettingsError` naming the first invalid setting (no I/O)."""
+        self._fill_from_policy(strict=True)
         checks = [
             (self.protocol in PROTOCOLS, f"--protocol must be one of {', '.join(PROTOCOLS)}"),
             (_in(self.peers, 1, MAX_PEERS), f"--peers must be in 1..{MAX_PEERS}"),
@@ -137,8 +188,15 @@ class SimConfig:
                 self.device is None or (isinstance(self.device, str) and self.device != ""),
                 "--device must name a device (leave it out to use the workload's runtime_device)",
             ),
-            (self.aggregate in AGGREGATORS, f"--aggregate must be one of {', '.join(AGGREGATORS)}"),
-            (self.codec in CODECS, f"--codec must be one of {', '.join(CODECS)}"),
+            (
+                self.aggregate is None or self.aggregate in aggregations.AGGREGATION_NAMES,
+                f"--aggregate must be one of {', '.join(aggregations.AGGREGATION_NAMES)}",
+            ),
+            (
+                self.codec is None or self.codec in codecs.CODEC_NAMES,
+                f"--codec must be one of {', '.join(codecs.CODEC_NAMES)}",
+            ),
+            (type(self.beyond_network) is bool, "--beyond-network is a flag (true or false)"),
             (
                 self.diloco_backend in BACKENDS,
                 f"--diloco-backend must be one of {', '.join(BACKENDS)}",
@@ -190,10 +248,8 @@ class SimConfig:
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
-        try:
-            OuterSGD(self.outer_lr, self.outer_momentum, self.nesterov)
-        except (OuterError, TypeError) as exc:
-            raise SettingsError(f"--{str(exc).replace(' ', '-', 1)}") from None
+        policy = self.network_policy()
+        self.policy = policy.to_json()
         if self.factory is not None:
             module, colon, attr = self.factory.partition(":")
             if not colon or not module.strip() or not attr.strip():
@@ -213,6 +269,83 @@ class SimConfig:
             raise SettingsError(f"--config-json: not standard JSON ({exc})") from None
         _check_reconcile(self.reconcile)
         self.fault_plan()
+
+    def network_policy(self) -> DiLoCoPolicy:
+        """The run's ``DiLoCoPolicy``: ``policy`` with the shorthands given over it, checked as
+        the network checks it (``DiLoCoPolicy::validate``, and for DiLoCo the refusals a
+        Python workload meets; the outer optimizer's only without ``beyond_network``).
+        Raises :class:`SettingsError` with the network's reason."""
+        try:
+            policy = (
+                DiLoCoPolicy.default() if self.policy is None else DiLoCoPolicy.coerce(self.policy)
+            )
+        except PolicyError as exc:
+            raise SettingsError(f"--policy: {exc}") from None
+        changes: dict[str, Any] = {}
+        if self.inner_steps is not None and self.protocol == "diloco":
+            changes["num_inner_steps"] = self.inner_steps
+        for name in POLICY_SHORTHANDS:
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        high = {"target_group_size": 2**16 - 1, "minimum_group_size": 2**16 - 1}
+        for name, value in changes.items():
+            if not _is_int(value) or not 0 <= value <= high.get(name, 2**32 - 1):
+                flag = "--" + ("inner_steps" if name == "num_inner_steps" else name).replace(
+                    "_", "-"
+                )
+                raise SettingsError(
+                    f"{flag} must be an integer in 0..={high.get(name, 2**32 - 1)} (the network's "
+                    f"{'u16' if name in high else 'u32'}), got {value!r}"
+                )
+        if self.codec is not None:
+            changes["codec"] = GradientCodec.shorthand(self.codec)
+        if self.aggregate is not None:
+            changes["aggregation_policy"] = DiLoCoAggregationPolicy.shorthand(self.aggregate)
+        outer = policy.outer_optimizer_policy
+        for name, flag, micros in (
+            ("outer_lr", "--outer-lr", "learning_rate_micros"),
+            ("outer_momentum", "--outer-momentum", "momentum_micros"),
+        ):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (0 <= value <= 2**64 / 1e6)
+            ):
+                raise SettingsError(f"{flag} must be a number >= 0, got {value!r}")
+            change: dict[str, Any] = {micros: round(value * 1_000_000)}
+            outer = dataclasses.replace(outer, **change)
+        if self.nesterov is not None:
+            if type(self.nesterov) is not bool:
+                raise SettingsError(f"--nesterov is a flag (true or false), got {self.nesterov!r}")
+            outer = dataclasses.replace(outer, nesterov=self.nesterov)
+        if outer != policy.outer_optimizer_policy:
+            changes["outer_optimizer_policy"] = outer
+        policy = policy.replace(**changes)
+        try:
+            if self.protocol == "diloco":
+                policy.check(beyond_network=self.beyond_network)
+            else:
+                policy.validate()
+        except PolicyError as exc:
+            hint = ""
+            if exc.stage == "outer":
+                hint = (
+                    " (the network runs only plain SGD for Python workloads; "
+                    "--beyond-network runs this optimizer as the simulation's own)"
+                )
+            raise SettingsError(f"the network refuses this policy: {exc}{hint}") from None
+        return policy
+
+    def network_refusal(self) -> str | None:
+        """The network's reason for refusing the run's outer optimizer, when
+        ``beyond_network`` runs it anyway (for the header, summary and report)."""
+        if not self.beyond_network or self.protocol != "diloco":
+            return None
+        refused = self.network_policy().refusal()
+        return refused.reason if refused is not None else None
 
     def fault_plan(self) -> FaultPlan:
         return FaultPlan(self.faults, self.peers, self.rounds, self.seed)

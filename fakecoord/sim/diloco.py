@@ -18,7 +18,7 @@ Layout of a round ``R`` under the run directory::
     rounds/RRRR/peer-N/inner-state.blob      the state it returned, read right after the call
     rounds/RRRR/peer-N/job.json, result.json, job.log   (command backend)
     rounds/RRRR/base/                  the new base
-    rounds/RRRR/velocity/              the outer momentum (a pack with the base's layout)
+    rounds/RRRR/velocity/              the outer momentum (--beyond-network only)
 """
 
 from __future__ import annotations
@@ -37,26 +37,24 @@ from .. import handling, schema, spec
 from ..errors import (
     DecodeError,
     FakecoordError,
+    NetworkStepError,
     OuterError,
     PackError,
+    PolicyError,
     RoundFailed,
     SettingsError,
     SimError,
 )
 from ..files import write_json
 from ..network import rounds
-from ..network.transfer import (
-    AGGREGATION_TIMEOUT_SECONDS,
-    codec_name,
-    encoded_size,
-    parse_links,
-    round_transfer,
-)
+from ..network.aggregation import AGGREGATION_NAMES
+from ..network.policy import DiLoCoAggregationPolicy, DiLoCoPolicy
+from ..network.transfer import AGGREGATION_TIMEOUT_SECONDS, parse_links, round_transfer
 from ..packs import check_compatible, open_pack, read_manifest
 from ..schema import STRING, Field, Option, Struct
 from . import bootstrap
 from .config import SimConfig
-from .outer import Aggregator, OuterSGD, outer_step_packs, resolve_aggregator
+from .outer import Aggregator, OuterSGD, outer_step_packs
 from .strategy import (
     BaselineOutcome,
     BaselineState,
@@ -93,13 +91,15 @@ class DiLoCoTask:
 
 
 class DiLoCo(Strategy[DiLoCoState]):
-    """DiLoCo with a pluggable aggregator and outer optimizer.
+    """DiLoCo as the network runs it (:mod:`fakecoord.network`), on the run's policy.
 
-    ``aggregator``: ``"mean"``, ``"median"`` or a function ``(gradients, out)``
-    (see :data:`fakecoord.sim.outer.Aggregator`); ``optimizer``: an
-    :class:`~fakecoord.sim.outer.OuterSGD`.  Left out, both come from the
-    run's settings (``--aggregate``, ``--outer-lr``, ...).  Override
-    :meth:`optimizer_for` for a per-round schedule.
+    ``aggregator``: an aggregation name (``"mean"``, ``"median"``,
+    ``"sign-majority"``: the policy's aggregation replaced) or a function
+    ``(gradients, out)`` (:data:`fakecoord.sim.outer.Aggregator`, the
+    simulation's own); ``optimizer``: an :class:`~fakecoord.sim.outer.OuterSGD`
+    instead of the policy's outer optimizer.  Override :meth:`optimizer_for`
+    for a per-round schedule.  Anything but plain SGD needs ``beyond_network``
+    (``--beyond-network``): the network refuses it for Python workloads.
     """
 
     name = "diloco"
@@ -113,30 +113,57 @@ class DiLoCo(Strategy[DiLoCoState]):
 
     def bind(self, config: SimConfig, schema_hash: str) -> None:
         super().bind(config, schema_hash)
-        spec = self._aggregator if self._aggregator is not None else config.aggregate
-        try:
-            self.aggregator_name, self.aggregator = resolve_aggregator(spec)
-        except OuterError as exc:
-            raise SettingsError(str(exc)) from None
-        self.optimizer = self._optimizer or OuterSGD(
-            config.outer_lr, config.outer_momentum, config.nesterov
+        policy = config.network_policy()
+        self.custom: Aggregator | None = None
+        spec = self._aggregator
+        if isinstance(spec, str):
+            if spec not in AGGREGATION_NAMES:
+                raise SettingsError(
+                    f"DiLoCo(aggregator=...) must be one of {', '.join(AGGREGATION_NAMES)} "
+                    f"or a function, got {spec!r}"
+                )
+            policy = policy.replace(aggregation_policy=DiLoCoAggregationPolicy.shorthand(spec))
+        elif callable(spec):
+            self.custom = spec
+        self.policy: DiLoCoPolicy = policy
+        self.aggregator_name = (
+            getattr(spec, "__name__", type(spec).__name__)
+            if self.custom is not None
+            else policy.aggregation_policy.describe()
         )
+        self.optimizer = self._optimizer
+        if self.optimizer is not None and not self.optimizer.plain and not config.beyond_network:
+            reason = self.optimizer.as_policy().refusal_reason()
+            raise SettingsError(
+                f"the network refuses this outer optimizer: {reason} (--beyond-network runs it "
+                "as the simulation's own)"
+            )
+
+    def optimizer_for(self, r: int) -> OuterSGD | None:
+        """The outer optimizer of round ``r`` (None: the policy's; override for a schedule)."""
+        return self.optimizer
+
+    def describe(self, config: SimConfig) -> str:
+        p = self.policy
+        outer = (
+            p.outer_optimizer_policy.describe()
+            if self.optimizer is None
+            else self.optimizer.as_policy().describe()
+        )
+        text = f"{p.codec.describe()}, {self.aggregator_name}, outer {outer}"
+        if self.custom is not None:
+            text += " (custom aggregator: not the network's)"
+        refused = config.network_refusal()
+        if refused is not None or (self.optimizer is not None and not self.optimizer.plain):
+            text += (
+                "; BEYOND THE NETWORK: the network refuses this outer optimizer for Python "
+                "workloads"
+            )
+        return text + (", command backend" if self.command_backend else "")
 
     @property
     def command_backend(self) -> bool:
         return self.config.diloco_backend == "command"
-
-    def optimizer_for(self, r: int) -> OuterSGD:
-        """The outer optimizer of round ``r`` (override for a schedule)."""
-        return self.optimizer
-
-    def describe(self, config: SimConfig) -> str:
-        o = self.optimizer
-        text = (
-            f"{self.aggregator_name}/{config.codec}, outer lr {o.lr:g} momentum {o.momentum:g}"
-            + (" nesterov" if o.nesterov else "")
-        )
-        return text + (", command backend" if self.command_backend else "")
 
     def needs_peer_workers(self, config: SimConfig) -> bool:
         return config.diloco_backend != "command"
@@ -163,6 +190,11 @@ class DiLoCo(Strategy[DiLoCoState]):
             }
         else:
             setup.report["plan"] = None
+        setup.report["network"] = {
+            "policy": self.policy.to_json(),
+            "beyond_network": c.beyond_network,
+            "refused_by_network": c.network_refusal(),
+        }
         base = setup.dir / "base"
         setup.call(
             handling.export_checked,
@@ -339,19 +371,24 @@ class DiLoCo(Strategy[DiLoCoState]):
         contributors = [res for res in results if res.ok]
         refused: dict[int, str] = {}
         optimizer = self.optimizer_for(r)
-        summary: dict[str, Any] = {"method": self.aggregator_name, "codec": self.config.codec}
+        summary: dict[str, Any] = {
+            "method": self.aggregator_name,
+            "codec": self.policy.codec.describe(),
+        }
         new_base, new_velocity = state.base, state.velocity
+        keeps = False
         while contributors:
             try:
                 stats = outer_step_packs(
                     ctx.path(state.base),
                     [ctx.path(res.model.path) for res in contributors if res.model],
-                    ctx.path(state.velocity) if state.velocity else None,
                     ctx.dir / "base",
-                    ctx.dir / "velocity",
-                    optimizer,
-                    self.aggregator,
-                    self.config.codec,
+                    self.policy,
+                    velocity=ctx.path(state.velocity) if state.velocity else None,
+                    new_velocity=ctx.dir / "velocity",
+                    optimizer=optimizer,
+                    beyond_network=self.config.beyond_network,
+                    aggregator=self.custom,
                 )
             except OuterError as exc:
                 if exc.source is None:
@@ -361,15 +398,19 @@ class DiLoCo(Strategy[DiLoCoState]):
                     f"contributor {exc.source}'s", f"peer {bad.peer}'s"
                 )
                 continue
-            except PackError as exc:
+            except NetworkStepError as exc:
+                who = f"peer {contributors[exc.peer].peer}: " if exc.peer is not None else ""
+                raise SimError(
+                    f"round {r}: the network's DiLoCo step fails ({exc.stage}) for {who}"
+                    f"{exc.reason}"
+                ) from None
+            except (PackError, PolicyError) as exc:
                 raise SimError(f"round {r}: the outer step failed: {exc}") from None
             new_base = ctx.rel(ctx.dir / "base")
-            new_velocity = ctx.rel(ctx.dir / "velocity") if optimizer.keeps_momentum else None
-            summary.update(
-                pseudo_gradient_norm=stats.pseudo_gradient_norm,
-                update_norm=stats.update_norm,
-                outer_step_seconds=round(stats.seconds, 6),
-            )
+            opt = optimizer or OuterSGD.from_policy(self.policy.outer_optimizer_policy)
+            keeps = opt.keeps_momentum
+            new_velocity = ctx.rel(ctx.dir / "velocity") if keeps else None
+            summary.update(stats.figures())
             break
         # Nobody left: the base and the momentum stay as they were.
         summary["contributors"] = len(contributors)
@@ -408,11 +449,11 @@ class DiLoCo(Strategy[DiLoCoState]):
         summary = dict(outcome.summary)
         published = [res for res in results if res.ok]
         n = read_manifest(ctx.path(old.base)).parameter_count
-        size = encoded_size(self.config.codec, n)
+        size = self.policy.codec.make().encoded_size(n)
         for res in published:
             res.encoded_bytes = size
         wire: dict[str, Any] = {
-            "codec": self.config.codec,
+            "codec": self.policy.codec.to_json(),
             "values": n,
             "encoded_bytes_per_peer": size,
             "encoded_bytes_total": size * len(published),
@@ -485,7 +526,7 @@ class DiLoCo(Strategy[DiLoCoState]):
                     f"index {hit[0]} ({hit[1]})"
                 )
                 break
-            if codec_name(self.config.codec) == "Fp16":
+            if self.policy.codec.tag == "Fp16":
                 hit = first_fp16_overflow(base, local)
                 if hit is not None:
                     cause = (

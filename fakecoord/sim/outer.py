@@ -1,347 +1,515 @@
-"""DiLoCo's outer step (docs/protocol.md §6), streamed over parameter packs in float32 chunks.
+"""DiLoCo's outer step as the network computes it, streamed over parameter packs in chunks.
 
-A peer's pseudo-gradient is ``base - local``.  Pseudo-gradients go through a
-transport codec (``fp32``: exact; ``fp16``: rounded to IEEE half precision,
-saturating at +-65504 instead of overflowing to infinity), are aggregated
-coordinate-wise (``mean``, ``median`` or any :data:`Aggregator`), and an
-outer SGD step with (optionally Nesterov) momentum updates the base::
+The arithmetic is :mod:`fakecoord.network`'s (docs/protocol.md §6, upstream
+``codec.rs`` and the default ``apply_aggregated_outer_update``): each
+contributor's pseudo-gradient ``base - local`` goes through the policy's
+codec (encoded and decoded), the decoded values are aggregated in group order
+by the policy's aggregation, and the new base is ``base - (lr as f32) *
+aggregate``.  :func:`outer_step_packs` gives the same bytes as
+:func:`fakecoord.network.network_step` on the same values
+(tests/network/test_outer_streamed.py checks it on the golden vectors with
+chunks that split blocks).
 
+Streaming: the base and every contributor's pack are read a chunk at a time
+(``pread`` into a few buffers of ``chunk`` values) and the new base is
+written sequentially, so the coordinator's memory is ``O((k + c) * chunk)``
+whatever the model size (``k`` contributors; ``c`` a few buffers of codec
+temporaries).  A chunk is a whole number of BlockwiseInt8 blocks; QSGD first
+reads every pack once for its norm (a sequential float32 sum, as the network
+computes it).  One case is not streamed: a BlockwiseInt8 block of 65536
+values or more, whose length the network writes as a wrapped u16; the
+network then decodes the bytes as they are (almost always failing), and so
+does this, on the whole pack.
+
+As the network, nothing checks finiteness: a non-finite value (an fp16
+overflow, a diverged peer) reaches the new base as the network computes it.
+:class:`OuterStats` counts the non-finite values of the new base and names
+the contributors whose pseudo-gradients held some, so the caller can stop
+(the simulation stops the run: the network would have published that base).
+Steps the network itself fails (a QSGD norm that is not finite, an
+undecodable block) raise :class:`~fakecoord.errors.NetworkStepError` with
+the network's reason and the contributor; a policy it refuses raises
+:class:`~fakecoord.errors.PolicyError`.  Norms are float64 sums over the
+float32 values (a non-finite norm is reported as it is).
+
+**Beyond the network** (``beyond_network=True`` only): an outer optimizer
+with momentum, Nesterov or weight decay (the DiLoCo paper's setting), which
+the network refuses for Python workloads, runs as::
+
+    g = aggregate + wd * base
     v = momentum * v + g
     step = momentum * v + g   if nesterov else   v
     base = base - lr * step
 
-:func:`outer_step_packs` reads the base, the outer momentum and the peers'
-packs a chunk at a time (``pread`` into a few buffers of ``chunk`` values)
-and writes the new base and momentum packs sequentially, so the
-coordinator's memory stays at ``(6 + rows) * chunk * 4`` bytes whatever the
-model size (``rows`` is 0 for the built-in mean, the number of contributors
-otherwise).  :func:`outer_step_arrays` runs the same kernel on in-memory
-arrays.
-
-Numerical contract (float32 arithmetic, ``eps = 2**-24``; per coordinate,
-against a float64 evaluation of the formulas above on the same float32
-inputs, with ``G = max_i |g_i|``, ``k`` contributors):
-
-- ``g_i = base - local_i`` is rounded once (exact when ``local_i`` is within
-  a factor 2 of ``base``, Sterbenz); ``fp16`` then rounds it to the nearest
-  half-precision value (saturating), exactly as ``np.float16`` does;
-- ``mean``: differences first, then a sequential float32 sum and one
-  division: error at most ``(k + 1) * eps * G`` (summing the locals first
-  would cancel catastrophically for small pseudo-gradients);
-- ``median``: a selection, exact for odd ``k``; for even ``k`` the midpoint
-  of the two middle values, rounded once;
-- the momentum update, the Nesterov step and the base update are three
-  fused-free float32 operations each: ``v`` within ``2 * eps * (m|v| + |g|)``
-  plus the aggregate's error, the base within
-  ``eps * |base| + 3 * eps * lr * (m|v| + |g|) + lr * (1 + m) * err(g)``.
-
-tests/test_outer.py checks these bounds against float64 over several steps.
-Non-finite values in any input raise :class:`OuterError` naming the pack
-(``source`` is the contributor's index, ``None`` for the base or momentum);
-nothing is written then.
+in float32 operations, with the momentum buffer ``v`` kept as a pack.  A
+custom :data:`Aggregator` (a callable) is also the simulation's own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ..errors import OuterError, PackError
+from ..errors import NetworkStepError, OuterError, PackError, PolicyError
+from ..network.codecs import CodecStream
+from ..network.policy import DiLoCoPolicy, OuterOptimizerPolicy
 from ..packs import F32, PackReader, pack_stream_writer
 
-CODECS = ("fp32", "fp16")
-FP16_MAX = float(np.finfo(np.float16).max)
 DEFAULT_CHUNK = 1 << 18
 """Values per chunk: 1 MiB per buffer, small enough to stay in cache, large enough that
 numpy's per-call overhead vanishes."""
 
 Aggregator = Callable[[np.ndarray, np.ndarray], None]
-"""``aggregator(gradients, out)``: ``gradients`` is a C-contiguous float32 array of shape
-``(contributors, n)`` (one decoded pseudo-gradient chunk per row, which the aggregator may
-overwrite); write the aggregate of each column into ``out`` (float32, shape ``(n,)``)."""
-
-
-def mean(gradients: np.ndarray, out: np.ndarray) -> None:
-    """Coordinate-wise mean (the real coordinator's default)."""
-    np.sum(gradients, axis=0, out=out)
-    np.divide(out, np.float32(gradients.shape[0]), out=out)
-
-
-def median(gradients: np.ndarray, out: np.ndarray) -> None:
-    """Coordinate-wise median; for an even count the midpoint of the two middle values.
-
-    Up to :data:`NETWORK_ROWS` rows it sorts with a compare-exchange network of
-    contiguous ``np.minimum`` / ``np.maximum`` passes (NaN propagates), about
-    10x faster than ``np.median`` along the strided axis; beyond, ``np.median``.
-    """
-    k = gradients.shape[0]
-    if k > NETWORK_ROWS:
-        np.median(gradients, axis=0, overwrite_input=True, out=out)
-        return
-    rows = list(gradients)
-    spare = out
-    for sweep in range(k):  # odd-even transposition sort: k sweeps sort any input
-        for i in range(sweep % 2, k - 1, 2):
-            np.minimum(rows[i], rows[i + 1], out=spare)
-            np.maximum(rows[i], rows[i + 1], out=rows[i + 1])
-            rows[i], spare = spare, rows[i]
-    middle = k // 2
-    if k % 2:
-        if rows[middle] is not out:
-            np.copyto(out, rows[middle])
-    else:
-        np.add(rows[middle - 1], rows[middle], out=out)
-        np.multiply(out, np.float32(0.5), out=out)
-
-
-NETWORK_ROWS = 16
-
-
-AGGREGATORS: dict[str, Aggregator] = {"mean": mean, "median": median}
-
-
-def resolve_aggregator(spec: str | Aggregator) -> tuple[str, Aggregator]:
-    """``(name, function)`` for a built-in name or a callable; raises :class:`OuterError`."""
-    if callable(spec):
-        return getattr(spec, "__name__", type(spec).__name__), spec
-    if spec not in AGGREGATORS:
-        raise OuterError(f"aggregate: expected one of {', '.join(AGGREGATORS)}, got {spec!r}")
-    return spec, AGGREGATORS[spec]
-
-
-def transport(values: np.ndarray, codec: str) -> np.ndarray:
-    """What the receiver decodes after float32 ``values`` went through ``codec`` (a new array).
-
-    Raises :class:`OuterError` for an unknown codec.
-    """
-    if codec not in CODECS:
-        raise OuterError(f"codec: expected one of {', '.join(CODECS)}, got {codec!r}")
-    out = np.array(values, dtype=F32, copy=True).reshape(-1)
-    if codec == "fp16":
-        _Fp16(out.shape[0]).encode(out)
-    return out
-
-
-class _Fp16:
-    """Round float32 values in place to the nearest float16 value, saturating at +-65504.
-
-    Bit-identical to a float32 -> float16 -> float32 round trip through numpy
-    (round to nearest, ties to even, subnormals and signed zeros included),
-    but about 10x faster: numpy converts to float16 one value at a time.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.sign = np.empty(size, dtype=np.uint32)
-        self.magic = np.empty(size, dtype=np.uint32)
-
-    def encode(self, values: np.ndarray) -> None:
-        n = values.shape[0]
-        sign, magic = self.sign[:n], self.magic[:n]
-        np.clip(values, -FP16_MAX, FP16_MAX, out=values)
-        bits = values.view(np.uint32)
-        # For |x| in [2**e, 2**(e+1)) half precision's quantum is 2**(e-10) (2**-24
-        # below 2**-14), the float32 quantum of magic = +-2**(e+13): x + magic - magic
-        # rounds x to it, ties to even.
-        np.bitwise_and(bits, np.uint32(0x80000000), out=sign)
-        np.bitwise_and(bits, np.uint32(0x7F800000), out=magic)
-        # (np.clip with two bounds is vectorized; np.maximum with a scalar is not)
-        np.clip(magic, np.uint32((127 - 14) << 23), np.uint32(0x7F800000), out=magic)
-        np.add(magic, np.uint32(13 << 23), out=magic)
-        np.bitwise_or(magic, sign, out=magic)
-        np.add(values, magic.view(F32), out=values)
-        np.subtract(values, magic.view(F32), out=values)
-        np.bitwise_or(bits, sign, out=bits)  # -x that rounds to zero stays -0.0
+"""A custom aggregation (beyond the network): ``aggregator(gradients, out)`` with
+``gradients`` a C-contiguous float32 ``(contributors, n)`` array of decoded pseudo-gradient
+chunks (may be overwritten); write each column's aggregate into ``out``."""
 
 
 @dataclass(frozen=True)
 class OuterSGD:
-    """SGD with momentum on the base parameters; DiLoCo's defaults (lr 0.7, Nesterov 0.9)."""
+    """The outer optimizer.  ``OuterSGD(lr)`` (no momentum, Nesterov or weight decay) is the
+    network's plain SGD; anything else runs only with ``beyond_network``."""
 
-    lr: float = 0.7
-    momentum: float = 0.9
-    nesterov: bool = True
+    lr: float = 1.0
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise OuterError(f"outer lr: expected a positive finite number, got {self.lr!r}")
+        if not (np.isfinite(self.lr) and self.lr >= 0):
+            raise OuterError(f"outer lr: expected a finite number >= 0, got {self.lr!r}")
         if not (np.isfinite(self.momentum) and 0 <= self.momentum < 1):
             raise OuterError(f"outer momentum: expected a number in [0, 1), got {self.momentum!r}")
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise OuterError(
+                f"outer weight decay: expected a number >= 0, got {self.weight_decay!r}"
+            )
+
+    @classmethod
+    def from_policy(cls, outer: OuterOptimizerPolicy) -> OuterSGD:
+        return cls(
+            outer.learning_rate(),
+            outer.momentum() or 0.0,
+            outer.nesterov,
+            outer.weight_decay() or 0.0,
+        )
+
+    @property
+    def plain(self) -> bool:
+        """The network's update (``base - (lr as f32) * aggregate``)."""
+        return self.momentum == 0 and not self.nesterov and self.weight_decay == 0
 
     @property
     def keeps_momentum(self) -> bool:
         """False when the momentum buffer cannot matter (momentum 0): it is then not stored."""
         return self.momentum > 0
 
+    def as_policy(self) -> OuterOptimizerPolicy:
+        """The ``OuterOptimizerPolicy`` this stands for (rates rounded to millionths)."""
+        return OuterOptimizerPolicy(
+            round(self.lr * 1e6),
+            round(self.momentum * 1e6) if self.momentum else None,
+            self.nesterov,
+            round(self.weight_decay * 1e6) if self.weight_decay else None,
+        )
+
 
 @dataclass(frozen=True)
 class OuterStats:
-    """What one outer step did: its norms (float64 sums of float32 chunk dots) and time."""
+    """What one outer step did."""
 
     contributors: int
     pseudo_gradient_norm: float
+    """The aggregate's L2 norm (a float64 sum of squares of its float32 values)."""
     update_norm: float
+    """The applied update's L2 norm: ``lr`` times the aggregate's (plain SGD), or of
+    ``lr * step`` (beyond the network); float64."""
     seconds: float
+    encoded_bytes: tuple[int, ...] = ()
+    """Bytes each contributor's encoding puts on the wire (``total_encoded_bytes``)."""
+    encoded_sha256: tuple[str, ...] = ()
+    """The encodings' sha256 (only when asked for: it costs an encoding pass)."""
+    non_finite: int = 0
+    """Non-finite values in the new base (the network checks none)."""
+    non_finite_sources: tuple[int, ...] = ()
+    """Contributors whose decoded pseudo-gradients held non-finite values (when ``non_finite``)."""
+    non_finite_inputs: tuple[int, ...] = ()
+    """Contributors whose pseudo-gradients (``base - local``) already did, before the codec."""
+
+    def figures(self) -> dict[str, Any]:
+        """The report's figures: finite floats, or None for a non-finite norm (JSON has no
+        NaN/Infinity; ``non_finite`` says why)."""
+        return {
+            "pseudo_gradient_norm": _finite_or_none(self.pseudo_gradient_norm),
+            "update_norm": _finite_or_none(self.update_norm),
+            "outer_step_seconds": round(self.seconds, 6),
+            "encoded_bytes": list(self.encoded_bytes),
+            **({"non_finite_values": self.non_finite} if self.non_finite else {}),
+        }
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if np.isfinite(x) else None
+
+
+def resolve_optimizer(
+    policy: DiLoCoPolicy, optimizer: OuterSGD | None, beyond_network: bool
+) -> OuterSGD:
+    """The optimizer a step runs; raises the network's :class:`PolicyError` (stage ``outer``)
+    for one beyond plain SGD unless ``beyond_network``."""
+    if optimizer is None:
+        outer = policy.outer_optimizer_policy
+        if not outer.plain_sgd and not beyond_network:  # Some(0) counts as set
+            raise PolicyError("policy.outer_optimizer_policy", outer.refusal_reason(), "outer")
+        return OuterSGD.from_policy(outer)
+    if not optimizer.plain and not beyond_network:
+        reason = optimizer.as_policy().refusal_reason()
+        raise PolicyError("policy.outer_optimizer_policy", reason, "outer")
+    return optimizer
 
 
 class _Kernel:
-    """Chunk buffers for one step; :meth:`step` is the whole outer step on one chunk."""
+    """Buffers and codec streams for one step; :meth:`step` computes one chunk."""
 
     def __init__(
         self,
+        policy: DiLoCoPolicy,
         optimizer: OuterSGD,
-        aggregator: str | Aggregator,
-        codec: str,
+        aggregator: Aggregator | None,
         contributors: int,
+        n: int,
         chunk: int,
     ) -> None:
-        if codec not in CODECS:
-            raise OuterError(f"codec: expected one of {', '.join(CODECS)}, got {codec!r}")
-        if contributors < 1:
-            raise OuterError("outer step: needs at least one contributor")
-        self.name, self.aggregate = resolve_aggregator(aggregator)
-        self.fast_mean = self.aggregate is mean
-        self.optimizer, self.codec, self.k = optimizer, codec, contributors
-        self.lr = np.float32(optimizer.lr)
-        self.m = np.float32(optimizer.momentum)
-        self.acc, self.tmp, self.vnew = (np.empty(chunk, dtype=F32) for _ in range(3))
-        self.fp16 = _Fp16(chunk) if codec == "fp16" else None
-        self.rows = None if self.fast_mean else np.empty(contributors * chunk, dtype=F32)
+        self.k, self.n = contributors, n
+        self.codec = policy.codec.make()
+        self.streams: list[CodecStream] = [self.codec.stream(n) for _ in range(contributors)]
+        self.aggregation = policy.aggregation_policy.make()
+        self.aggregation.check_count(contributors)
+        self.custom = aggregator
+        self.incremental = aggregator is None and self.aggregation.incremental
+        self.set_optimizer(optimizer)
+        s0 = self.streams[0] if self.streams else None
+        align = s0.alignment if s0 is not None else 1
+        self.streamable = s0 is None or s0.streamable
+        self.first_pass = s0 is not None and s0.first_pass
+        self.size = max(1, min(n, max(align, chunk // align * align)))
+        if not self.streamable:
+            self.size = max(1, n)
+        self.acc, self.tmp, self.vnew = (np.empty(self.size, dtype=F32) for _ in range(3))
+        self.f64 = np.empty(self.size, dtype=np.float64)
+        self.rows = None if self.incremental else np.empty(contributors * self.size, dtype=F32)
+        self.whole: list[np.ndarray] | None = None
         self.gradient_sq = 0.0
         self.update_sq = 0.0
+
+    def set_optimizer(self, optimizer: OuterSGD) -> None:
+        self.optimizer = optimizer
+        self.lr = np.float32(optimizer.lr)
+        self.m = np.float32(optimizer.momentum)
+        self.wd = np.float32(optimizer.weight_decay)
+
+    def _sq(self, values: np.ndarray) -> float:
+        """The float64 sum of squares of float32 ``values`` (no BLAS: its threads only
+        contend for the cores the workers use)."""
+        f = self.f64[: values.shape[0]]
+        np.copyto(f, values)
+        np.multiply(f, f, out=f)
+        return float(f.sum())
+
+    def observe(self, i: int, g: np.ndarray, start: int) -> None:
+        self.streams[i].observe(g, start)
+
+    def end_first_pass(self) -> None:
+        for i, s in enumerate(self.streams):  # in group order: the first failing peer
+            try:
+                s.end_first_pass()
+            except NetworkStepError as exc:
+                raise NetworkStepError(exc.stage, exc.reason, i) from None
+
+    def decode_whole(self, gradients: list[np.ndarray]) -> None:
+        """The unstreamable case: the network's encode and decode of whole packs."""
+        self.whole = []
+        for i, g in enumerate(gradients):
+            try:
+                self.whole.append(self.codec.decode(self.codec.encode(g), self.n))
+            except NetworkStepError as exc:
+                raise NetworkStepError(exc.stage, exc.reason, i) from None
+
+    def transported(self, i: int, g: np.ndarray, start: int) -> np.ndarray:
+        if self.whole is not None:
+            g[:] = self.whole[i][start : start + g.shape[0]]
+            return g
+        return self.streams[i].transport(g, start)
 
     def step(
         self,
         base: np.ndarray,
-        local: Callable[[int, np.ndarray | None], np.ndarray],
+        start: int,
+        local: Callable[[int, np.ndarray], np.ndarray],
         velocity: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(new_base, new_velocity)`` chunks (views of internal buffers, valid until the
-        next call) for a ``base`` chunk; ``local(i, row)`` gives contributor ``i``'s chunk,
-        filling ``row`` when one is given."""
+        next call) for a ``base`` chunk at value ``start``; ``local(i, out)`` fills ``out``
+        with contributor ``i``'s chunk."""
         n, k = base.shape[0], self.k
-        g, t = self.acc[:n], self.tmp[:n]
-        encode = self.fp16.encode if self.fp16 is not None else None
-        if self.fast_mean:
-            for i in range(k):
-                target = g if i == 0 else t
-                np.subtract(base, local(i, None), out=target)
-                if encode is not None:
-                    encode(target)
-                if i:
-                    np.add(g, t, out=g)
-            np.divide(g, np.float32(k), out=g)
-        else:
-            assert self.rows is not None
-            rows = self.rows[: k * n].reshape(k, n)
-            for i in range(k):
-                np.subtract(base, local(i, rows[i]), out=rows[i])
-                if encode is not None:
-                    encode(rows[i])
-            self.aggregate(rows, g)
-        gradient_sq = float(np.dot(g, g))
-        if not np.isfinite(gradient_sq):
-            self._find_non_finite(base, local, velocity)
-        self.gradient_sq += gradient_sq
-        v = self.vnew[:n]
-        if velocity is None or not self.optimizer.keeps_momentum:
-            np.copyto(v, g)
-        else:
-            np.multiply(velocity, self.m, out=v)
-            np.add(v, g, out=v)
-        if self.optimizer.nesterov and self.optimizer.keeps_momentum:
-            np.multiply(v, self.m, out=t)
-            np.add(t, g, out=t)
-            np.multiply(t, self.lr, out=t)
-        else:
-            np.multiply(v, self.lr, out=t)
-        self.update_sq += float(np.dot(t, t))
-        np.subtract(base, t, out=t)
+        agg, t = self.acc[:n], self.tmp[:n]
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.incremental:
+                self.aggregation.start(agg)
+                for i in range(k):
+                    local(i, t)
+                    np.subtract(base, t, out=t)
+                    self.aggregation.add(agg, self.transported(i, t, start))
+                self.aggregation.finish(agg, k)
+            else:
+                assert self.rows is not None
+                rows = self.rows[: k * n].reshape(k, n)
+                for i in range(k):
+                    row = rows[i]
+                    local(i, row)
+                    np.subtract(base, row, out=row)
+                    decoded = self.transported(i, row, start)
+                    if decoded is not row:
+                        row[:] = decoded
+                if self.custom is not None:
+                    self.custom(rows, agg)
+                else:
+                    self.aggregation.combine(rows, agg)
+            self._last_sq = self._sq(agg)
+            self.gradient_sq += self._last_sq
+            opt = self.optimizer
+            v: np.ndarray | None = None
+            if opt.plain:
+                np.multiply(agg, self.lr, out=t)
+            else:
+                g = agg
+                if opt.weight_decay:
+                    np.multiply(base, self.wd, out=t)
+                    np.add(agg, t, out=agg)
+                v = self.vnew[:n]
+                if velocity is None or not opt.keeps_momentum:
+                    np.copyto(v, g)
+                else:
+                    np.multiply(velocity, self.m, out=v)
+                    np.add(v, g, out=v)
+                if opt.nesterov and opt.keeps_momentum:
+                    np.multiply(v, self.m, out=t)
+                    np.add(t, g, out=t)
+                    np.multiply(t, self.lr, out=t)
+                else:
+                    np.multiply(v, self.lr, out=t)
+            if opt.plain:  # |lr * a| = lr * |a| (up to each product's rounding): no pass
+                self.update_sq += float(self.lr) ** 2 * self._last_sq
+            else:
+                self.update_sq += self._sq(t)
+            np.subtract(base, t, out=t)
         return t, v
 
-    def _find_non_finite(self, base, local, velocity) -> None:
-        if not np.all(np.isfinite(base)):
-            raise OuterError("the base pack holds NaN or infinite values")
-        if velocity is not None and not np.all(np.isfinite(velocity)):
-            raise OuterError("the outer momentum pack holds NaN or infinite values")
-        scratch = np.empty(base.shape[0], dtype=F32)
-        for i in range(self.k):
-            if not np.all(np.isfinite(local(i, scratch))):
-                raise OuterError(
-                    f"contributor {i}'s pack holds NaN or infinite values "
-                    "(its inner loop diverged?)",
-                    source=i,
-                )
-        raise OuterError(
-            f"the {self.name} aggregate of finite pseudo-gradients is not finite "
-            "(float32 overflow, or the aggregator returned NaN)"
-        )
+
+def _vector(name: str, values: Any, size: int | None = None) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise OuterError(f"{name}: expected a flat vector, got shape {array.shape}")
+    if size is not None and array.shape[0] != size:
+        raise OuterError(f"{name}: expected {size} values, got {array.shape[0]}")
+    return np.ascontiguousarray(array, dtype=F32)
+
+
+def _gradients(
+    kernel: _Kernel,
+    n: int,
+    read_base: Callable[[int, np.ndarray], None],
+    read_local: Callable[[int, int, np.ndarray], None],
+):
+    """``(start, contributor, pseudo-gradient chunk)`` over every chunk (a buffer reused)."""
+    size = kernel.size
+    base_buf, g = np.empty(size, dtype=F32), np.empty(size, dtype=F32)
+    for a in range(0, n, size):
+        count = min(size, n - a)
+        read_base(a, base_buf[:count])
+        for i in range(kernel.k):
+            read_local(i, a, g[:count])
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.subtract(base_buf[:count], g[:count], out=g[:count])
+            yield a, i, g[:count]
+
+
+def _prepare(kernel: _Kernel, n: int, read_base, read_local) -> None:
+    """The pass before the step, where the codec needs one: QSGD's norms, or the network's
+    whole-pack decoding of a wrapped BlockwiseInt8 length.  Raises NetworkStepError."""
+    if not kernel.streamable:
+        whole = [np.empty(n, dtype=F32) for _ in range(kernel.k)]
+        for a, i, g in _gradients(kernel, n, read_base, read_local):
+            whole[i][a : a + g.shape[0]] = g
+        kernel.decode_whole(whole)
+    elif kernel.first_pass:
+        for a, i, g in _gradients(kernel, n, read_base, read_local):
+            kernel.observe(i, g, a)
+        kernel.end_first_pass()
+
+
+def _digests(kernel: _Kernel, n: int, read_base, read_local) -> list[str]:
+    """The sha256 of every contributor's encoding, computed chunk by chunk."""
+    hashes = [hashlib.sha256() for _ in range(kernel.k)]
+    if not kernel.streamable:
+        whole = [np.empty(n, dtype=F32) for _ in range(kernel.k)]
+        for a, i, g in _gradients(kernel, n, read_base, read_local):
+            whole[i][a : a + g.shape[0]] = g
+        for i, g in enumerate(whole):
+            hashes[i].update(kernel.codec.encode(g))
+    else:
+        for a, i, g in _gradients(kernel, n, read_base, read_local):
+            hashes[i].update(kernel.streams[i].encode_chunk(g, a))
+    return [h.hexdigest() for h in hashes]
+
+
+def _main(
+    kernel: _Kernel,
+    n: int,
+    read_base: Callable[[int, np.ndarray], None],
+    read_local: Callable[[int, int, np.ndarray], None],
+    read_velocity: Callable[[int, np.ndarray], None] | None,
+    emit: Callable[[np.ndarray, np.ndarray | None], None],
+) -> int:
+    """The step over every chunk; returns the count of non-finite values in the new base."""
+    size = kernel.size
+    base_buf, vel_buf = np.empty(size, dtype=F32), np.empty(size, dtype=F32)
+    non_finite = 0
+    for a in range(0, n, size):
+        count = min(size, n - a)
+        b = base_buf[:count]
+        read_base(a, b)
+        v = None
+        if read_velocity is not None:
+            v = vel_buf[:count]
+            read_velocity(a, v)
+
+        def local(i: int, out: np.ndarray, a: int = a) -> np.ndarray:
+            read_local(i, a, out)
+            return out
+
+        nb, nv = kernel.step(b, a, local, v)
+        if count and not (np.isfinite(nb.min()) and np.isfinite(nb.max())):
+            non_finite += int(np.count_nonzero(~np.isfinite(nb)))
+        emit(nb, nv)
+    return non_finite
+
+
+def _non_finite_sources(
+    kernel: _Kernel, n: int, read_base, read_local
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Contributors whose pseudo-gradients hold a non-finite value: ``(after the codec,
+    before it)`` (a diagnostic pass)."""
+    decoded_bad: set[int] = set()
+    input_bad: set[int] = set()
+    for a, i, g in _gradients(kernel, n, read_base, read_local):
+        if not np.all(np.isfinite(g)):
+            input_bad.add(i)
+        if i not in decoded_bad:
+            with np.errstate(over="ignore", invalid="ignore"):
+                decoded = kernel.transported(i, g, a)
+            if not np.all(np.isfinite(decoded)):
+                decoded_bad.add(i)
+    return tuple(sorted(decoded_bad)), tuple(sorted(input_bad))
 
 
 def outer_step_arrays(
-    base: np.ndarray,
-    locals_: Sequence[np.ndarray],
-    velocity: np.ndarray | None,
-    optimizer: OuterSGD,
-    aggregator: str | Aggregator = "mean",
-    codec: str = "fp32",
+    base: Any,
+    locals_: Sequence[Any],
+    policy: DiLoCoPolicy | Any = None,
     *,
+    velocity: Any = None,
+    optimizer: OuterSGD | None = None,
+    beyond_network: bool = False,
+    aggregator: Aggregator | None = None,
     chunk: int = DEFAULT_CHUNK,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The outer step on in-memory flat float32 arrays: ``(new_base, new_velocity)``.
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The streamed kernel on in-memory flat float32 arrays: ``(new_base, new_velocity)``
+    (``new_velocity`` None without momentum).  ``policy`` None is the network's default.
 
-    ``velocity=None`` means zeros (the first step).  Raises :class:`OuterError`
-    for mismatched lengths, no contributors, unknown names or non-finite input.
+    Raises :class:`OuterError` for mismatched shapes, :class:`PolicyError` /
+    :class:`NetworkStepError` where the network refuses or fails.
     """
+    p = DiLoCoPolicy.default() if policy is None else DiLoCoPolicy.coerce(policy)
     base = _vector("base", base)
     n = base.shape[0]
     locals_ = [_vector(f"local[{i}]", v, n) for i, v in enumerate(locals_)]
-    if velocity is not None:
-        velocity = _vector("outer momentum", velocity, n)
-    kernel = _Kernel(optimizer, aggregator, codec, len(locals_), min(chunk, max(n, 1)))
-    new_base, new_velocity = np.empty(n, dtype=F32), np.empty(n, dtype=F32)
-    for a in range(0, n, chunk):
-        b = min(n, a + chunk)
+    vel = _vector("outer momentum", velocity, n) if velocity is not None else None
+    try:
+        kernel = _Kernel(p, OuterSGD(), aggregator, len(locals_), n, chunk)
+    except NetworkStepError as exc:
+        raise NetworkStepError(exc.stage, exc.reason, 0) from None
 
-        def local(i: int, row: np.ndarray | None, a: int = a, b: int = b) -> np.ndarray:
-            return locals_[i][a:b]
+    def read_base(a: int, out: np.ndarray) -> None:
+        np.copyto(out, base[a : a + out.shape[0]])
 
-        nb, nv = kernel.step(base[a:b], local, None if velocity is None else velocity[a:b])
-        new_base[a:b], new_velocity[a:b] = nb, nv
+    def read_local(i: int, a: int, out: np.ndarray) -> None:
+        np.copyto(out, locals_[i][a : a + out.shape[0]])
+
+    _prepare(kernel, n, read_base, read_local)
+    opt = resolve_optimizer(p, optimizer, beyond_network)
+    kernel.set_optimizer(opt)
+    new_base = np.empty(n, dtype=F32)
+    new_velocity = np.empty(n, dtype=F32) if opt.keeps_momentum else None
+    at = [0]
+
+    def emit(nb: np.ndarray, nv: np.ndarray | None) -> None:
+        a = at[0]
+        new_base[a : a + nb.shape[0]] = nb
+        if new_velocity is not None and nv is not None:
+            new_velocity[a : a + nb.shape[0]] = nv
+        at[0] += nb.shape[0]
+
+    read_velocity = None
+    if vel is not None and opt.keeps_momentum:
+        v0 = vel
+
+        def read_velocity(a: int, out: np.ndarray) -> None:
+            np.copyto(out, v0[a : a + out.shape[0]])
+
+    _main(kernel, n, read_base, read_local, read_velocity, emit)
     return new_base, new_velocity
 
 
 def outer_step_packs(
     base: str | os.PathLike,
     locals_: Sequence[str | os.PathLike],
-    velocity: str | os.PathLike | None,
     new_base: str | os.PathLike,
-    new_velocity: str | os.PathLike | None,
-    optimizer: OuterSGD,
-    aggregator: str | Aggregator = "mean",
-    codec: str = "fp32",
+    policy: DiLoCoPolicy | Any = None,
     *,
+    velocity: str | os.PathLike | None = None,
+    new_velocity: str | os.PathLike | None = None,
+    optimizer: OuterSGD | None = None,
+    beyond_network: bool = False,
+    aggregator: Aggregator | None = None,
     chunk: int = DEFAULT_CHUNK,
+    digests: bool = False,
 ) -> OuterStats:
-    """Stream the outer step from packs on disk to new packs at ``new_base`` / ``new_velocity``.
+    """Stream the outer step from packs on disk (locals in group order) to a new base pack.
 
-    Every pack must have the base's parameter count (the caller checks layouts).
-    ``velocity=None`` means zeros; ``new_velocity=None`` (or momentum 0) writes
-    no momentum pack.  The new packs are published atomically, and only when
-    the whole step succeeded.  Raises :class:`OuterError` for bad input (with
-    ``source`` set when one contributor's pack is to blame) and
-    :class:`~fakecoord.errors.PackError` for unreadable or unwritable packs.
+    Every pack must have the base's parameter count (the caller checks
+    layouts).  ``velocity`` / ``new_velocity``: the momentum packs (beyond the
+    network only; None means zeros / not kept).  The new packs are published
+    atomically, and only when the whole step succeeded.  ``digests``: also
+    hash every contributor's encoding (an extra pass).  Raises
+    :class:`OuterError` (mismatched packs, ``source`` naming the contributor),
+    :class:`PolicyError`, :class:`NetworkStepError` (``peer`` naming the
+    contributor) and :class:`~fakecoord.errors.PackError`.
     """
     started = time.perf_counter()
+    p = DiLoCoPolicy.default() if policy is None else DiLoCoPolicy.coerce(policy)
     with contextlib.ExitStack() as stack:
         base_reader = stack.enter_context(PackReader(base))
         manifest = base_reader.manifest
         n = manifest.parameter_count
-        readers = [stack.enter_context(PackReader(p)) for p in locals_]
+        readers = [stack.enter_context(PackReader(q)) for q in locals_]
         for i, reader in enumerate(readers):
             if reader.parameter_count != n:
                 raise OuterError(
@@ -353,65 +521,68 @@ def outer_step_packs(
             raise OuterError(
                 f"the outer momentum pack holds {momentum.parameter_count} values, not {n}"
             )
-        size = max(1, min(chunk, n))
-        kernel = _Kernel(optimizer, aggregator, codec, len(readers), size)
-        base_buf, local_buf, vel_buf = (np.empty(size, dtype=F32) for _ in range(3))
+        try:
+            kernel = _Kernel(p, OuterSGD(), aggregator, len(readers), n, chunk)
+        except NetworkStepError as exc:
+            raise NetworkStepError(exc.stage, exc.reason, 0) from None
         hashes = {
             "layout_hash": manifest.layout_hash,
             "model_schema_hash": manifest.model_schema_hash,
         }
+
+        def read_local(i: int, a: int, out: np.ndarray) -> None:
+            readers[i].read_into(a, out)
+
+        def read_base(a: int, out: np.ndarray) -> None:
+            base_reader.read_into(a, out)
+
+        # the network's order: encoding failures first, then the outer update's refusal
+        _prepare(kernel, n, read_base, read_local)
+        opt = resolve_optimizer(p, optimizer, beyond_network)
+        kernel.set_optimizer(opt)
+        sha = _digests(kernel, n, read_base, read_local) if digests else []
         base_out = stack.enter_context(pack_stream_writer(new_base, n, **hashes))
         vel_out = None
-        if new_velocity is not None and optimizer.keeps_momentum:
+        if new_velocity is not None and opt.keeps_momentum:
             vel_out = stack.enter_context(pack_stream_writer(new_velocity, n, **hashes))
-        for a in range(0, n, size):
-            count = min(size, n - a)
-            base_c = base_buf[:count]
-            base_reader.read_into(a, base_c)
 
-            def local(i: int, row: np.ndarray | None, a: int = a, count: int = count) -> np.ndarray:
-                target = local_buf[:count] if row is None else row
-                readers[i].read_into(a, target)
-                return target
-
-            vel_c = None
-            if momentum is not None:
-                vel_c = vel_buf[:count]
-                momentum.read_into(a, vel_c)
-            nb, nv = kernel.step(base_c, local, vel_c)
+        def emit(nb: np.ndarray, nv: np.ndarray | None) -> None:
             base_out.write(nb)
-            if vel_out is not None:
+            if vel_out is not None and nv is not None:
                 vel_out.write(nv)
+
+        read_velocity = None
+        if momentum is not None and opt.keeps_momentum:
+            mom = momentum
+
+            def read_velocity(a: int, out: np.ndarray) -> None:
+                mom.read_into(a, out)
+
+        non_finite = _main(kernel, n, read_base, read_local, read_velocity, emit)
+        sources, inputs = (
+            _non_finite_sources(kernel, n, read_base, read_local) if non_finite else ((), ())
+        )
     return OuterStats(
         contributors=len(readers),
         pseudo_gradient_norm=float(np.sqrt(kernel.gradient_sq)),
         update_norm=float(np.sqrt(kernel.update_sq)),
         seconds=time.perf_counter() - started,
+        encoded_bytes=tuple(kernel.codec.encoded_size(n) for _ in readers),
+        encoded_sha256=tuple(sha),
+        non_finite=non_finite,
+        non_finite_sources=sources,
+        non_finite_inputs=inputs,
     )
 
 
-def _vector(name: str, values: np.ndarray, size: int | None = None) -> np.ndarray:
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise OuterError(f"{name}: expected a flat vector, got shape {array.shape}")
-    if size is not None and array.shape[0] != size:
-        raise OuterError(f"{name}: expected {size} values, got {array.shape[0]}")
-    return np.ascontiguousarray(array, dtype=F32)
-
-
 __all__ = [
-    "AGGREGATORS",
-    "CODECS",
     "DEFAULT_CHUNK",
     "Aggregator",
     "OuterError",
     "OuterSGD",
     "OuterStats",
     "PackError",
-    "mean",
-    "median",
     "outer_step_arrays",
     "outer_step_packs",
-    "resolve_aggregator",
-    "transport",
+    "resolve_optimizer",
 ]

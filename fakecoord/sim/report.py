@@ -200,6 +200,12 @@ def summary_lines(report: dict) -> list[str]:
         f"{fmt(report.get('final_eval_value'))} after {len(report.get('rounds', []))} rounds "
         f"({report.get('strategy')}, {report['settings']['peers']} peers)",
     ]
+    refused = (report.get("network") or {}).get("refused_by_network")
+    if refused:
+        lines.append(
+            f"BEYOND THE NETWORK: {refused} (the network refuses this outer optimizer for "
+            "Python workloads; --beyond-network ran it as the simulation's own)"
+        )
     baseline = report.get("baseline")
     if baseline and baseline.get("final_eval_value") is not None:
         lines.append(
