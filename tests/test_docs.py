@@ -36,7 +36,7 @@ RUNNABLE_MARK = "<!-- runnable -->"
 NOT_RUN: dict[tuple[str, str], str] = {
     (
         "README.md",
-        "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[sim]'",
+        "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e .[sim]",
     ): (
         "creates the checkout's own venv and runs the full 10-round demo; the "
         "install line is the one CI runs for tests, the run is the runnable smoke block's "
@@ -44,14 +44,14 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ),
     (
         "README.md",
-        "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[test]'",
+        "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e .[test]",
     ): ("the README's test command: it is what CI runs (.ci/run), verbatim"),
     ("README.md", ".venv/bin/python -m fakecoord run"): (
         "each line is a full-length demo run (several seconds to a minute each, with faults "
         "and timeouts), one needs the reader's own "
         "package; the flags are parsed below, the smoke block runs a one-round version"
     ),
-    ("README.md", ".venv/bin/pip install -c constraints.txt -e '.[conformance]'"): (
+    ("README.md", ".venv/bin/pip install -c constraints.txt -e .[conformance]"): (
         "installs into the checkout's venv and runs the suite on the reader's own package "
         "(my_pkg); the flags are parsed below, docs/workload-authors.md runs the suite on "
         "the example workload"
@@ -60,7 +60,11 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "the full demo and the reader's own package (my_pkg); the flags are parsed below, the "
         "'Config files' block runs examples/run.toml"
     ),
-    ("docs/workload-authors.md", "pip install 'path/to/checkout[conformance]'"): (
+    ("docs/simulation.md", "python -m fakecoord run --policy"): (
+        "full demo runs; the second names the reader's policy file (revision-policy.json); "
+        "the flags and the inline policy's quoting are parsed below"
+    ),
+    ("docs/workload-authors.md", "pip install path/to/checkout[conformance]"): (
         "installs from a placeholder path (path/to/checkout)"
     ),
     ("docs/workload-authors.md", "python -m conformance --factory my_pkg.train:make_workload"): (
@@ -94,6 +98,14 @@ class Block:
         return f"{self.file}:{self.line}"
 
 
+def quotes_closed(text: str) -> bool:
+    try:
+        shlex.split(text, comments=True)
+    except ValueError:
+        return False
+    return True
+
+
 def shell_blocks() -> list[Block]:
     blocks = []
     for path in DOCS:
@@ -115,6 +127,9 @@ def shell_blocks() -> list[Block]:
                     if text.endswith("\\"):
                         pending = text[:-1] + " "
                         continue
+                    if not quotes_closed(text):  # a quoted argument spans lines
+                        pending = text + " "
+                        continue
                     pending = ""
                     if text and not text.startswith("#"):
                         commands.append(text)
@@ -128,24 +143,26 @@ def shell_blocks() -> list[Block]:
 BLOCKS = shell_blocks()
 
 
+def not_run_key(block: Block) -> tuple[str, str] | None:
+    """The :data:`NOT_RUN` entry of ``block``: the longest start its first command has."""
+    first = " ".join(shlex.split(block.commands[0], comments=True)) if block.commands else ""
+    keys = [
+        (file, start)
+        for (file, start) in NOT_RUN
+        if file == block.file and (first == start or first.startswith(start + " "))
+    ]
+    return max(keys, key=lambda key: len(key[1]), default=None)
+
+
 def not_run_reason(block: Block) -> str | None:
-    first = block.commands[0] if block.commands else ""
-    for (file, start), reason in NOT_RUN.items():
-        if file == block.file and first.startswith(start):
-            return reason
-    return None
+    key = not_run_key(block)
+    return None if key is None else NOT_RUN[key]
 
 
 def test_every_shell_block_is_run_or_listed_with_a_reason() -> None:
     unlisted = [b.id for b in BLOCKS if not b.runnable and not_run_reason(b) is None]
     assert not unlisted, f"shell blocks neither marked {RUNNABLE_MARK} nor in NOT_RUN: {unlisted}"
-    used = {
-        (file, start)
-        for b in BLOCKS
-        if not b.runnable
-        for (file, start) in NOT_RUN
-        if file == b.file and b.commands and b.commands[0].startswith(start)
-    }
+    used = {not_run_key(b) for b in BLOCKS if not b.runnable}
     assert set(NOT_RUN) == used, f"NOT_RUN entries that match no block: {set(NOT_RUN) - used}"
     assert any(b.runnable for b in BLOCKS)
 
