@@ -294,7 +294,7 @@ def test_batches_from_a_file_or_a_directory(tmp_path: Path) -> None:
             {"policy": {"num_inner_steps": -1}},
             r"--policy: policy\.num_inner_steps: expected an integer",
         ),
-        ({"inner_steps": 0}, "--inner-steps must be at least 1"),
+        ({"inner_steps": 0}, "--inner-steps must be in 1"),
         ({"protocol": "windows", "diloco_backend": "command"}, "only applies to --protocol diloco"),
         ({"factory": TINY}, "--factory needs --batches"),
         ({"faults": [parse_fault("crash@5:1")]}, "peer 5 does not exist"),

@@ -445,7 +445,7 @@ def test_the_new_settings_from_flags_and_toml(tmp_path: Path) -> None:
     from fakecoord.sim.cli import argument_parser, build_config, merged_options
 
     parser = argument_parser()
-    config = build_config(merged_options(parser.parse_args([]), parser))
+    config = build_config(merged_options(parser.parse_args([])))
     assert (config.inner_steps, config.target_group_size, config.minimum_group_size) == (32, 4, 1)
     assert config.checkpoint_interval_rounds == 8 and config.device is None and config.link == []
     toml = tmp_path / "run.toml"
@@ -454,9 +454,9 @@ def test_the_new_settings_from_flags_and_toml(tmp_path: Path) -> None:
         "checkpoint-interval-rounds = 3\n"
     )
     args = parser.parse_args(["--config", str(toml), "--link", "50"])
-    config = build_config(merged_options(args, parser))
+    config = build_config(merged_options(args))
     assert config.link == ["50"]  # flags override the file
-    config = build_config(merged_options(parser.parse_args(["--config", str(toml)]), parser))
+    config = build_config(merged_options(parser.parse_args(["--config", str(toml)])))
     assert config.link == ["100/20", "peer-1=10"] and config.target_group_size == 2
     assert config.minimum_group_size == 2 and config.checkpoint_interval_rounds == 3
     config.validate()
