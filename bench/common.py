@@ -250,6 +250,7 @@ def environment() -> dict[str, Any]:
 
 def write_json(path: str | os.PathLike, rows: Sequence[Row], **extra: Any) -> None:
     payload = {"environment": environment(), **extra, "rows": [row.to_json() for row in rows]}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 

@@ -25,6 +25,7 @@ from typing import NoReturn
 
 from fakecoord import wire
 from fakecoord.errors import DecodeError
+from fakecoord.pipes import stdout_gone
 from fakecoord.signals import Terminated, interrupt_status, sigterm_raises
 
 from . import __version__
@@ -133,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (see the module docstring)."""
     try:
         with sigterm_raises():
-            return _main(argv)
+            code = _main(argv)
+            sys.stdout.flush()  # a reader that went away is found here, not at exit
+            return code
     except _HelpOrVersion:
         return 0
     except UsageError as exc:
@@ -143,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"{PROG}: {what}", file=sys.stderr)
         return interrupt_status(exc)
+    except BrokenPipeError:  # e.g. `--list | head`: the reader went away, not an error
+        return stdout_gone()
     except BaseException as exc:  # SystemExit included: never 0 without a summary
         print(f"{PROG}: internal error, the run did not complete: {exc!r}", file=sys.stderr)
         return 1
@@ -240,7 +245,10 @@ def cli() -> NoReturn:
     runs here) cannot hold the process open after the summary.
     """
     code = main()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = stdout_gone()
     sys.stderr.flush()
     main_thread = threading.main_thread()
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main_thread):

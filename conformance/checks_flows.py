@@ -45,7 +45,7 @@ def _pack_of(s: Session, peer: NetworkPeer, model_id: str, hook: str) -> packs.P
 
 
 def _new_base(s: Session, base: packs.Pack, local: packs.Pack) -> packs.Pack:
-    """The next base of a one-peer round under Fp32, Mean, SGD lr 1 (PROTOCOL.md §6):
+    """The next base of a one-peer round under Fp32, Mean, SGD lr 1 (docs/protocol.md §6):
     ``base - 1.0 * (base - local)`` in float32."""
     import numpy as np
 

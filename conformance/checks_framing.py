@@ -1,4 +1,4 @@
-"""Framing checks: the worker's byte stream, driven over a raw socket (PROTOCOL.md §1)."""
+"""Framing checks: the worker's byte stream, driven over a raw socket (docs/protocol.md §1)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Models with distinct, crafted parameter values are made by importing packs;
 results are read back by exporting packs.  Comparisons allow for rounding in
-the model's own dtype.  What the Rust coordinator relies on (PROTOCOL.md §7):
+the model's own dtype.  What the Rust coordinator relies on (docs/protocol.md §7):
 candidates weighted by ``sample_weight * quality`` with the quality the
 policy says, and results that keep the base's layout.
 """
@@ -181,7 +181,7 @@ def merge_policy_weights(s: Session) -> str:
             raise CheckFailed(
                 f"a {policy} merge of A and B (sample weights 1, 1; quality weights "
                 f"{QUALITY_A:g}, {QUALITY_B:g}) weighting each by sample_weight * {rule}, as the "
-                f"Rust reference merge does (PROTOCOL.md §7): {want:.1%} of the way from B to A",
+                f"Rust reference merge does (docs/protocol.md §7): {want:.1%} of the way from B to A",
                 _weighting_seen(t),
                 MERGE + ": weigh candidates by the policy's rule",
             )

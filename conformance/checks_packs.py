@@ -1,4 +1,4 @@
-"""Parameter pack and layout checks (PROTOCOL.md §3), seen from outside the worker."""
+"""Parameter pack and layout checks (docs/protocol.md §3), seen from outside the worker."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .session import Session
 from .values import describe_difference, exact_values, same_bits
 
 INIT = "init_model() (the layout comes from its state)"
-LAYOUT = "the worker's layout computation (PROTOCOL.md §3), or init_model() state"
+LAYOUT = "the worker's layout computation (docs/protocol.md §3), or init_model() state"
 NO_FILTER: dict[str, list[str]] = {"include_globs": [], "exclude_globs": []}
 
 
@@ -150,7 +150,7 @@ def layout_hash_independent(s: Session) -> str:
             )
     if plan["layout_hash"] != local.hash:
         raise CheckFailed(
-            f"layout hash {local.hash} (recomputed by the suite's layout probe per PROTOCOL.md §3)",
+            f"layout hash {local.hash} (recomputed by the suite's layout probe per docs/protocol.md §3)",
             plan["layout_hash"],
             LAYOUT,
         )
@@ -270,7 +270,7 @@ def filters_select_keys(s: Session) -> str:
     def body(f: dict) -> None:
         wanted = [k for k in keys if selects(k, f["include_globs"], f["exclude_globs"])]
         plan = s.plan(f)
-        hook = "the worker's filter handling (PROTOCOL.md §2, Filter)"
+        hook = "the worker's filter handling (docs/protocol.md §2, Filter)"
         if plan["included_keys"] != wanted:
             raise CheckFailed(
                 f"included_keys {describe(wanted)} for filter {f}",

@@ -183,7 +183,7 @@ PATCHES = [
 
 
 NO_PATCH_HOOK = "does not support runtime patches"
-"""The worker's rejection when the workload has no apply_patch hook (PROTOCOL.md §2)."""
+"""The worker's rejection when the workload has no apply_patch hook (docs/protocol.md §2)."""
 
 
 def apply_patch_outcome(s: Session) -> str:

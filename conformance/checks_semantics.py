@@ -1,6 +1,6 @@
 """Workload semantics beyond merging, judged on parameter values exported over the
 protocol: artifacts restore a model, releasing handles, and handles that stay
-independent of each other (PROTOCOL.md §7: the coordinator keeps several alive
+independent of each other (docs/protocol.md §7: the coordinator keeps several alive
 at once)."""
 
 from __future__ import annotations

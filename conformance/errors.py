@@ -104,7 +104,7 @@ class NoAnswer(RawWorkerError):
 
 
 class LayoutUnavailable(ConformanceError):
-    """The workload's state is not one of the generic layout's shapes (PROTOCOL.md §3)."""
+    """The workload's state is not one of the generic layout's shapes (docs/protocol.md §3)."""
 
 
 class NetworkRefused(ConformanceError):

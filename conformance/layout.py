@@ -1,6 +1,6 @@
 """The generic torch layout of a state, recomputed independently of the worker.
 
-Independent of the worker's code on purpose (PROTOCOL.md §3): walk the
+Independent of the worker's code on purpose (docs/protocol.md §3): walk the
 modules in sorted name order, their ``state_dict()`` keys in sorted order,
 keep float tensors the filter selects; the hash is :func:`fakecoord.packs.layout_hash`
 over ``{"name", "shape", "dtype", "numel"}`` entries.  The states come from

@@ -2,7 +2,7 @@
 
 No workload code runs in the suite's process.  Where a check needs what only
 torch can see, the shapes and dtypes behind a layout hash (to recompute it
-independently of the worker, PROTOCOL.md §3) and a model built in another
+independently of the worker, docs/protocol.md §3) and a model built in another
 process, the suite starts ``python -m conformance.probe REQUEST`` with the
 worker's environment (the same import roots, the same working directory).
 

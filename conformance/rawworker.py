@@ -3,7 +3,7 @@
 The fakecoord client only sends well-formed frames; these checks need to send
 split, garbage, truncated and oversized ones and watch how the worker exits.
 The process is started and accepted by :mod:`fakecoord.spawn`, exactly as
-the coordinator starts it (PROTOCOL.md §1); frames are :mod:`fakecoord.wire`'s.
+the coordinator starts it (docs/protocol.md §1); frames are :mod:`fakecoord.wire`'s.
 Every wait is bounded by a timeout.
 """
 

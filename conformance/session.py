@@ -231,7 +231,7 @@ class Session:
         if isinstance(exc, RemoteError):
             got = f"ok:false from {method}: {one_line(exc.message) or '(empty message)'}"
             if "unknown method" in one_line(exc.message).lower():
-                hook = f"the worker (it does not serve {method}; PROTOCOL.md §2 lists it)"
+                hook = f"the worker (it does not serve {method}; docs/protocol.md §2 lists it)"
             return CheckFailed(expected, got, hook, details=exc.message)
         self._client_dead = True
         if isinstance(exc, WorkerExited):

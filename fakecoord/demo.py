@@ -3,14 +3,14 @@
 A small MLP regressing a fixed random "teacher" function of 16 inputs
 (see :func:`fakecoord.sim.shards.write_demo_dataset`).  It runs inside the
 worker process and needs only torch and the standard library.  Every hook of
-PROTOCOL.md §4 is implemented:
+docs/protocol.md §4 is implemented:
 
 - training data arrives as ``cached_microshard_group`` refs read from the
   shard files; one ref is one optimizer step.  A ref carrying
   ``"fault_inject": "error"`` makes the step raise (the simulator's
   ``--fault error@P:R``);
 - ``run_inner_loop`` runs AdamW and carries its state as the network does
-  (PROTOCOL.md §6): it loads the state from ``inner_optimizer_state_path``
+  (docs/protocol.md §6): it loads the state from ``inner_optimizer_state_path``
   when the job names one (null on a peer's first round), writes the new state
   to a file it chooses (beside ``output_parameter_pack_path``) and returns that
   path (``torch.save``, loaded with ``weights_only=True``: nothing is
@@ -22,7 +22,7 @@ PROTOCOL.md §4 is implemented:
   ``{"Custom": NAME}``: the ``NAME.json`` shard in ``data_dir`` when there is
   one, else the validation shard (a peer may be asked for any custom name);
 - the merge hooks weigh candidates by ``sample_weight`` times the policy's
-  quality factor, as the Rust reference merge does (PROTOCOL.md §7); weights
+  quality factor, as the Rust reference merge does (docs/protocol.md §7); weights
   summing to at most ``f64::EPSILON`` merge into a copy of the base, as
   ``merge_weighted_mean_modules`` (``burn_p2p_engine``) does.
 
@@ -362,7 +362,7 @@ def _device(name: str) -> torch.device:
 
 def _policy_weights(candidates: list, policy: Any) -> list[float] | None:
     """Normalized candidate weights ``sample_weight * q``, with ``q`` as the Rust
-    reference merge takes it (PROTOCOL.md §7): 1 for WeightedMean, the quality
+    reference merge takes it (docs/protocol.md §7): 1 for WeightedMean, the quality
     weight clamped to [0, 1] for NormClippedWeightedMean, the quality weight
     for the others.  ``{"Custom": "uniform"}`` weighs every candidate alike.  None when
     the weights sum to at most ``f64::EPSILON`` (the reference then keeps the base)."""

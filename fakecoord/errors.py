@@ -317,6 +317,19 @@ class SettingsError(SimError):
     was created; ``python -m fakecoord run`` exits 2."""
 
 
+class MissingExtra(SettingsError):
+    """An optional package a feature needs is not installed; the message names the
+    package and the install line of the extra that brings it (exit 2)."""
+
+    def __init__(self, package: str, purpose: str, extra: str = "sim") -> None:
+        super().__init__(
+            f"{purpose} needs the optional package {package!r}: "
+            f"pip install 'burn-p2p-python-worker[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
 class FaultSpecError(SettingsError):
     """A ``--fault`` spec that is malformed or names a peer or round that does not exist."""
 

@@ -1,4 +1,4 @@
-"""What the real coordinator does around some calls (PROTOCOL.md §2, "Coordinator-side handling").
+"""What the real coordinator does around some calls (docs/protocol.md §2, "Coordinator-side handling").
 
 The typed methods of :class:`~fakecoord.client.WorkerClient` are strict: they
 return what the worker said or raise.  These helpers add the real

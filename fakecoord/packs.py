@@ -1,4 +1,4 @@
-"""Parameter packs as the coordinator side sees them (PROTOCOL.md §3).
+"""Parameter packs as the coordinator side sees them (docs/protocol.md §3).
 
 The coordinator side's one copy of the on-disk format: fakecoord's
 simulation and the conformance suite read and write packs here, with numpy

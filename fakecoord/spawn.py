@@ -2,7 +2,7 @@
 
 Every spawner on this side uses this module: fakecoord's client, the
 conformance suite's raw worker, the test fixtures, the chaos tool and the
-benchmarks.  It does what the Rust coordinator does (PROTOCOL.md §1):
+benchmarks.  It does what the Rust coordinator does (docs/protocol.md §1):
 
 1. bind ``127.0.0.1`` port 0, backlog 1;
 2. start the command (``python -m worker`` by default, then ``--factory``,

@@ -1,6 +1,6 @@
 """The worker protocol, version 2, as the coordinator side sees it: one declarative spec.
 
-Every method (PROTOCOL.md §2) is one :class:`Method` entry in :data:`METHODS`:
+Every method (docs/protocol.md §2) is one :class:`Method` entry in :data:`METHODS`:
 its params and its result written as the Rust coordinator's serde types
 (``crates/burn_p2p_python/src/worker.rs`` and the types it uses, in terms of
 :mod:`fakecoord.schema`), plus how :class:`~fakecoord.client.WorkerClient`
@@ -71,7 +71,7 @@ DEVICE = Str("device")
 SCHEMA_HASH = Str("schema_hash")
 
 # ---------------------------------------------------------------------------
-# Shared shapes (PROTOCOL.md §2, "JSON shapes")
+# Shared shapes (docs/protocol.md §2, "JSON shapes")
 
 METRIC_VALUE = Untagged(
     "MetricValue",
@@ -265,7 +265,7 @@ CHECKPOINT_RESULT = Struct(
         Field("inner_optimizer_state_encoding", Option(STRING), default=None),
     ),
 )
-"""The checkpoint-command backend's result manifest (PROTOCOL.md §5), as the Rust coordinator
+"""The checkpoint-command backend's result manifest (docs/protocol.md §5), as the Rust coordinator
 reads it from ``result_manifest_path``."""
 RPC_RESPONSE = Struct(
     "RpcResponse",
@@ -287,7 +287,7 @@ PACK_MANIFEST = Struct(
         Field("values_f32_le", STRING),
     ),
 )
-"""A pack's ``manifest.json`` as the Rust coordinator reads it (PROTOCOL.md §3)."""
+"""A pack's ``manifest.json`` as the Rust coordinator reads it (docs/protocol.md §3)."""
 
 
 # ---------------------------------------------------------------------------
@@ -531,7 +531,7 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
-"""Every protocol method, in PROTOCOL.md §2's order."""
+"""Every protocol method, in docs/protocol.md §2's order."""
 
 
 def method(name: str) -> Method:
@@ -636,7 +636,7 @@ def parse_response(name: str, body: bytes | bytearray | memoryview, expected_id:
     Raises :class:`RemoteError` for ``ok: false`` and
     :class:`ProtocolViolation` (a :class:`DecodeError` for what serde would
     refuse) for anything else.  One deliberate strictness beyond the Rust
-    coordinator: ``ok: false`` needs a string ``error`` (PROTOCOL.md §1); the
+    coordinator: ``ok: false`` needs a string ``error`` (docs/protocol.md §1); the
     Rust side would show "unknown python worker error".
     """
     try:

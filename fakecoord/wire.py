@@ -3,7 +3,7 @@
 Pure functions over bytes; the sockets live in :mod:`fakecoord.transport`
 and :mod:`conformance.rawworker`.
 
-**Frames** (PROTOCOL.md §1): an 8-byte unsigned big-endian length N, then N
+**Frames** (docs/protocol.md §1): an 8-byte unsigned big-endian length N, then N
 bytes of UTF-8 JSON.  :func:`encode_frame` / :func:`encode_request` build
 them (compact standard JSON, one buffer for one ``sendall``),
 :func:`decode_header` reads a header, :class:`FrameReader` is a push-style

@@ -446,13 +446,13 @@ def test_fakecoord_run_report_into_a_fifo_is_written_into_it(tmp_path: Path) -> 
     fifo = tmp_path / "report.fifo"
     reader = FifoReader(fifo)
     report = {"completed_rounds": 0, "rounds": [], "timings": {}}
-    _outputs(report, {"report": str(fifo)}, None)
+    assert _outputs(report, {"report": str(fifo)}) is None
     assert json.loads(reader.read_all()) == report
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     victim = tmp_path / "victim"
     victim.write_text("keep")
     link = tmp_path / "r.json"
     link.symlink_to(victim)
-    _outputs(report, {"report": str(link)}, None)
+    assert _outputs(report, {"report": str(link)}) is None
     assert json.loads(link.read_text()) == report and not link.is_symlink()
     assert victim.read_text() == "keep"

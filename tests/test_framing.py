@@ -1,4 +1,4 @@
-"""Sans-IO framing: 8-byte big-endian length, then UTF-8 JSON (PROTOCOL.md §1).
+"""Sans-IO framing: 8-byte big-endian length, then UTF-8 JSON (docs/protocol.md §1).
 
 What the connection decides at EOF and over the limit is in ``test_connection.py``.
 """

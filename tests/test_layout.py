@@ -1,4 +1,4 @@
-"""The generic torch layout (PROTOCOL.md §3) and its hash, computed independently here."""
+"""The generic torch layout (docs/protocol.md §3) and its hash, computed independently here."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from worker.protocol import NO_FILTER, StateFilter
 
 
 def spec_hash(entries: list[dict]) -> str:
-    """PROTOCOL.md §3, written out from the text."""
+    """docs/protocol.md §3, written out from the text."""
     blob = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return "torch-layout-" + hashlib.sha256(blob).hexdigest()
 

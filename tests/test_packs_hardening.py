@@ -1,4 +1,4 @@
-"""Parameter packs (PROTOCOL.md §3) against hostile and broken input, crashes
+"""Parameter packs (docs/protocol.md §3) against hostile and broken input, crashes
 mid-export, and the staged tensor I/O path (dtypes, strides, chunking)."""
 
 from __future__ import annotations

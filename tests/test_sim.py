@@ -122,7 +122,7 @@ def test_the_handwritten_adamw_matches_torch_and_round_trips_its_state(tmp_path:
 def test_inner_loop_resumes_its_optimizer_state_exactly(demo, tmp_path: Path) -> None:
     workload = make_workload(demo["config"])
     refs = demo_leases(demo["dataset"], 3, 1, 1, 8, 1)[0]
-    # The network's way (PROTOCOL.md §6): null on the first round, the returned state after.
+    # The network's way (docs/protocol.md §6): null on the first round, the returned state after.
     whole, halves = workload.init_model("python-torch-cpu"), workload.init_model("cpu")
     out = str(tmp_path / "local-parameters")
     workload.run_inner_loop(

@@ -137,7 +137,7 @@ def test_input_errors_exit_2_and_create_nothing(classifier, capsys) -> None:
     cases = [
         (["--batches", str(tmp / "missing.json")], "cannot read a JSON list"),
         (["--batches", str(bad_refs)], "peer 0 ref 0: cached_microshard_group needs a list"),
-        (["--factory", "no_such_module:make"], "no module named 'no_such_module'"),
+        (["--factory", "no_such_module:make"], "No module named 'no_such_module'"),
         (["--device", "cuda"], "--device 'cuda': torch cannot use it here"),
         (["--eval-metric", ""], "--eval-metric must name a metric"),
         (["--threads-per-peer", "-1"], "--threads-per-peer must be 0"),
@@ -149,17 +149,35 @@ def test_input_errors_exit_2_and_create_nothing(classifier, capsys) -> None:
     assert run_dirs(tmp) == []
 
 
-@pytest.mark.timeout(E2E_TIMEOUT)
-def test_a_factory_error_shows_its_reason_and_log(classifier, capsys) -> None:
-    assert main(classifier_args(classifier, config={})) == 1
+@pytest.mark.parametrize(
+    ("factory", "config", "message"),
+    [
+        ("sim_classifier:make", {}, "the factory raised KeyError: 'data_root'"),
+        ("sim_clasifier:make", None, "cannot import 'sim_clasifier'"),
+        ("sim_classifier:mkae", None, "module 'sim_classifier' has no 'mkae'"),
+        ("sim_classifier:nothing", None, "returned None; it must return the workload object"),
+    ],
+)
+def test_a_bad_factory_is_found_by_one_probe_before_any_peer_starts(
+    classifier, capsys, factory, config, message
+) -> None:
+    """A typo in the module or attribute, a factory that raises or returns None: exit 2 from
+    the probe process, with the factory's traceback (file:line), and no run directory."""
+    (classifier["tmp"] / "pkg" / "sim_classifier.py").write_text(
+        CLASSIFIER + "\n\ndef nothing(config):\n    return None\n"
+    )
+    args = classifier_args({**classifier, "factory": factory}, config=config)
+    assert main(args) == 2
     err = capsys.readouterr().err
-    assert "no worker could start" in err and "peer-0, peer-1" in err
-    assert "the factory raised KeyError: 'data_root'" in err
-    (kept,) = run_dirs(classifier["tmp"])
-    assert f"worker logs: {kept / 'logs'}" in err and err.count("run directory kept") == 1
-    assert "KeyError: 'data_root'" in (kept / "logs" / "peer-0.log").read_text()
+    assert message in err and f"--factory {factory!r}" in err
+    assert "no worker could start" not in err and "peer-0" not in err  # no peer was spawned
+    if config == {}:
+        assert 'sim_classifier.py", line ' in err and 'self.root = config["data_root"]' in err
+    assert err.count("KeyError: 'data_root'") == (config == {})  # said once, not twice
+    assert run_dirs(classifier["tmp"]) == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(E2E_TIMEOUT)
 def test_a_round_without_contributors_stops_the_run(classifier, capsys) -> None:
     out = classifier["tmp"] / "run"
@@ -175,12 +193,52 @@ def test_a_round_without_contributors_stops_the_run(classifier, capsys) -> None:
     assert f"(logs: {out / 'logs' / 'peer-0.log'}, {out / 'logs' / 'peer-1.log'})" in err
     report = json.loads((out / "report.json").read_text())
     assert report["completed_rounds"] == 1 and report["stopped"]["round"] == 1
+    # The cause is kept: the named log and the report hold the hook's traceback (file:line).
+    where = 'sim_classifier.py", line '
+    log = (out / "logs" / "peer-0.log").read_text()
+    assert "run_inner_loop refused by the worker" in log and where in log
+    assert 'raise RuntimeError("the training data is missing")' in log
+    peer = report["rounds"][0]["peers"]["0"]
+    assert peer["traceback"].startswith("run_inner_loop: workload hook run_inner_loop raised")
+    assert where in peer["traceback"] and where in report["faults"][0]["traceback"]
     with pytest.raises(RunFailed, match="2 rounds in a row, up to round 2"):
         run(
             SimConfig(factory=classifier["factory"], config={"data_root": "/d", "fail": "train"},
                       batches=classifier["batches"], peers=1, rounds=3, inner_steps=1,
                       max_failed_rounds=2),
         )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_a_failed_command_job_leaves_its_traceback_in_the_report(classifier, capsys) -> None:
+    out = classifier["tmp"] / "run"
+    args = classifier_args(
+        classifier, "--out", str(out), "--rounds", "1", "--diloco-backend", "command",
+        config={"data_root": "/d", "fail": "train"},
+    )  # fmt: skip
+    assert main(args) == 1
+    report = json.loads((out / "report.json").read_text())
+    peer = report["rounds"][0]["peers"]["0"]
+    assert "job.log" in peer["error"]
+    assert 'sim_classifier.py", line ' in peer["traceback"]
+    assert "the training data is missing" in peer["traceback"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_a_completed_run_keeps_the_logs_its_messages_name(classifier, capsys) -> None:
+    """Without --out, a run that completed but reported a peer failure (a fault) keeps its
+    temporary directory (the logs the messages name) and says where."""
+    args = classifier_args(
+        classifier, "--rounds", "1", "--max-failed-rounds", "2",
+        config={"data_root": "/d", "fail": "train"},
+    )  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    (kept,) = run_dirs(classifier["tmp"])
+    assert f"run directory kept: the worker logs named above are in {kept / 'logs'}" in err
+    assert "the training data is missing" in (kept / "logs" / "peer-0.log").read_text()
 
 
 @pytest.mark.timeout(E2E_TIMEOUT)
@@ -235,8 +293,10 @@ def test_stragglers_and_dropout_on_the_demo(tmp_path: Path) -> None:
     assert report["timings"]["straggle_seconds"] > 0 and report["faults"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(E2E_TIMEOUT)
-def test_a_toml_config_mirrors_the_flags_and_flags_override_it(tmp_path: Path) -> None:
+def test_a_toml_config_mirrors_the_flags_and_flags_override_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths in the file are relative to this directory
     config = tmp_path / "conf" / "run.toml"
     config.parent.mkdir()
     config.write_text(
@@ -246,7 +306,8 @@ def test_a_toml_config_mirrors_the_flags_and_flags_override_it(tmp_path: Path) -
         'aggregation_policy = "CoordinateMedian"\n'
     )
     assert main(["run", "--quiet", "--config", str(config), "--rounds", "1"]) == 0
-    report = json.loads((tmp_path / "conf" / "run" / "report.json").read_text())
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert not (tmp_path / "conf" / "run").exists()  # one rule: not relative to the file
     settings = report["settings"]
     assert (settings["peers"], settings["rounds"], settings["inner_steps"]) == (2, 1, 2)
     assert settings["faults"] == ["error@1:1"]

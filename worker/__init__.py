@@ -1,6 +1,6 @@
 """burn_p2p Python worker: serves one user workload to the burn_p2p coordinator.
 
-See ``ARCHITECTURE.md`` for the module map and ``PROTOCOL.md`` (protocol v2)
+See ``ARCHITECTURE.md`` for the module map and ``docs/protocol.md`` (protocol v2)
 for the wire contract.  Workload authors: :class:`Workload` (and the
 optional-hook protocols in :mod:`worker.workload`) describe what the worker
 calls.  Importing this package does not import torch.

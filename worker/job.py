@@ -1,4 +1,4 @@
-"""Run one DiLoCo inner-loop job for any workload (PROTOCOL.md §5, checkpoint-command backend).
+"""Run one DiLoCo inner-loop job for any workload (docs/protocol.md §5, checkpoint-command backend).
 
 Usage, as the coordinator's ``--command``::
 
@@ -56,7 +56,7 @@ WHERE = "job manifest"
 
 @dataclass(frozen=True, kw_only=True)
 class Job:
-    """A job manifest (PROTOCOL.md §5)."""
+    """A job manifest (docs/protocol.md §5)."""
 
     protocol_version: int = param(Const(JOB_PROTOCOL_VERSION))
     job_id: str = param(TEXT_ANY)
@@ -96,7 +96,7 @@ def read_job(path: str | os.PathLike[str]) -> Job:
 
 
 def check_job(job: Any) -> Job:
-    """Validate a decoded job manifest (PROTOCOL.md §5); raises ``ParamError``."""
+    """Validate a decoded job manifest (docs/protocol.md §5); raises ``ParamError``."""
     try:
         decoded: Job = JOB.decode(job, "", {})
     except ParamError as exc:

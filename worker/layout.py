@@ -1,4 +1,4 @@
-"""The generic torch layout of a model state (PROTOCOL.md §3) and its hash.
+"""The generic torch layout of a model state (docs/protocol.md §3) and its hash.
 
 A state is a ``torch.nn.Module``, ``{"model": module, ...}`` or
 ``{"modules": {name: module, ...}}``.  Modules are walked in sorted name

@@ -1,4 +1,4 @@
-"""Every protocol method (PROTOCOL.md §2): its params schema and its handler, in one table.
+"""Every protocol method (docs/protocol.md §2): its params schema and its handler, in one table.
 
 Adding a method is one :class:`Method` entry in :data:`METHODS` (with a
 params dataclass if it takes params) and its handler, plus its tests.  The
@@ -424,4 +424,4 @@ METHODS: dict[str, Method] = _table(
     # Deliberately lenient: a stop is never refused, whatever its params.
     Method("shutdown", ANY, shutdown, ends_session=True),
 )
-"""The one table of protocol methods, in PROTOCOL.md order: name -> :class:`Method`."""
+"""The one table of protocol methods, in docs/protocol.md order: name -> :class:`Method`."""

@@ -1,4 +1,4 @@
-"""Parameter packs on disk (PROTOCOL.md §3): atomic export, validated import.
+"""Parameter packs on disk (docs/protocol.md §3): atomic export, validated import.
 
 Publication protocol (SECURITY.md, "Packs are never torn"): a reader must
 never pair one export's manifest with another export's values.

@@ -1,4 +1,4 @@
-"""Sans-IO request parsing, answers and result shaping (PROTOCOL.md §1-2).
+"""Sans-IO request parsing, answers and result shaping (docs/protocol.md §1-2).
 
 Pure functions over bytes and plain Python values: turning a frame body into
 a :class:`Request`, the response objects, the state filter, and the
@@ -152,7 +152,7 @@ _GLOB_MAGIC = frozenset("*?[")
 
 @dataclass(frozen=True)
 class StateFilter:
-    """Which float state_dict entries a pack carries (PROTOCOL.md §2, Filter).
+    """Which float state_dict entries a pack carries (docs/protocol.md §2, Filter).
 
     The globs are compiled once, when the filter is made (one per request).
     """

@@ -29,7 +29,7 @@ def workload_has(workload: Any, *hooks: str) -> bool:
 
 
 def capabilities(workload: Any) -> list[str]:
-    """What this workload can really do (PROTOCOL.md §2, ``hello``).
+    """What this workload can really do (docs/protocol.md §2, ``hello``).
 
     Pack export/import and artifact I/O always work: through custom hooks, or
     through the generic torch layout that every ``init_model`` state must fit.

@@ -1,4 +1,4 @@
-"""The workload contract (PROTOCOL.md §4) as typing protocols, for workload authors.
+"""The workload contract (docs/protocol.md §4) as typing protocols, for workload authors.
 
 Annotate your factory with ``-> Workload`` and let a type checker compare
 your class with what the worker calls.  :class:`Workload` lists the required

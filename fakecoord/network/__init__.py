@@ -1,4 +1,4 @@
-"""The burn_p2p network's DiLoCo, modelled on the coordinator side (PROTOCOL.md §6).
+"""The burn_p2p network's DiLoCo, modelled on the coordinator side (docs/protocol.md §6).
 
 Written from the upstream Rust code (the spec): ``crates/burn_p2p_core/src/schema/diloco.rs``
 (the policy), ``crates/burn_p2p/src/diloco/codec.rs`` (codecs, aggregations) and

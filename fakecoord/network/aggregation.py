@@ -1,4 +1,4 @@
-"""The network's aggregations of decoded pseudo-gradients, as one registry (PROTOCOL.md §6).
+"""The network's aggregations of decoded pseudo-gradients, as one registry (docs/protocol.md §6).
 
 Each :class:`AggregationEntry` is one ``DiLoCoAggregationPolicy`` variant of
 upstream ``crates/burn_p2p_core/src/schema/diloco.rs``: serde tag and

@@ -1,4 +1,4 @@
-"""The network's pseudo-gradient transport codecs, as one registry (PROTOCOL.md §6).
+"""The network's pseudo-gradient transport codecs, as one registry (docs/protocol.md §6).
 
 Each :class:`CodecEntry` is one ``GradientCodec`` variant of upstream
 ``crates/burn_p2p_core/src/schema/diloco.rs``: its serde tag and fields, the

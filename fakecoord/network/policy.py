@@ -1,4 +1,4 @@
-"""The network's ``DiLoCoPolicy``, in its serde JSON shape (PROTOCOL.md §6).
+"""The network's ``DiLoCoPolicy``, in its serde JSON shape (docs/protocol.md §6).
 
 Written from upstream ``crates/burn_p2p_core/src/schema/diloco.rs``: the
 policy an experiment revision carries, its parts (``GradientCodec``,

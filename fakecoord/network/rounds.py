@@ -13,7 +13,7 @@ The upstream code is the spec (``aberration-technology/burn_p2p``, HEAD):
   ``minimum_group_size`` contributions arrived ("DiLoCo aggregation only
   collected N participant(s), below the minimum M").  A failed round changes
   neither the base nor the round counter: the next attempt starts from the
-  same base.  Sums run in group order, as ``engine.rs`` and PROTOCOL.md §6
+  same base.  Sums run in group order, as ``engine.rs`` and docs/protocol.md §6
   have it.  (``network.rs`` itself builds each member's list as its own
   contribution first, then the others in peer-id order (a ``BTreeMap``), so
   with a ``Mean`` over three or more members each member may sum in another

@@ -1,4 +1,4 @@
-"""One group's DiLoCo step, byte for byte the network's (PROTOCOL.md §6).
+"""One group's DiLoCo step, byte for byte the network's (docs/protocol.md §6).
 
 :func:`network_step` runs what the network runs for one group, in its
 order: each peer's pseudo-gradient ``base - local`` (upstream

@@ -84,4 +84,54 @@ def make_workload(config: dict) -> Any:
     return factory(config.get("config"))
 
 
-__all__ = ["FACTORY", "FactoryError", "MARKER", "make_workload", "prepare_process", "wrap"]
+PROBE_PREFIX = "fakecoord probe: "
+"""How the factory probe's one-line verdict starts on its stderr (the rest is detail)."""
+
+
+def probe(config_json: str) -> int:
+    """``python -c``'s body for the simulation's factory probe (:func:`.config.check_factory`):
+    build the workload once, as a worker would, and say what is wrong on stderr.
+
+    Returns 0 when the factory gave an object, 2 otherwise (a line starting with
+    :data:`PROBE_PREFIX`, then, when the factory itself raised, its traceback).
+    """
+    import json
+    import sys
+    import traceback
+
+    config = json.loads(config_json)
+    spec = config["factory"]
+    try:
+        workload = make_workload(config)
+    except FactoryError as exc:
+        print(PROBE_PREFIX + str(exc), file=sys.stderr)
+        return 2
+    except BaseException as exc:  # the factory's own failure, SystemExit included
+        first = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        print(f"{PROBE_PREFIX}--factory {spec!r}: the factory raised {first}", file=sys.stderr)
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next  # the user's frames only
+        # The frames only: the first line already says the exception's type and message.
+        frames = "".join(traceback.format_tb(tb))
+        print(f"Traceback (most recent call last):\n{frames}", end="", file=sys.stderr)
+        return 2
+    if workload is None:
+        print(
+            f"{PROBE_PREFIX}--factory {spec!r} returned None; it must return the workload object",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+__all__ = [
+    "FACTORY",
+    "FactoryError",
+    "MARKER",
+    "PROBE_PREFIX",
+    "make_workload",
+    "prepare_process",
+    "probe",
+    "wrap",
+]

@@ -28,8 +28,10 @@ import argparse
 import json
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ from ..errors import FakecoordError, PolicyError, RunFailed, SettingsError, one_
 from ..network.aggregation import AGGREGATION_NAMES, AGGREGATIONS
 from ..network.codecs import CODEC_NAMES, CODECS
 from ..network.policy import DiLoCoPolicy
+from ..optional import require_for_run
 from ..signals import Terminated, interrupt_status, sigterm_raises
 from ..version import package_version
 from .config import MERGE_POLICIES, SimConfig
@@ -106,7 +109,8 @@ GROUP_HELP = {
 # fmt: off
 OPTIONS: tuple[Opt, ...] = (
     Opt("config", "path", "run", "read options from a TOML file (keys: these option names); "
-        "flags override it", metavar="FILE.toml", dest="config_file"),
+        "flags override it; relative paths in it are relative to the current directory, as on "
+        "the command line", metavar="FILE.toml", dest="config_file"),
     Opt("protocol", "str", "run", "(default {default})", "diloco", choices=("diloco", "windows")),
     Opt("peers", "int", "run", "peers, one worker each (default {default})", 4, metavar="N"),
     Opt("workers", "int", "run", "host the peers on N worker processes, each peer its own model "
@@ -121,7 +125,8 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("threads-per-peer", "int", "run", "threads for each worker's torch/OpenMP/MKL (default: "
         "max(1, cores // peers); 0: the workload's own defaults)", metavar="N"),
     Opt("out", "path", "run", "run directory: packs, artifacts, logs, checkpoint (default: a "
-        "temporary one, removed after a successful run)", metavar="DIR"),
+        "temporary one, removed after a successful run without faults, else kept and named)",
+        metavar="DIR"),
     Opt("resume", "path", "run", "continue the run in DIR from its last completed round",
         metavar="DIR"),
     Opt("report", "path", "run", "also write the report here (and FILE.metrics.jsonl beside it)",
@@ -322,13 +327,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise SettingsError(
-                "--config: reading TOML on Python 3.10 needs tomli (pip install tomli, "
-                "or install this package with its 'sim' extra)"
-            ) from None
+        from ..optional import require
+
+        tomllib = require("tomli", "--config on Python 3.10")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -344,10 +345,10 @@ def read_toml(path: Path) -> dict[str, Any]:
                 f"--config {str(path)!r}: unknown key {one_line(repr(key), 80)}; known keys: {known}"
             )
         value = coerce(opt, value, f"--config {str(path)!r}: {one_line(key, 80)} ({opt.flag})")
+        # One rule for relative paths: the current directory, on the command line, in a TOML
+        # file and in the workload's config (the workers run there too); docs/simulation.md.
         if opt.kind == "policy":
-            value = read_policy(value, path.parent)
-        if opt.kind == "path":
-            value = str((path.parent / value).resolve())
+            value = read_policy(value)
         out[opt.key] = value
     return out
 
@@ -463,6 +464,12 @@ def say(text: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fakecoord run ...``; returns the exit status (SIGTERM is handled as Ctrl-C)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and (
+        threading.current_thread() is threading.main_thread()
+    ):
+        # Started with SIGINT ignored (a script's `cmd &`): still stop on it, as the workers
+        # do, so that a SIGINT to the process group interrupts the run (exit 130, resumable).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argument_parser()
     args = parser.parse_args(argv)
     try:
@@ -495,6 +502,7 @@ def _main(args: argparse.Namespace) -> int:
             out = check_out_dir("--out", option(options, "out")) if options.get("out") else None
             config = build_config(options)
         check_outputs(options)
+        require_for_run(progress=not options.get("quiet"), plot=bool(options.get("plot")))
         return _run(config, options, out)
     except SettingsError as exc:
         say(str(exc))
@@ -582,6 +590,9 @@ def _drive(
         say(f"run directory: {out} (report, worker logs, checkpoint)")
     elif status:
         say(f"run directory kept for inspection (report and worker logs): {out}")
+    elif temporary and report.get("faults"):
+        # A fault's message named a worker log: keep the logs it names.
+        say(f"run directory kept: the worker logs named above are in {out / 'logs'}")
     elif temporary and report.get("completed_rounds") == config.rounds:
         shutil.rmtree(out, ignore_errors=True)
     elif not quiet:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeGuard
 
 from ..errors import PolicyError, SettingsError, one_line
@@ -475,28 +475,62 @@ def check_inputs(config: SimConfig) -> list[list[dict]] | None:
     from .data import load_batches
 
     batches = load_batches(config.batches, config.peers) if config.batches is not None else None
-    if config.factory is not None and config.worker_cmd is None:
-        check_factory_module(config.factory)
+    if config.factory is not None and not config.is_demo and config.worker_cmd is None:
+        check_factory(config)
     if config.device is not None and config.device != "cpu" and config.worker_cmd is None:
         check_device(config.device)
     return batches
 
 
-def check_factory_module(factory: str) -> None:
-    """Refuse a factory whose top-level package cannot be found from here (the worker's
-    ``sys.path`` is this one's: the same interpreter, cwd and PYTHONPATH).  Nothing is imported."""
-    module = factory.partition(":")[0].strip()
-    top = module.split(".")[0]
+_FACTORY_PROBE = """
+import sys
+from fakecoord.sim.bootstrap import probe
+sys.exit(probe(sys.argv[1]))
+"""
+
+
+def check_factory(config: SimConfig) -> None:
+    """Build the workload once in a probe process, as each worker will (same interpreter,
+    cwd, PYTHONPATH, thread caps and seed), before any peer starts: a typo in the module or
+    attribute, an import error, a factory that raises or returns None is one
+    :class:`SettingsError`.  Workload code never runs in this process."""
+    from ..spawn import child_environment
+    from . import bootstrap
+
+    assert config.factory is not None
+    threads = choose_threads(config)
+    env = dict(os.environ)
+    if threads.threads is not None:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[name] = str(threads.threads)
+    wrapped = bootstrap.wrap(config.factory, config.config, threads.threads, config.seed)
+    root = Path(__file__).resolve().parent.parent.parent
     try:
-        found = importlib.util.find_spec(top) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise SettingsError(
-            f"--factory {factory!r}: no module named {top!r} on this interpreter's path "
-            f"(current directory and PYTHONPATH); run from the directory holding it or add it "
-            f"to PYTHONPATH"
+        done = subprocess.run(
+            [sys.executable, "-c", _FACTORY_PROBE, json.dumps(wrapped)],
+            env=child_environment(env, (os.getcwd(), str(root))),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            timeout=config.start_timeout,
         )
+    except subprocess.TimeoutExpired:
+        raise SettingsError(
+            f"--factory {config.factory!r}: building the workload took longer than "
+            f"--start-timeout ({config.start_timeout:g} s) in the probe process"
+        ) from None
+    if done.returncode == 0:
+        return
+    text = done.stderr.strip()
+    start = text.find(bootstrap.PROBE_PREFIX)
+    if start >= 0:
+        message = text[start + len(bootstrap.PROBE_PREFIX) :]
+    else:
+        message = f"--factory {config.factory!r}: the probe process failed (exit {done.returncode})"
+        message += f"; the end of its stderr:\n{text[-2000:]}" if text else ""
+    raise SettingsError(message)
 
 
 _DEVICE_PROBE = """

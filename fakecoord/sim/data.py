@@ -16,6 +16,7 @@ run sees the batches an uninterrupted one would.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +28,72 @@ PIPELINE_KINDS = ("sharded-static", "indexed-dataset", "generated-dataset", "cus
 MAX_BATCHES_FILE = 256 * 1024 * 1024
 
 
+EVAL_SPLIT_NAMES = ("val", "valid", "validation", "test", "eval", "evaluation", "holdout")
+"""A file in a ``--batches`` directory whose name starts with one of these (followed by
+``.``, ``_`` or ``-``, any case) is an evaluation split, not training data: skipped."""
+
+
+@dataclass(frozen=True)
+class BatchFiles:
+    """What a ``--batches`` directory gives: the files taken (sorted by name) and the
+    entries skipped, each with the reason."""
+
+    taken: list[Path]
+    skipped: list[tuple[str, str]]
+
+    def note(self) -> str:
+        """One line saying what was taken and what skipped (and why)."""
+        text = f"{len(self.taken)} file(s) taken as training refs"
+        if self.skipped:
+            by_reason: dict[str, list[str]] = {}
+            for name, why in self.skipped:
+                by_reason.setdefault(why, []).append(name)
+            text += "; skipped: " + "; ".join(
+                f"{', '.join(names)} ({why})" for why, names in by_reason.items()
+            )
+        return text
+
+
+def select_batch_files(directory: Path) -> BatchFiles:
+    """The one rule for a ``--batches`` directory: every regular file directly in it, except
+    hidden files (``.*``) and evaluation splits (:data:`EVAL_SPLIT_NAMES`).  Sub-directories
+    are not searched.  Nothing is read."""
+    taken: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for entry in sorted(directory.iterdir()):
+        name = entry.name
+        stem = name.lower().replace("_", ".").replace("-", ".").split(".")[0]
+        if name.startswith("."):
+            skipped.append((name, "hidden"))
+        elif entry.is_dir():
+            skipped.append((name + "/", "a sub-directory: not searched"))
+        elif not entry.is_file():
+            skipped.append((name, "not a regular file"))
+        elif stem in EVAL_SPLIT_NAMES:
+            skipped.append((name, "an evaluation split by its name"))
+        else:
+            taken.append(entry)
+    return BatchFiles(taken, skipped)
+
+
 def load_batches(source: str | os.PathLike, peers: int) -> list[list[dict]]:
     """Batch refs per peer from ``--batches``; raises :class:`SettingsError`.
 
     A JSON file holds either one list of refs per peer (``[[ref, ...], ...]``,
     exactly ``peers`` lists) or a single list of refs dealt round-robin (ref
-    ``i`` goes to peer ``i % peers``).  A directory turns each regular file
-    not starting with ``.`` (sorted by name) into a one-microshard
+    ``i`` goes to peer ``i % peers``).  A directory turns each file that
+    :func:`select_batch_files` takes (sorted by name) into a one-microshard
     ``cached_microshard_group`` ref naming the file, dealt round-robin the
     same way.  Every ref is checked against the BatchRef shapes of
-    PROTOCOL.md §2.
+    docs/protocol.md §2.
     """
     path = Path(source)
     where = f"--batches {str(path)!r}"
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        selection = select_batch_files(path)
+        files = selection.taken
         if not files:
-            raise SettingsError(f"{where}: the directory holds no files (hidden files are skipped)")
+            raise SettingsError(f"{where}: no training files in the directory; {selection.note()}")
         refs = [
             {
                 "kind": REF_KIND,

@@ -1,4 +1,4 @@
-"""DiLoCo (PROTOCOL.md §6) as a :class:`~fakecoord.sim.strategy.Strategy`.
+"""DiLoCo (docs/protocol.md §6) as a :class:`~fakecoord.sim.strategy.Strategy`.
 
 Every peer of the round's group makes the calls of
 :func:`fakecoord.network.rounds.run_peer_round` (``lib.rs``
@@ -7,7 +7,7 @@ Every peer of the round's group makes the calls of
 fresh copy of the state it returned before afterwards, read the local pack
 and the returned state back); the coordinator streams the outer step over
 the packs of the peers that finished (:mod:`fakecoord.sim.outer`).  With the
-``command`` backend (PROTOCOL.md §5) a program runs per peer and round
+``command`` backend (docs/protocol.md §5) a program runs per peer and round
 instead, by default ``python -m worker.job`` with the run's (wrapped)
 factory.
 
@@ -602,7 +602,7 @@ MAX_RESULT_BYTES = 64 * 1024 * 1024
 
 
 def read_result(path: Path, steps: int) -> dict:
-    """Read a command backend result manifest (PROTOCOL.md §5) as the Rust coordinator does
+    """Read a command backend result manifest (docs/protocol.md §5) as the Rust coordinator does
     (``serde_json::from_slice::<PythonDiLoCoCheckpointResult>``: no NaN/Infinity, no lone
     surrogates, every field of its type); raises ``ValueError`` naming the file and the field."""
     where = f"result manifest {str(path)!r}"

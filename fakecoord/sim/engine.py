@@ -44,7 +44,7 @@ from typing import Any
 from .. import handling
 from ..errors import FakecoordError, RoundFailed, RunFailed, SettingsError, SimError
 from .config import SimConfig, check_inputs, choose_threads, schema_hash
-from .data import Leases, interleave
+from .data import Leases, interleave, select_batch_files
 from .diloco import DiLoCo
 from .faults import FaultPlan
 from .hosting import check_shared_workers
@@ -142,6 +142,11 @@ class Engine:
         if c.baseline and not self.strategy.has_baseline:
             raise SettingsError(f"--baseline: the {self.strategy.name} strategy has no baseline")
         self.batches = check_inputs(c)
+        self.batches_note: str | None = None
+        if c.batches is not None and Path(c.batches).is_dir():
+            self.batches_note = (
+                f"--batches {c.batches}: {select_batch_files(Path(c.batches)).note()}"
+            )
         self.threads = choose_threads(c)
         self.hosting: str | None = None
         if c.workers is not None:
@@ -177,6 +182,7 @@ class Engine:
                 if self.on_round is not None:
                     self.on_round(r)
                 record, new_state, new_baseline = self._round(r)
+                self._stop_if_signalled()  # the round is not committed: resume redoes it
                 self._commit(r, record, new_state, new_baseline)
                 self.view.round_done(record)
                 if record.get("stop"):
@@ -209,6 +215,13 @@ class Engine:
             if self.workers is not None:
                 self.workers.close()
 
+    def _stop_if_signalled(self) -> None:
+        """A worker that stopped on SIGINT/SIGTERM (e.g. Ctrl-C, or a signal sent to the whole
+        process group) means the run is being interrupted, not that the peer failed: end it as
+        an interrupted run (the last committed round stays resumable)."""
+        if self.workers is not None and self.workers.signalled.is_set():
+            raise KeyboardInterrupt(self.workers.signalled_reason)
+
     def describe(self) -> str:
         c = self.config
         workload = "demo workload" if c.is_demo else c.factory
@@ -224,7 +237,7 @@ class Engine:
             f"fakecoord run: {self.strategy.name}, {c.peers} peers, {c.rounds} rounds x "
             f"{c.inner_steps} steps, {workload}, {self.strategy.describe(c)}; threads per worker: "
             f"{threads} ({self.threads.reason}); workers {started}; {shared}"
-            f"run directory {self.out}"
+            f"run directory {self.out}" + (f"\n{self.batches_note}" if self.batches_note else "")
         )
 
     # -- setup ---------------------------------------------------------------------------
@@ -244,6 +257,8 @@ class Engine:
         if not self.resume:
             self.report = self.recorder.new_report()
         self.report["threads"] = {"per_worker": self.threads.threads, "reason": self.threads.reason}
+        if self.batches_note:
+            self.report["batches"] = self.batches_note
         if c.is_demo:
             dataset = write_demo_dataset(self.out / "data", c.seed)
             self.leases = Leases(
@@ -377,6 +392,7 @@ class Engine:
             baseline = self.pool.submit(self._baseline_round, r, round_dir, leases)
         # The group's order is the order of every sum (the network's peer-id order).
         results = [futures[p].result() for p in group if p in futures]
+        self._stop_if_signalled()
         results += [PeerResult(p, outside_group=True) for p in available if p not in group]
         results += [PeerResult(p, dropped=True) for p in sorted(dropped)]
         ctx = self._round_context(r, round_dir)
@@ -452,6 +468,8 @@ class Engine:
         result.peer, result.injected = p, ctx.injected
         if result.error and "(log: " not in result.error:
             result.error += f" (log: {ctx.log})"
+        if result.error and result.traceback is None:
+            result.traceback = ctx.failure_detail()
         result.pid = result.pid or ctx.pid
         slow = self.plan.slowdown(r, p)
         if slow is not None and result.ok and slow.value is not None:

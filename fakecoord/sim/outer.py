@@ -1,6 +1,6 @@
 """DiLoCo's outer step as the network computes it, streamed over parameter packs in chunks.
 
-The arithmetic is :mod:`fakecoord.network`'s (PROTOCOL.md §6, upstream
+The arithmetic is :mod:`fakecoord.network`'s (docs/protocol.md §6, upstream
 ``codec.rs`` and the default ``apply_aggregated_outer_update``): each
 contributor's pseudo-gradient ``base - local`` goes through the policy's
 codec (encoded and decoded), the decoded values are aggregated in group order

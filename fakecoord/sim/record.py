@@ -418,6 +418,7 @@ class Recorder:
                 "planned": fault is not None,
                 "injected": res.injected,
                 "error": res.error,
+                "traceback": res.traceback,
                 "effect": f"round {r} aggregated {finished} of {asked} peers without it",
                 "recovery": None,
                 "pid": res.pid,

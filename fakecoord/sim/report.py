@@ -44,16 +44,30 @@ def fmt(value: Any, digits: int = 4) -> str:
     return "-"
 
 
+PIPED_WIDTH = 1000
+"""The width rich lays tables out in when output goes to a file or a pipe (no wrapping, no
+truncated headers; ``COLUMNS`` still wins when set)."""
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich Console for stdout or stderr: the terminal's width on a terminal, else
+    :data:`PIPED_WIDTH` without soft wrapping (rich would assume 80 columns)."""
+    from rich.console import Console
+
+    plain = Console(stderr=stderr)
+    if plain.is_terminal or os.environ.get("COLUMNS"):
+        return plain
+    return Console(stderr=stderr, width=PIPED_WIDTH, soft_wrap=True)
+
+
 class RichView(RunView):
     """Progress on stderr, summary on stdout.  Every text is printed as a ``rich.text.Text``
     (or with ``markup=False``): nothing a workload, a path or a metric name says is read as
     markup."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-
-        self.err = Console(stderr=True)
-        self.out = Console()
+        self.err = console(stderr=True)
+        self.out = console()
         self._progress: Any = None
         self._task: Any = None
 
@@ -198,11 +212,17 @@ def summary_lines(report: dict) -> list[str]:
             f"baseline: eval {metric} {fmt(baseline['final_eval_value'])}; {baseline['description']}."
         )
         if baseline["steps_per_round"] > report["settings"]["inner_steps"]:
+            strategy = report.get("strategy")
+            if strategy == "diloco":
+                moves = "only their averaged update moves it. DiLoCo"
+            elif strategy == "windows":
+                moves = "only the merge of their windows moves it. Window merging"
+            else:
+                moves = f"only the aggregate of their work moves it. The {strategy} strategy"
             lines.append(
                 "  (At equal total steps the baseline can win: its steps are sequential, each "
                 "seeing the last one's update, while the peers train in parallel from a shared "
-                "base and only their average moves it. DiLoCo trades that for parallel wall "
-                "time and rare communication.)"
+                f"base and {moves} trades that for parallel wall time and rare communication.)"
             )
     if timings:
         lines.append(
@@ -356,6 +376,28 @@ def _clipped(ys: list) -> tuple[list, bool]:
     return out, clipped
 
 
+def plot_events(report: dict) -> list[tuple[float, str]]:
+    """Where the plot marks events on every panel: ``(x, "fault")`` at each fault's round and
+    ``(x, "resumed")`` between the rounds a resumed run continued after and from."""
+    events = [(float(f["round"]), "fault") for f in report.get("faults", [])]
+    events += [(r["after_round"] + 0.5, "resumed") for r in report.get("resumed", [])]
+    return events
+
+
+def mark_events(ax: Any, report: dict) -> bool:
+    """Draw :func:`plot_events` on ``ax`` (each kind labelled once); True when any was drawn."""
+    styles: dict[str, dict[str, Any]] = {
+        "fault": {"color": "red", "alpha": 0.25},
+        "resumed": {"color": "0.3", "linestyle": ":"},
+    }
+    labelled: set[str] = set()
+    for x, kind in plot_events(report):
+        label = None if kind in labelled else kind
+        labelled.add(kind)
+        ax.axvline(x, label=label, **styles[kind])
+    return bool(labelled)
+
+
 def write_plot(report: dict, path: str | os.PathLike) -> list[str]:
     """One panel per evaluated metric (and the baseline's; at most :data:`MAX_METRIC_PANELS`),
     per-peer training loss, and the time of each round; saved atomically to ``path`` in the
@@ -416,8 +458,7 @@ def write_plot(report: dict, path: str | os.PathLike) -> list[str]:
             steps = (report.get("baseline") or {}).get("steps_per_round")
             ax.plot(*_finite(xs, bys), marker="s", linestyle="--",
                     label=f"single-worker baseline ({steps} steps/round)")  # fmt: skip
-        for fault in report.get("faults", []):
-            ax.axvline(fault["round"], color="red", alpha=0.25)
+        mark_events(ax, report)
         failed = [r["round"] for r in rounds if r.get("eval_error")]
         for i, x in enumerate(failed):
             ax.axvline(x, color="orange", linestyle=":",
@@ -449,8 +490,8 @@ def write_plot(report: dict, path: str | os.PathLike) -> list[str]:
         + (f" (clipped to +-{PLOT_LIMIT:g})" if any_clipped else "")
     )
     ax_train.set_xlabel("round")
-    ax_train.set_ylabel("mean training loss of the round")
-    if losses:
+    ax_train.set_ylabel("training 'loss' metric, as the workload reports it")
+    if mark_events(ax_train, report) or losses:
         _plain_legend(ax_train)
     ax_time = flat[len(metrics) + 1]
     rx = [r["round"] for r in rounds]
@@ -479,6 +520,7 @@ def write_plot(report: dict, path: str | os.PathLike) -> list[str]:
         )
     ax_time.set_xlabel("round")
     ax_time.set_ylabel("seconds")
+    mark_events(ax_time, report)
     ax_time.legend(fontsize="small", loc="upper left")
     for ax in flat[:panels]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -93,6 +93,9 @@ class PeerResult:
     steps_completed: int | None = None
     model: ModelRef | None = None
     error: str | None = None
+    traceback: str | None = None
+    """The whole text behind ``error`` (filled by the engine): the worker's answer with the
+    hook's traceback, or the end of a dead worker's stderr."""
     injected: str | None = None
     worker_seconds: float = 0.0
     straggle_seconds: float = 0.0
@@ -123,6 +126,8 @@ class PeerResult:
             out["steps_completed"] = self.steps_completed
         if self.error is not None:
             out["error"] = self.error
+        if self.traceback is not None:
+            out["traceback"] = self.traceback
         if self.injected is not None:
             out["fault_injected"] = self.injected
         if self.encoded_bytes is not None:

@@ -1,4 +1,4 @@
-"""Window merging (PROTOCOL.md §2) as a :class:`~fakecoord.sim.strategy.Strategy`.
+"""Window merging (docs/protocol.md §2) as a :class:`~fakecoord.sim.strategy.Strategy`.
 
 Every peer trains its local model with ``train_window`` and materializes
 it as a candidate artifact; a reducer (the round's survivors take turns)

@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 UNKNOWN_MODEL = "fakecoord-fault-injected-unknown-model"
 """The model id sent to a non-demo workload for ``--fault error``: every worker must refuse it."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+STOPPED_BY_SIGNAL = re.compile(r"^burn-p2p (worker|job): received SIG(INT|TERM)\b")
+"""The line a worker (or job) writes when it stops on a signal sent to it."""
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Fault|Warning)\b")
 
 
@@ -122,6 +124,9 @@ class Workers:
         )
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.signalled = threading.Event()
+        """Set when a worker or job said it stopped on SIGINT/SIGTERM: the run is interrupted."""
+        self.signalled_reason = ""
         self.intervals: list[tuple[float, float]] = []
         self.procs: set[subprocess.Popen] = set()
         self.peers = [
@@ -259,6 +264,9 @@ class Workers:
             return exc
         head = str(exc).split("; the end of its stderr:", 1)[0]
         line = failing_line(read_tail(slot.log, slot.log_start))
+        if line and STOPPED_BY_SIGNAL.match(line):
+            self.signalled_reason = f"{slot.label}: {line}"
+            self.signalled.set()
         if line:
             head += f": {self.unwrap(line)}"
         explained = type(exc).__new__(type(exc))
@@ -271,6 +279,17 @@ class Workers:
         wrapper, factory = repr(bootstrap.FACTORY), repr(self.config.workload_factory)
         line = line.replace(f"--factory {wrapper}: the factory raised FactoryError: ", "")
         return line.replace(wrapper, factory)
+
+    def log_refusal(self, slot: Slot, round_index: int, exc: RemoteError) -> None:
+        """Append a refused call's whole answer to ``slot``'s log (the worker's stderr file,
+        opened for appending by the worker too)."""
+        text = exc.message.rstrip("\n")
+        header = f"--- fakecoord: round {round_index}: {exc.method} refused by the worker:"
+        try:
+            with self.lock, open(slot.log, "a", encoding="utf-8", errors="replace") as f:
+                f.write(f"{header}\n{text}\n")
+        except OSError:
+            pass
 
     def rel(self, path: Path | str) -> str:
         """How messages name a file of the run: its absolute path."""
@@ -336,6 +355,13 @@ class Workers:
                 self.procs.discard(proc)
         if status != 0:
             reason = self.unwrap(failing_line(read_tail(log)) or "")
+            if (
+                status in (-signal.SIGINT, -signal.SIGTERM)
+                or reason.startswith("KeyboardInterrupt")
+                or STOPPED_BY_SIGNAL.match(reason)
+            ):
+                self.signalled_reason = f"job command: {reason or f'status {status}'}"
+                self.signalled.set()
             raise JobFailed(status, self.rel(log), reason)
 
     def slots(self) -> list[Slot]:
@@ -412,6 +438,9 @@ class PeerContext:
         self.pid: int | None = None
         self.log: Path = slot.log
         """The log that explains this slot's failures (a job's own log for the command backend)."""
+        self.detail: str | None = None
+        """The whole text behind this round's last failed call (the worker's answer with the
+        hook's traceback, or the end of a dead worker's stderr): the report's ``traceback``."""
 
     @property
     def dir(self) -> Path:
@@ -445,7 +474,21 @@ class PeerContext:
             with self.slot.lock:
                 return self.workers.timed(fn, *args, **kwargs)
         except (WorkerExited, WorkerTimeout) as exc:
+            self.detail = read_tail(self.slot.log, self.slot.log_start, 4000).strip() or None
             raise self.workers.explain(self.slot, exc) from None
+        except RemoteError as exc:
+            # The worker answered ok:false and keeps running: its stderr says nothing, so the
+            # answer (first line, then the hook's traceback) goes into the log the message names.
+            self.detail = exc.message
+            self.workers.log_refusal(self.slot, self.round, exc)
+            raise
+
+    def failure_detail(self) -> str | None:
+        """The whole text behind this round's failure, for the report: the refused call's
+        answer or the dead worker's stderr (:attr:`detail`), else the end of a job's own log."""
+        if self.detail is not None or self.log == self.slot.log:
+            return self.detail
+        return read_tail(self.log, 0, 4000).strip() or None
 
     def rel(self, path: Path | str) -> str:
         return os.path.relpath(path, self.run_dir)

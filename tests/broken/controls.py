@@ -156,7 +156,7 @@ class ExtraState(ExampleWorkload):
 
 
 class RequiredHooksOnly:
-    """Only the hooks PROTOCOL.md §4 requires (no workload_name, apply_patch,
+    """Only the hooks docs/protocol.md §4 requires (no workload_name, apply_patch,
     run_inner_loop, custom packs or artifact hooks)."""
 
     def __init__(self, config: dict | None) -> None:

@@ -1,4 +1,4 @@
-"""Defects in what the network relies on beyond the shapes (PROTOCOL.md §7), and
+"""Defects in what the network relies on beyond the shapes (docs/protocol.md §7), and
 legal but suspicious behaviour (the WARN tier): one each.
 
 Each FAIL subject decodes fine and would still break in the network; each

@@ -16,7 +16,7 @@ It imports the reference worker by path and, for every case of
     the reference's ``_write_parameter_pack``.
   - ``"spec"``: multi-module states and filtered layouts, which the reference
     worker does not support.  Computed by the small independent
-    implementation of PROTOCOL.md §3 below (``spec_layout`` /
+    implementation of docs/protocol.md §3 below (``spec_layout`` /
     ``spec_write_pack``), which is first checked against the reference on
     every reference case (same entries, hash and values bytes).  For filtered
     cases the manifest holds only the five fields every writer must emit.
@@ -66,7 +66,7 @@ def schema_hash(case: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Independent implementation of PROTOCOL.md §3 (for multi-module and filters)
+# Independent implementation of docs/protocol.md §3 (for multi-module and filters)
 
 
 def spec_modules(state):
@@ -215,7 +215,7 @@ def main() -> int:
 
     vectors = {
         "about": (
-            "Golden parameter-pack vectors (PROTOCOL.md section 3). source=reference: computed and "
+            "Golden parameter-pack vectors (docs/protocol.md section 3). source=reference: computed and "
             "written by the reference worker (_torch_float_layout, _write_parameter_pack). "
             "source=spec: multi-module or filtered cases the reference does not support, computed by "
             "the independent spec implementation in make_golden.py (checked against the reference on "

@@ -11,7 +11,7 @@ vectors stay valid across torch versions.
 lists the golden cases: a builder, an optional filter and where the expected
 vectors come from ("reference": the reference worker computed them;
 "spec": the reference cannot express the case (multi-module states,
-filters) and an independent implementation of PROTOCOL.md §3 in
+filters) and an independent implementation of docs/protocol.md §3 in
 ``make_golden.py`` computed them).
 
 This file must import without /work/shared: tests use it directly.

@@ -1,4 +1,4 @@
-"""The methods of PROTOCOL.md §2 through the dispatcher: results, hook calls, the model table.
+"""The methods of docs/protocol.md §2 through the dispatcher: results, hook calls, the model table.
 
 Each request goes through the production path (``Connection`` and
 ``Worker.handle``, see ``support.respond``); a hook that raises anything

@@ -1,6 +1,6 @@
 """Target "artifacts": safetensors artifacts with mutated headers, data and file types,
 judged against an independent validity oracle (the safetensors format as
-PROTOCOL.md uses it, and the header limits of SECURITY.md): a valid file must
+docs/protocol.md uses it, and the header limits of SECURITY.md): a valid file must
 load exactly, an invalid one must be refused with the model untouched, and the
 load's allocations must stay within the oracle's bound for the header it
 parses (a 99 MiB ``__metadata__`` took 2.8 GB: issue #9 item 2).
@@ -67,7 +67,7 @@ def artifact_oracle(path: Path, module: nn.Module) -> str | None:
     """None when a correct reader must load the file into ``module``, else why not.
 
     From the safetensors format (8-byte little-endian header length, a JSON
-    object header, raw data) as PROTOCOL.md uses it: every key of the model,
+    object header, raw data) as docs/protocol.md uses it: every key of the model,
     nothing else, same dtype and shape, offsets inside the data that fit.
     """
     try:

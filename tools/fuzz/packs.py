@@ -1,5 +1,5 @@
 """Target "packs": parameter packs with mutated manifests, values files and directory
-entries, judged against an independent validity oracle (PROTOCOL.md §3 and the
+entries, judged against an independent validity oracle (docs/protocol.md §3 and the
 limits of SECURITY.md): a valid pack must load exactly, an invalid one must be
 refused with the target untouched, and what the import allocates must stay
 within the oracle's bound for the manifest it parses (so a manifest of
@@ -48,7 +48,7 @@ from .workloads import TorchWorkload, make_model
 def pack_oracle(path: Path, layout_hash: str, count: int) -> str | None:
     """None when a correct reader must accept the pack at ``path``, else why it must refuse.
 
-    Written from PROTOCOL.md §3 without the worker's code: the pack directory
+    Written from docs/protocol.md §3 without the worker's code: the pack directory
     (links to it are the caller's choice), a plain ``manifest.json``, the
     manifest's fields, ``values_f32_le`` a relative path of plain directories
     to a plain file of exactly ``parameter_count * 4`` bytes, and the layout.
