@@ -124,3 +124,42 @@ class InnerLoopBenchWorkload(BenchWorkload):
 
 def make_inner_loop_workload(config: dict | None) -> InnerLoopBenchWorkload:
     return InnerLoopBenchWorkload(config)
+
+
+class MLPWorkload(InnerLoopBenchWorkload):
+    """An MLP of about ``params`` parameters (config; default 5e6) trained by ``torch.optim``:
+    what a user's workload looks like to the fork server (``torch.optim`` imports
+    ``torch._dynamo`` the first time, seconds of CPU per fresh process).  Each inner step is
+    one SGD step on a random batch of 16 seeded by the ref's ``payload["delta"]``."""
+
+    workload_name = "bench-mlp"
+
+    def init_model(self, device: str) -> dict:
+        torch.manual_seed(self.seed)
+        width = 64
+        hidden = max(8, int((self.params / 2) ** 0.5))
+        model = nn.Sequential(
+            nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, width),
+        )  # fmt: skip
+        return {"model": model}
+
+    def run_inner_loop(self, state: Any, job: dict) -> dict:
+        model = state["model"]
+        batches = job.get("batches") or [{}]
+        delta = float((batches[0].get("payload") or {}).get("delta", 1e-3))
+        generator = torch.Generator().manual_seed(int(delta * 1e6))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        steps = int(job["num_inner_steps"])
+        loss = torch.zeros(())
+        for _ in range(steps):
+            x = torch.randn(16, 64, generator=generator)
+            loss = (model(x) - x).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return {"steps_completed": steps, "metrics": {"loss": float(loss)}}
+
+
+def make_mlp_workload(config: dict | None) -> MLPWorkload:
+    return MLPWorkload(config)

@@ -40,6 +40,7 @@ from .errors import (
     WorkerExited,
     WorkerTimeout,
 )
+from .forkserver import ForkServer
 from .spawn import DEFAULT_ACCEPT_TIMEOUT, TAIL_DRAIN, Spawned, kill, reap, spawn_worker
 from .stderr import StderrTarget
 
@@ -103,6 +104,7 @@ class WorkerClient:
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         exit_grace: float = EXIT_GRACE,
+        forkserver: ForkServer | None = None,
     ) -> WorkerClient:
         """Start a worker and accept its connection.
 
@@ -119,7 +121,8 @@ class WorkerClient:
         :class:`~fakecoord.errors.SpawnError` if the command cannot be started,
         :class:`WorkerExited` if the worker exits before connecting (with its
         status and stderr tail), :class:`WorkerTimeout` if it does not connect
-        within ``accept_timeout`` s (it is then killed).
+        within ``accept_timeout`` s (it is then killed).  ``forkserver``: see
+        :func:`~fakecoord.spawn.spawn_worker`.
         """
         worker = spawn_worker(
             factory,
@@ -130,6 +133,7 @@ class WorkerClient:
             pythonpath=pythonpath,
             stderr=stderr,
             accept_timeout=accept_timeout,
+            forkserver=forkserver,
         )
         return cls(
             worker,

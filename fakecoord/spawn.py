@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidParams, SpawnError, WorkerExited, WorkerTimeout
+from .forkserver import ForkRefused, ForkServer
 from .stderr import StderrCapture, StderrTarget
 
 LOOPBACK = "127.0.0.1"
@@ -300,18 +301,46 @@ class Launch:
         self.capture.close(wait=0.5)
 
 
+def _fork(
+    forkserver: ForkServer,
+    argv: list[str],
+    env: Mapping[str, str] | None,
+    cwd: str | os.PathLike | None,
+    capture: StderrCapture,
+) -> subprocess.Popen | None:
+    """``argv`` (``python -m worker ...``) forked by ``forkserver``; None (with a note
+    in the server's log) when it refuses: the caller spawns instead."""
+    target = capture.popen_arg
+    fd = target if isinstance(target, int) else getattr(target, "fileno", lambda: -1)()
+    try:
+        if argv[:3] != default_command():
+            raise ForkRefused("only 'python -m worker' is forked; other commands are spawned")
+        if fd < 0:
+            raise ForkRefused(f"stderr target {target!r} has no descriptor to hand over")
+        return forkserver.fork(
+            argv[3:], env=dict(os.environ) if env is None else env, cwd=cwd, stderr_fd=fd
+        )
+    except ForkRefused as exc:
+        forkserver.note(f"spawning a fresh interpreter instead of forking: {exc}")
+        return None
+
+
 def launch(
     argv_for_port: Callable[[int], Sequence[str]],
     *,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
     stderr: StderrTarget = None,
+    forkserver: ForkServer | None = None,
 ) -> Launch:
     """Bind the listener, then start ``argv_for_port(port)``.
 
     ``env`` is the child's whole environment (use :func:`child_environment`);
-    stdin and stdout are /dev/null.  Raises :class:`SpawnError` when the
-    stderr target cannot be opened or the program cannot be started.
+    stdin and stdout are /dev/null.  With ``forkserver``, a ``python -m
+    worker`` command is forked from it instead (same argv, environment, cwd
+    and stderr); when it refuses, the command is spawned.  Raises
+    :class:`SpawnError` when the stderr target cannot be opened or the
+    program cannot be started.
     """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     capture: StderrCapture | None = None
@@ -327,8 +356,9 @@ def launch(
             capture = StderrCapture(stderr)
         except OSError as exc:
             raise SpawnError(f"spawn: cannot open stderr target {stderr!r}: {exc}") from exc
+        forked = None if forkserver is None else _fork(forkserver, argv, env, cwd, capture)
         try:
-            process = subprocess.Popen(
+            process = forked or subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -392,6 +422,7 @@ def spawn_worker(
     pythonpath: Iterable[str | os.PathLike] = (),
     stderr: StderrTarget = None,
     accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT,
+    forkserver: ForkServer | None = None,
 ) -> Spawned:
     """Start a worker and accept its connection, as the Rust coordinator does.
 
@@ -406,6 +437,10 @@ def spawn_worker(
     started, :class:`WorkerExited` if the worker exits before connecting
     (with its status and stderr tail), :class:`WorkerTimeout` if it does not
     connect within ``accept_timeout`` s (it is then killed).
+
+    ``forkserver`` (:mod:`fakecoord.forkserver`): fork the default command
+    from this warm process instead of spawning it; ``worker_cmd`` is always
+    spawned.
     """
     text = config_json(config) if config_text is None else config_text
     command = default_command() if worker_cmd is None else list(worker_cmd)
@@ -414,6 +449,7 @@ def spawn_worker(
         env=child_environment(env, pythonpath, worker_root=worker_cmd is None),
         cwd=cwd,
         stderr=stderr,
+        forkserver=forkserver if worker_cmd is None else None,
     )
     return started.accept(accept_timeout)
 

@@ -31,6 +31,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``."""
+    found, todo = [], children(pid)
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children(found[-1]))
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
@@ -64,7 +73,8 @@ def test_sigint_to_the_process_group_is_an_interruption_not_peer_failures(
         if target == "group":
             os.killpg(proc.pid, signal.SIGINT)
         else:
-            workers = children(proc.pid)
+            # Forked workers are the fork server's children (it ignores SIGINT itself).
+            workers = descendants(proc.pid)
             assert workers
             for pid in workers:
                 os.kill(pid, signal.SIGINT)

@@ -49,7 +49,7 @@ from .config import MERGE_POLICIES, SimConfig
 from .faults import MAX_SLOWDOWN
 from .rundir import RunLock, check_out_dir, check_output_file, check_plot_file, is_stream
 
-RESUMABLE = ("rounds", "call_timeout", "start_timeout", "max_failed_rounds")
+RESUMABLE = ("rounds", "call_timeout", "start_timeout", "max_failed_rounds", "start_method")
 """Settings that ``--resume`` may change; every other one comes from the checkpoint."""
 RUN_ONLY = ("resume", "out", "report", "plot", "quiet", "stop_after_round", "config_file")
 """Options about this invocation, not the run's settings."""
@@ -113,6 +113,9 @@ OPTIONS: tuple[Opt, ...] = (
         "the command line", metavar="FILE.toml", dest="config_file"),
     Opt("protocol", "str", "run", "(default {default})", "diloco", choices=("diloco", "windows")),
     Opt("peers", "int", "run", "peers, one worker each (default {default})", 4, metavar="N"),
+    Opt("workers", "int", "run", "host the peers on N worker processes, each peer its own model "
+        "handles (refused for a workload failing the conformance suite's handle-independence "
+        "checks)", metavar="N"),
     Opt("rounds", "int", "run", "(default {default})", 10, metavar="R"),
     Opt("inner-steps", "int", "run", "optimizer steps per peer per round: the policy's "
         "num_inner_steps (default: the network's, 32; windows: 20)", metavar="H"),
@@ -201,6 +204,9 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("call-timeout", "float", "faults", "per call (default {default:g})", 60.0, metavar="S"),
     Opt("start-timeout", "float", "faults", "worker startup (default {default:g})", 60.0,
         metavar="S"),
+    Opt("start-method", "str", "faults", "fork-server (the default where it works: Linux, "
+        "'python -m worker'): fork workers from one process that imported torch once; spawn: a "
+        "fresh interpreter each", "fork-server", choices=("fork-server", "spawn")),
 )
 # fmt: on
 BY_KEY = {opt.key: opt for opt in OPTIONS}
@@ -433,6 +439,8 @@ def build_config(options: dict[str, Any]) -> SimConfig:
         eval_metric=option(options, "eval_metric"),
         threads_per_peer=option(options, "threads_per_peer"),
         max_failed_rounds=option(options, "max_failed_rounds"),
+        start_method=option(options, "start_method"),
+        workers=option(options, "workers"),
     )
 
 

@@ -123,6 +123,12 @@ class SimConfig:
     0: leave the workload's defaults (oversubscribes when peers share cores)."""
     max_failed_rounds: int = 1
     """Stop after this many consecutive rounds in which no peer contributed."""
+    workers: int | None = None
+    """None: one worker process per peer (the network's shape).  N: the peers are hosted on N
+    worker processes, each peer one set of model handles (:mod:`fakecoord.sim.hosting`)."""
+    start_method: str = "fork-server"
+    """``fork-server``: fork workers from one warm process (:mod:`fakecoord.forkserver`)
+    where possible; ``spawn``: a fresh interpreter per worker (``--worker-cmd`` always is)."""
 
     @property
     def is_demo(self) -> bool:
@@ -238,6 +244,24 @@ class SimConfig:
             (
                 _in(self.max_failed_rounds, 1, MAX_COUNT),
                 f"--max-failed-rounds must be in 1..{MAX_COUNT}",
+            ),
+            (
+                self.workers is None or (_is_int(self.workers) and 1 <= self.workers <= self.peers),
+                "--workers must be between 1 and --peers",
+            ),
+            (
+                self.workers is None or self.diloco_backend == "worker",
+                "--workers hosts peers on worker processes; --diloco-backend command has none",
+            ),
+            (
+                self.workers is None
+                or not any(f.kind in ("crash", "hang") for f in self.faults),
+                "--workers: crash and hang faults would stop every peer on the worker; "
+                "use error, slow or drop",
+            ),
+            (
+                self.start_method in ("fork-server", "spawn"),
+                "--start-method must be fork-server or spawn",
             ),
             (
                 self.protocol == "diloco" or self.merge_policy in MERGE_POLICIES
@@ -437,6 +461,10 @@ def choose_threads(config: SimConfig) -> ThreadChoice:
         return ThreadChoice(None, f"the workload's defaults (--threads-per-peer 0; {cores} cores)")
     if config.threads_per_peer is not None:
         return ThreadChoice(config.threads_per_peer, "--threads-per-peer")
+    if config.workers is not None:
+        return ThreadChoice(
+            max(1, cores // config.workers), f"{cores} cores / {config.workers} workers"
+        )
     threads = max(1, cores // config.peers)
     return ThreadChoice(threads, f"{cores} cores / {config.peers} peers")
 

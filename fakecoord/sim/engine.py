@@ -47,6 +47,7 @@ from .config import SimConfig, check_inputs, choose_threads, schema_hash
 from .data import Leases, interleave, select_batch_files
 from .diloco import DiLoCo
 from .faults import FaultPlan
+from .hosting import check_shared_workers
 from .record import Recorder, union_seconds
 from .report import RunView
 from .shards import write_demo_dataset
@@ -147,6 +148,15 @@ class Engine:
                 f"--batches {c.batches}: {select_batch_files(Path(c.batches)).note()}"
             )
         self.threads = choose_threads(c)
+        self.hosting: str | None = None
+        if c.workers is not None:
+            demo = {"seed": c.seed, "threads": self.threads.threads or 1}
+            self.hosting = check_shared_workers(
+                c,
+                self.threads,
+                demo if c.is_demo else (c.config or {}),
+                self.batches[0] if self.batches else None,
+            )
         self._prepared = True
 
     # -- the run ---------------------------------------------------------------------
@@ -216,11 +226,18 @@ class Engine:
         c = self.config
         workload = "demo workload" if c.is_demo else c.factory
         threads = self.threads.threads if self.threads.threads is not None else "default"
+        started = self.workers.start_description() if self.workers else "not started"
+        shared = (
+            f"peers share workload objects ({c.peers} peers on {c.workers} worker processes, "
+            "each peer its own model handles); "
+            if c.workers is not None
+            else ""
+        )
         return (
             f"fakecoord run: {self.strategy.name}, {c.peers} peers, {c.rounds} rounds x "
             f"{c.inner_steps} steps, {workload}, {self.strategy.describe(c)}; threads per worker: "
-            f"{threads} ({self.threads.reason}); run directory {self.out}"
-            + (f"\n{self.batches_note}" if self.batches_note else "")
+            f"{threads} ({self.threads.reason}); workers {started}; {shared}"
+            f"run directory {self.out}" + (f"\n{self.batches_note}" if self.batches_note else "")
         )
 
     # -- setup ---------------------------------------------------------------------------
@@ -262,12 +279,18 @@ class Engine:
         if self.state is not None and self.state.completed_rounds >= c.rounds:
             self.view.event(f"{self.out}: all {c.rounds} rounds are done already")
             return
-        slots = list(self.workers.peers) if self.strategy.needs_peer_workers(c) else []
+        peers = list(dict.fromkeys(self.workers.peers))  # --workers: peers share slots
+        slots = peers if self.strategy.needs_peer_workers(c) else []
         if not slots:
             slots.append(self.workers.evaluator)
         if c.baseline:
             slots.append(self.workers.baseline)
         self._start(slots)
+        self.report["workers_start"] = self.workers.start_description()
+        if self.hosting is not None:
+            self.report["shared_workers"] = {
+                "workers": c.workers, "peers": c.peers, "checks": self.hosting,
+            }  # fmt: skip
         if self.resume:
             assert self.state is not None
             self.view.event(f"resuming after round {self.state.completed_rounds}")
@@ -526,7 +549,9 @@ class Engine:
         """Evaluate on the first usable worker, restarting one if none is left."""
         assert self.workers is not None
         if self.strategy.needs_peer_workers(self.config):
-            slots = [s for s in self.workers.peers if s.alive] or [self.workers.peers[0]]
+            slots = [s for s in dict.fromkeys(self.workers.peers) if s.alive] or [
+                self.workers.peers[0]
+            ]
         else:
             slots = [self.workers.evaluator]
         last: BaseException | None = None

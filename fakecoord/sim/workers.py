@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import forkserver, spawn
 from ..client import WorkerClient
 from ..errors import (
     FakecoordError,
@@ -97,6 +98,8 @@ class Slot:
         """The workload's own device string (``capability_probe``), asked at every start."""
         self.log_start = 0
         """Where the current worker's stderr starts in ``log`` (earlier workers' lines are older)."""
+        self.lock = threading.RLock()
+        """Held around every use by a peer (``--workers``: several peers share one slot)."""
 
     @property
     def alive(self) -> bool:
@@ -129,8 +132,21 @@ class Workers:
         self.peers = [
             Slot(f"peer-{p}", out / "logs" / f"peer-{p}.log") for p in range(config.peers)
         ]
+        if config.workers is not None:  # peers dealt round-robin onto shared slots
+            hosts = [
+                Slot(f"worker-{w}", out / "logs" / f"worker-{w}.log") for w in range(config.workers)
+            ]
+            self.peers = [hosts[p % config.workers] for p in range(config.peers)]
         self.baseline = Slot("baseline", out / "logs" / "baseline.log")
         self.evaluator = Slot("evaluator", out / "logs" / "evaluator.log")
+        self.forkserver: forkserver.ForkServer | None = None
+        self.start_note = start_note(config)
+        if self.start_note is None:
+            env = spawn.child_environment(self.env(), self.pythonpath(), worker_root=True)
+            # The demo's hand-written AdamW never imports torch.optim: no warm-up to share.
+            self.forkserver = forkserver.ForkServer(
+                env, out / "logs" / "forkserver.log", warmup=not config.is_demo
+            )
 
     # -- environment ------------------------------------------------------------
 
@@ -141,6 +157,19 @@ class Workers:
             for name in THREAD_VARIABLES:
                 env[name] = str(self.threads.threads)
         return env
+
+    def pythonpath(self) -> tuple[str, ...]:
+        return (os.getcwd(), str(ROOT))
+
+    def start_description(self) -> str:
+        """How workers started, for the header: forked, spawned, and why."""
+        fs = self.forkserver
+        if fs is None:
+            return f"spawned ({self.start_note})"
+        if fs.forked and not fs.spawned:
+            return "forked from a fork server (torch imported once)"
+        why = fs.notes[0] if fs.notes else fs.broken or "no worker started yet"
+        return f"{fs.forked} forked, {fs.spawned} spawned ({why}; log: {self.rel(fs.log)})"
 
     # -- timing -------------------------------------------------------------------
 
@@ -187,10 +216,11 @@ class Workers:
                     self.factory_config,
                     worker_cmd=c.worker_cmd,
                     env=self.env(),
-                    pythonpath=(os.getcwd(), str(ROOT)),
+                    pythonpath=self.pythonpath(),
                     call_timeout=c.call_timeout,
                     accept_timeout=c.start_timeout,
                     stderr=str(slot.log),
+                    forkserver=self.forkserver,
                 )
             except FakecoordError as exc:
                 raise self.explain(slot, exc) from None
@@ -335,7 +365,7 @@ class Workers:
             raise JobFailed(status, self.rel(log), reason)
 
     def slots(self) -> list[Slot]:
-        return [*self.peers, self.baseline, self.evaluator]
+        return list(dict.fromkeys([*self.peers, self.baseline, self.evaluator]))
 
     def teardown(self, interrupted: bool) -> None:
         """Stop every worker and job process and reap it (kill first after an interrupt)."""
@@ -356,9 +386,27 @@ class Workers:
                     pass
 
     def close(self) -> None:
-        for slot in self.slots():
-            if slot.client is not None:
-                slot.client.close()
+        """Close every worker (all at once: each waits for its worker to exit), then the fork server."""
+        closing = [
+            threading.Thread(target=slot.client.close, name=f"close-{slot.label}")
+            for slot in self.slots()
+            if slot.client is not None
+        ]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join()
+        if self.forkserver is not None:
+            self.forkserver.close()
+
+
+def start_note(config: SimConfig) -> str | None:
+    """Why workers of this run are spawned rather than forked (None: they are forked)."""
+    if config.start_method == "spawn":
+        return "--start-method spawn"
+    if config.worker_cmd is not None:
+        return "--worker-cmd is always spawned"
+    return forkserver.unavailable()
 
 
 class PeerContext:
@@ -400,7 +448,8 @@ class PeerContext:
         return self._dir
 
     def client(self) -> WorkerClient:
-        client = self.workers.ensure(self.slot, self.round)
+        with self.slot.lock:
+            client = self.workers.ensure(self.slot, self.round)
         self.pid = client.pid
         return client
 
@@ -414,14 +463,16 @@ class PeerContext:
         if slot.runtime_device is None and slot.client is None:
             slot = self.workers.evaluator if self.workers.evaluator.runtime_device else slot
         if slot.runtime_device is None:
-            self.workers.ensure(slot, self.round)
+            with slot.lock:
+                self.workers.ensure(slot, self.round)
         assert slot.runtime_device is not None
         return slot.runtime_device
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call a worker method (or a :mod:`fakecoord.handling` helper), timed as worker time."""
         try:
-            return self.workers.timed(fn, *args, **kwargs)
+            with self.slot.lock:
+                return self.workers.timed(fn, *args, **kwargs)
         except (WorkerExited, WorkerTimeout) as exc:
             self.detail = read_tail(self.slot.log, self.slot.log_start, 4000).strip() or None
             raise self.workers.explain(self.slot, exc) from None
@@ -446,7 +497,8 @@ class PeerContext:
         return self.run_dir / relative
 
     def after_failure(self, exc: BaseException, model_id: str | None = None) -> None:
-        self.workers.after_failure(self.slot, exc, model_id)
+        with self.slot.lock:
+            self.workers.after_failure(self.slot, exc, model_id)
 
     def inject(self, job: dict, pid: int | None = None) -> dict:
         """Apply the planned fault just before the training call; returns the job to send.
