@@ -41,13 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from fakecoord import packs, spec
+from fakecoord.errors import RoundFailed
+from fakecoord.network import rounds
 
 from .errors import NetworkRefused
 
 Call = Callable[[str, Any], Any]
 """``call(method, params) -> result``: one request to the worker (raises on failure)."""
 
-DEFAULT_STATE_ENCODING = "application/octet-stream"
+DEFAULT_STATE_ENCODING = rounds.DEFAULT_STATE_ENCODING
 """The encoding lib.rs assumes when the inner loop returns none."""
 
 MERGE_POLICIES: tuple[Any, ...] = (
@@ -94,8 +96,8 @@ class NetworkPeer:
     model_schema_hash: str
     state_dict_filter: dict = field(default_factory=lambda: dict(spec.EMPTY_FILTER))
     """The revision's ``PythonStateDictFilterConfig`` (empty: every float tensor)."""
-    require_exact_steps: bool = False
-    """``PythonDiLoCoConfig::require_exact_steps`` (default false)."""
+    require_exact_steps: bool = True
+    """``PythonDiLoCoConfig::require_exact_steps`` (true in every constructor lib.rs has)."""
 
     # -- lib.rs PythonTorchProject ---------------------------------------------
 
@@ -181,36 +183,47 @@ class NetworkPeer:
         num_inner_steps: int,
         state: StateBlob | None,
     ) -> InnerRound:
-        """``run_worker_inner_loop``: the job, then the local pack and the state read back."""
-        if num_inner_steps > 0 and not batches:
-            raise NetworkRefused("Python DiLoCo inner loop requires at least one batch")
+        """``run_worker_inner_loop``: the job, then the local pack and the state read back.
+
+        The job, the step check and the state read back are
+        :mod:`fakecoord.network.rounds`' (the simulation's round makes the
+        same calls); the node's refusals become :class:`NetworkRefused`."""
+        try:
+            rounds.check_batches(batches, num_inner_steps)
+        except RoundFailed as exc:
+            raise NetworkRefused(str(exc)) from None
         staged = self._staged("diloco-worker")
         given = None
         if state is not None:
-            given = str(staged / "inner-state-input.blob")
-            Path(given).write_bytes(state.data)  # a fresh copy every round
-        job = {
-            "model_id": model_id,
-            "batches": list(batches),
-            "num_inner_steps": num_inner_steps,
-            "inner_optimizer_state_path": given,
-            "output_parameter_pack_path": str(staged / "local-parameters"),
-            "model_schema_hash": self.model_schema_hash,
-            "require_exact_steps": self.require_exact_steps,
-            "state_dict_filter": self.state_dict_filter,
-        }
+            given = staged / rounds.INNER_STATE_INPUT_NAME
+            given.write_bytes(state.data)  # a fresh copy every round
+        job = rounds.inner_loop_job(
+            model_id=model_id,
+            batches=batches,
+            num_inner_steps=num_inner_steps,
+            inner_optimizer_state_path=given,
+            output_parameter_pack_path=staged / "local-parameters",
+            model_schema_hash=self.model_schema_hash,
+            state_dict_filter_value=self.state_dict_filter,
+            require_exact_steps=self.require_exact_steps,
+        )
         result = self.call("run_inner_loop", job)
-        steps = result.get("steps_completed")
-        if self.require_exact_steps and steps != num_inner_steps:
-            raise NetworkRefused(
-                f"Python DiLoCo inner loop completed {steps} step(s), requested {num_inner_steps}"
-            )
+        try:
+            rounds.check_steps(result, num_inner_steps, self.require_exact_steps)
+        except RoundFailed as exc:
+            raise NetworkRefused(str(exc)) from None
         returned = result.get("inner_optimizer_state_path")
         blob = None
         if returned is not None:
             encoding = result.get("inner_optimizer_state_encoding") or DEFAULT_STATE_ENCODING
             blob = StateBlob(read_state_blob(returned), encoding)
-        return InnerRound(result, staged / "local-parameters", blob, returned, given)
+        return InnerRound(
+            result,
+            staged / "local-parameters",
+            blob,
+            returned,
+            None if given is None else str(given),
+        )
 
     def _staged(self, prefix: str) -> Path:
         path = self.scratch(prefix)

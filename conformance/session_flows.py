@@ -86,7 +86,7 @@ def network_peer(
     client: Any = None,
     *,
     state_dict_filter: dict | None = None,
-    require_exact_steps: bool = False,
+    require_exact_steps: bool = True,
     name: str = "the worker",
 ) -> NetworkPeer:
     """A :class:`~conformance.network_calls.NetworkPeer` on the run's worker (or
