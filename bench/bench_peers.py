@@ -20,8 +20,9 @@ Every row is shown against the 1-peer run of the same method (the floor)
 and the fork-server rows against the spawned ones.  Then the default demo
 run (``python -m fakecoord run``: 4 peers, 10 rounds) is timed against one
 ``python -c "import torch"``, interleaved (``--repeats`` each), medians:
-target <= 2x.  Flower's simulation is compared only when ``flwr`` is
-importable; this script never installs it.
+target <= 2x.  Flower's simulation (``bench/flower_run.py``) runs the mlp
+workload at each peer count only when ``flwr`` is importable; this script
+never installs it.
 
 One run per configuration: the machine is shared, and the load average is
 printed with the table.  Nothing here asserts on time.
@@ -30,7 +31,7 @@ With ``--shared 256:2`` the demo also runs with ``--peers 256 --workers 2``
 (every peer in the round's group): target peak PSS <= 4 GB.
 
 Run: ``python -m bench.bench_peers [--peers 1,4,8,32] [--params 5e6] [--rounds 5]
-[--inner-steps 16] [--repeats 3] [--shared 256:2] [--json FILE] [--quick]``.
+[--inner-steps 16] [--repeats 3] [--shared 256:2] [--json FILE] [--quick] [--no-flower]``.
 """
 
 from __future__ import annotations
