@@ -20,8 +20,9 @@ Every row is shown against the 1-peer run of the same method (the floor)
 and the fork-server rows against the spawned ones.  Then the default demo
 run (``python -m fakecoord run``: 4 peers, 10 rounds) is timed against one
 ``python -c "import torch"``, interleaved (``--repeats`` each), medians:
-target <= 2x.  Flower's simulation is compared only when ``flwr`` is
-importable; this script never installs it.
+target <= 2x.  Flower's simulation (``bench/flower_run.py``) runs the mlp
+workload at each peer count only when ``flwr`` is importable; this script
+never installs it.
 
 One run per configuration: the machine is shared, and the load average is
 printed with the table.  Nothing here asserts on time.
@@ -30,7 +31,7 @@ With ``--shared 256:2`` the demo also runs with ``--peers 256 --workers 2``
 (every peer in the round's group): target peak PSS <= 4 GB.
 
 Run: ``python -m bench.bench_peers [--peers 1,4,8,32] [--params 5e6] [--rounds 5]
-[--inner-steps 16] [--repeats 3] [--shared 256:2] [--json FILE] [--quick]``.
+[--inner-steps 16] [--repeats 3] [--shared 256:2] [--json FILE] [--quick] [--no-flower]``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,32 @@ from .common import PYTHON, REPO_ROOT, environment, parse_sizes, worker_env
 METHODS = ("fork-server", "spawn")
 MLP_FACTORY = "bench.workloads:make_mlp_workload"
 WALL_TARGET = 2.0
+FLOWER = "flower"
+# Issue 17's targets against Flower at 8 peers: wall and PSS ratios, round 1 over rounds 2..
+FLOWER_TARGETS = {"wall": 0.6, "peak_pss": 0.8}
+ROUND1_TARGET = 1.5
+
+
+def flower_targets(results: dict[tuple[str, int, str], dict[str, Any]], peers: int) -> list[str]:
+    """One line per fork-server MLP run at ``peers`` checked against issue 17's targets."""
+    ours = results.get(("mlp", peers, METHODS[0]))
+    theirs = results.get(("mlp", peers, FLOWER))
+    if ours is None or theirs is None:
+        return []
+    parts = []
+    for key, target in FLOWER_TARGETS.items():
+        ratio = ours[key] / theirs[key]
+        parts.append(
+            f"{key} / Flower = {ratio:.2f}x (target <= {target:g}x: "
+            f"{'PASS' if ratio <= target else 'MISS'})"
+        )
+    if ours["rounds_median"]:
+        ratio = ours["round1"] / ours["rounds_median"]
+        parts.append(
+            f"round 1 / rounds 2.. = {ratio:.2f}x (target <= {ROUND1_TARGET:g}x: "
+            f"{'PASS' if ratio <= ROUND1_TARGET else 'MISS'})"
+        )
+    return [f"mlp, {peers} peers, fork-server: " + "; ".join(parts)]
 
 
 # ---------------------------------------------------------------------------
@@ -109,10 +136,11 @@ def tree_pss(root: int) -> tuple[int, int]:
 
 def run_once(argv: list[str], out: Path, sample: float) -> dict[str, Any]:
     """Run ``argv`` (a ``fakecoord run`` writing to ``out``), sampling its tree."""
+    # stderr goes to a file, not a pipe: a chatty child (Ray) must not block on a full pipe.
+    errors = tempfile.TemporaryFile("w+")
     started = time.monotonic()
     proc = subprocess.Popen(
-        argv, cwd=REPO_ROOT, env=worker_env(), stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
+        argv, cwd=REPO_ROOT, env=worker_env(), stdout=subprocess.DEVNULL, stderr=errors, text=True,
     )  # fmt: skip
     first_step: float | None = None
     peak, peak_procs = 0, 0
@@ -124,7 +152,9 @@ def run_once(argv: list[str], out: Path, sample: float) -> dict[str, Any]:
             peak, peak_procs = total, count
         time.sleep(sample)
     wall = time.monotonic() - started
-    stderr = proc.stderr.read() if proc.stderr else ""
+    errors.seek(0)
+    stderr = errors.read()
+    errors.close()
     if proc.returncode != 0:
         raise SystemExit(f"bench_peers: {' '.join(argv[1:])} failed:\n{stderr[-3000:]}")
     report = json.loads((out / "report.json").read_text())
@@ -169,6 +199,20 @@ def measure(workload: str, peers: int, method: str, args: argparse.Namespace) ->
     root = Path(tempfile.mkdtemp(prefix="bench-peers-", dir=args.dir))
     try:
         argv = fakecoord_argv(workload, peers, method, args, root)
+        return run_once(argv, root / "run", args.sample)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure_flower(peers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Flower's simulation (``bench.flower_run``) on the MLP workload, sampled like a run."""
+    root = Path(tempfile.mkdtemp(prefix="bench-peers-flower-", dir=args.dir))
+    try:
+        argv = [
+            PYTHON, "-m", "bench.flower_run", "--peers", str(peers), "--rounds", str(args.rounds),
+            "--inner-steps", str(args.inner_steps), "--params", str(args.params),
+            "--out", str(root / "run"),
+        ]  # fmt: skip
         return run_once(argv, root / "run", args.sample)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -234,14 +278,17 @@ def table(results: dict[tuple[str, int, str], dict[str, Any]], workloads: list[s
     head = (
         "workload", "peers", "method", "wall s", "start-up s", "round 1 s", "rounds 2.. s",
         "peak PSS MB", "procs", "wall/floor", "PSS/floor", "wall fork/spawn",
-        "start-up fork/spawn", "PSS fork/spawn",
+        "start-up fork/spawn", "PSS fork/spawn", "wall/Flower", "start-up/Flower",
+        "round 1/Flower", "rounds 2../Flower", "PSS/Flower",
     )  # fmt: skip
     rows = [head]
     for (workload, peers, method), r in sorted(results.items()):
         floor = results.get((workload, 1, method))
         other = results.get((workload, peers, "spawn")) if method == "fork-server" else None
+        flower = results.get((workload, peers, FLOWER)) if method != FLOWER else None
+        fl: dict[str, Any] = flower or {}
         rows.append((
-            workload, str(peers), method + ("" if r["forked"] or method == "spawn" else " (!)"),
+            workload, str(peers), method + ("" if r["forked"] or method != METHODS[0] else " (!)"),
             _s(r["wall"]), _s(r["startup"]), _s(r["round1"]), _s(r["rounds_median"]),
             _mb(r["peak_pss"]), str(r["processes"]),
             _ratio(r["wall"], floor["wall"] if floor else None),
@@ -249,6 +296,10 @@ def table(results: dict[tuple[str, int, str], dict[str, Any]], workloads: list[s
             _ratio(r["wall"], other["wall"] if other else None),
             _ratio(r["startup"], other["startup"] if other else None),
             _ratio(r["peak_pss"], other["peak_pss"] if other else None),
+            _ratio(r["wall"], fl.get("wall")), _ratio(r["startup"], fl.get("startup")),
+            _ratio(r["round1"], fl.get("round1")),
+            _ratio(r["rounds_median"], fl.get("rounds_median")),
+            _ratio(r["peak_pss"], fl.get("peak_pss")),
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
@@ -270,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny, meaningless")
     parser.add_argument(
+        "--no-flower", action="store_true", help="skip Flower even when flwr is importable"
+    )
+    parser.add_argument(
         "--shared", default=None, metavar="PEERS:WORKERS",
         help="also run the demo with --peers PEERS --workers WORKERS (all peers in the group)",
     )  # fmt: skip
@@ -284,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.repeats = args.repeats or (1 if quick else 3)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     env = environment()
+    has_flower = importlib.util.find_spec("flwr") is not None
     print(f"bench_peers: {json.dumps(env)}", flush=True)
     results: dict[tuple[str, int, str], dict[str, Any]] = {}
     for workload in workloads:
@@ -291,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for method in METHODS:
                 print(f"  {workload}, {peers} peers, {method} ...", flush=True)
                 results[(workload, peers, method)] = measure(workload, peers, method, args)
+            if workload == "mlp" and has_flower and not args.no_flower:
+                print(f"  {workload}, {peers} peers, Flower simulation ...", flush=True)
+                results[(workload, peers, FLOWER)] = measure_flower(peers, args)
     shared = None
     if args.shared:
         peers, workers = (int(x) for x in args.shared.split(":"))
@@ -324,12 +382,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"fork-server / import torch = {ratio:.2f}x (target <= {WALL_TARGET:g}x: "
         f"{'PASS' if ratio <= WALL_TARGET else 'MISS'})"
     )
-    if importlib.util.find_spec("flwr") is None:
+    if not has_flower:
         print(
             "Flower: flwr is not importable; its column is skipped (this script never installs it)"
         )
+    elif args.no_flower:
+        print("Flower: skipped (--no-flower)")
     else:
-        print("Flower: flwr is importable, but this script has no Flower runner yet; skipped")
+        print(
+            "Flower: simulation (Ray actors, client_resources num_cpus=1) on the mlp workload, "
+            "same rounds x steps, FedAvg (outer lr 1.0, no momentum); the rows 'flower'"
+        )
+        for peers in args.peers:
+            for line in flower_targets(results, peers):
+                print(line)
     print("(!) after a fork-server method: the run spawned its workers (see its header)")
     if args.json:
         Path(args.json).write_text(
