@@ -381,3 +381,25 @@ def test_the_simulation_benchmark_still_runs() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "sim coordinator time per round" in done.stdout and "peak RSS" in done.stdout
+
+
+@pytest.mark.parametrize("spec", ["error@0:1", "crash@1:1"])
+def test_the_engine_applies_a_planned_fault_to_a_strategy_that_never_injects(
+    tmp_path: Path, spec: str
+) -> None:
+    """Fault injection is the engine's: a strategy whose training never calls ``peer.inject``
+    (here: DiLoCo with ``inject`` a no-op) still gets the planned fault on its training call."""
+    from fakecoord.sim.faults import parse_fault
+
+    class NoInject(DiLoCo):
+        def train(self, peer, task):  # type: ignore[no-untyped-def]
+            peer.inject = lambda job, pid=None: job  # type: ignore[method-assign]
+            return super().train(peer, task)
+
+    config = SimConfig(peers=2, rounds=2, inner_steps=3, seed=2, faults=[parse_fault(spec)])
+    report = run(config, strategy=NoInject(), out=tmp_path / "run")
+    (entry,) = [f for f in report["faults"] if f["spec"] == spec]
+    assert entry["injected"] and entry["error"]
+    peer = int(spec.split("@")[1].split(":")[0])
+    assert report["rounds"][0]["contributors"] == [1 - peer]
+    assert report["rounds"][1]["contributors"] == [0, 1]

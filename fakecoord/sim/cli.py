@@ -46,7 +46,7 @@ from ..optional import require_for_run
 from ..signals import Terminated, interrupt_status, sigterm_raises
 from ..version import package_version
 from .config import MERGE_POLICIES, SimConfig
-from .faults import MAX_SLOWDOWN
+from .faults import MAX_SLOWDOWN, fault_help
 from .rundir import RunLock, check_out_dir, check_output_file, check_plot_file, is_stream
 
 RESUMABLE = ("rounds", "call_timeout", "start_timeout", "max_failed_rounds", "start_method")
@@ -197,10 +197,7 @@ OPTIONS: tuple[Opt, ...] = (
         choices=("replace", "root-ema")),
     Opt("canonical-weight", "float", "windows", "RootEma canonical_weight (default {default})",
         0.75),
-    Opt("fault", "specs", "faults", "crash@PEER:ROUND (SIGKILL), hang@PEER:ROUND (SIGSTOP; the "
-        "call timeout fires), error@PEER:ROUND, slow@PEER[:ROUNDS]=FACTOR (a straggler, 1 < "
-        "FACTOR <= {slow_max:g}), drop@PEER[:ROUNDS]=P (dropout with probability P, seeded); "
-        "PEER may be * for slow and drop; repeatable", metavar="SPEC"),
+    Opt("fault", "specs", "faults", fault_help(), metavar="SPEC"),
     Opt("call-timeout", "float", "faults", "per call (default {default:g})", 60.0, metavar="S"),
     Opt("start-timeout", "float", "faults", "worker startup (default {default:g})", 60.0,
         metavar="S"),

@@ -256,7 +256,6 @@ class DiLoCo(Strategy[DiLoCoState]):
                 inner_state=self._inner_state(peer, task.inner_opt),
                 where=f"peer-{peer.peer}, round {peer.round}",
                 call=peer.call,
-                before_inner_loop=peer.inject,
             )
             result.worker_seconds = time.monotonic() - started
             result.metrics = {**done.metrics, **handling.batch_counts(task.lease)}
@@ -309,8 +308,6 @@ class DiLoCo(Strategy[DiLoCoState]):
                     self._inner_state(peer, task.inner_opt), peer.dir
                 ),
             )
-            if peer.fault is not None and peer.fault.kind == "error":
-                job = peer.inject(job)
             write_json(job_path, job)
             argv = [
                 a.replace("{job_manifest}", str(job_path)).replace(
@@ -325,14 +322,9 @@ class DiLoCo(Strategy[DiLoCoState]):
             env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
             env["PYTHONUNBUFFERED"] = "1"
 
-            def started(pid: int) -> None:
-                peer.pid = pid
-                if peer.fault is not None and peer.fault.kind != "error":
-                    peer.inject(job, pid=pid)
-
             t = time.monotonic()
             try:
-                peer.workers.run_job(argv, env, peer.log, c.call_timeout, started)
+                peer.run_job(argv, env, c.call_timeout, job_path)
             finally:
                 result.worker_seconds = time.monotonic() - t
             done = read_result(result_path, c.inner_steps)

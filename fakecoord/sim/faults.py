@@ -1,6 +1,13 @@
 """``--fault`` specs: parsing, and the plan of which peer fails, straggles or drops out when.
 
-Pure: no processes are touched here; the engine injects the faults.
+Pure: no processes are touched here; the engine injects the faults.  The kinds
+are one registry, :data:`KINDS`: the parser's accepted kinds, the ``--fault``
+help (:func:`fault_help`), the error texts and the docs table
+(:func:`fault_table`, held verbatim by docs/simulation.md; regenerate with
+``python -m fakecoord.sim.faults``) all derive from it, so adding a kind is one
+entry, its application (an event: :meth:`PeerContext.apply_fault
+<fakecoord.sim.workers.PeerContext.apply_fault>`; a condition: a
+:class:`FaultPlan` query the engine uses) and its tests.
 
 Events, one peer in one round (``KIND@PEER:ROUND``, peers from 0, rounds from 1):
 
@@ -29,20 +36,122 @@ from dataclasses import dataclass
 
 from ..errors import FaultSpecError, one_line
 
-EVENT_KINDS = ("crash", "hang", "error")
-CONDITION_KINDS = ("slow", "drop")
+MAX_SLOWDOWN = 1000.0
+"""The largest ``slow`` factor: a straggler at most 1000 times slower (the hold-back stays a
+bounded wait)."""
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    """One ``--fault`` kind.  An event (``value`` None) is ``KIND@PEER:ROUND``; a condition
+    is ``KIND@PEER[:ROUNDS]=VALUE`` with ``low < VALUE <= high`` (``value`` names it)."""
+
+    name: str
+    help: str
+    """The ``--fault`` help's words for it."""
+    effect: str
+    """The docs table's "effect" column: what the engine does to the peer."""
+    value: str | None = None
+    """A condition's value in words (an event's: None)."""
+    value_name: str = "VALUE"
+    """A condition's value as its form shows it."""
+    low: float = 0.0
+    high: float = 0.0
+    example: str = ""
+    """A condition's example spec, for the error that shows its form."""
+
+    @property
+    def event(self) -> bool:
+        return self.value is None
+
+    @property
+    def form(self) -> str:
+        if self.event:
+            return f"{self.name}@PEER:ROUND"
+        return f"{self.name}@PEER[:ROUNDS]={self.value_name}"
+
+    @property
+    def bounds(self) -> str:
+        return f"{self.low:g} < {self.value_name} <= {self.high:g}"
+
+
+KINDS: tuple[FaultKind, ...] = (
+    FaultKind(
+        "crash",
+        "SIGKILL",
+        "the peer's worker (or job process) gets SIGKILL during its training call",
+    ),
+    FaultKind(
+        "hang",
+        "SIGSTOP; the call timeout fires",
+        "it gets SIGSTOP: the call timeout (`--call-timeout`) fires and it is killed",
+    ),
+    FaultKind(
+        "error",
+        "the training call fails",
+        "its training call fails (the demo raises on a marked batch ref; other workloads get "
+        "a model id every worker must refuse)",
+    ),
+    FaultKind(
+        "slow",
+        "a straggler",
+        "a straggler: the peer's training takes FACTOR times as long (its result is held back "
+        "for `(FACTOR-1)` times its training time, so the round waits for it)",
+        value="slow-down factor",
+        value_name="FACTOR",
+        low=1.0,
+        high=MAX_SLOWDOWN,
+        example="slow@1=3 (peer 1, 3x slower, every round)",
+    ),
+    FaultKind(
+        "drop",
+        "dropout with probability P, seeded",
+        "dropout: the peer misses each covered round with probability P, drawn from "
+        "`(seed, round, peer)`",
+        value="dropout probability",
+        value_name="P",
+        low=0.0,
+        high=1.0,
+        example="drop@*=0.2",
+    ),
+)
+"""Every fault kind, in the order of the help and the docs table."""
+BY_NAME = {k.name: k for k in KINDS}
+EVENT_KINDS = tuple(k.name for k in KINDS if k.event)
+CONDITION_KINDS = tuple(k.name for k in KINDS if not k.event)
 FAULT_KINDS = EVENT_KINDS + CONDITION_KINDS
+
+
+def fault_help() -> str:
+    """The ``--fault`` help, from :data:`KINDS`."""
+    parts = []
+    for k in KINDS:
+        bounds = "" if k.event else f", {k.bounds}"
+        parts.append(f"{k.form} ({k.help}{bounds})")
+    star = " and ".join(CONDITION_KINDS)
+    return f"{', '.join(parts)}; PEER may be * for {star}; repeatable"
+
+
+def fault_table() -> str:
+    """The docs table of the kinds, from :data:`KINDS` (docs/simulation.md holds it verbatim)."""
+    lines = ["| spec | effect |", "|---|---|"]
+    for k in KINDS:
+        bounds = "" if k.event else f"; {k.bounds}"
+        lines.append(f"| `{k.form}` | {k.effect}{bounds} |")
+    return "\n".join(lines)
+
+
 _N = "[0-9]{1,9}"
 _EVENT = re.compile(rf"^(?P<kind>[a-z]+)@(?P<peer>{_N}):(?P<round>{_N})$")
 _CONDITION = re.compile(
     rf"^(?P<kind>[a-z]+)@(?P<peer>{_N}|\*)(?::(?P<first>{_N})(?:-(?P<last>{_N}))?)?=(?P<value>[^=]+)$"
 )
-MAX_SLOWDOWN = 1000.0
-"""The largest ``slow`` factor: a straggler at most 1000 times slower (the hold-back stays a
-bounded wait)."""
 MAX_INDEX_DIGITS = 9
 """Peers and rounds in a spec have at most 9 digits (the run's own bounds are checked later)."""
-_FORMS = "KIND@PEER:ROUND (crash, hang, error) or KIND@PEER[:ROUNDS]=VALUE (slow, drop)"
+_FORMS = (
+    f"KIND@PEER:ROUND ({', '.join(EVENT_KINDS)}) or KIND@PEER[:ROUNDS]=VALUE "
+    f"({', '.join(CONDITION_KINDS)})"
+)
 
 
 @dataclass(frozen=True)
@@ -92,7 +201,8 @@ def parse_fault(text: str) -> Fault:
         raise FaultSpecError(
             f"--fault {text!r}: unknown kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}"
         )
-    if kind in EVENT_KINDS:
+    entry = BY_NAME[kind]
+    if entry.event:
         match = _EVENT.match(spec)
         if match is None:
             raise FaultSpecError(
@@ -104,20 +214,18 @@ def parse_fault(text: str) -> Fault:
         return Fault(kind, int(match["peer"]), round_index, round_index, None, spec)
     match = _CONDITION.match(spec)
     if match is None:
-        example = "slow@1=3 (peer 1, 3x slower, every round)" if kind == "slow" else "drop@*=0.2"
         raise FaultSpecError(
-            f"--fault {text!r}: {kind} takes KIND@PEER[:ROUND[-ROUND]]=VALUE, e.g. {example}"
+            f"--fault {text!r}: {kind} takes KIND@PEER[:ROUND[-ROUND]]=VALUE, e.g. {entry.example}"
         )
     try:
         value = float(match["value"]) if len(match["value"]) <= 64 else float("nan")
     except ValueError:
         raise FaultSpecError(f"--fault {text!r}: {match['value']!r} is not a number") from None
-    if kind == "slow" and not 1 < value <= MAX_SLOWDOWN:
+    if not entry.low < value <= entry.high:
         raise FaultSpecError(
-            f"--fault {text!r}: the slow-down factor must be above 1 and at most {MAX_SLOWDOWN:g}"
+            f"--fault {text!r}: the {entry.value} must be in ({entry.low:g}, {entry.high:g}]: "
+            f"above {entry.low:g}, at most {entry.high:g}"
         )
-    if kind == "drop" and not 0 < value <= 1:
-        raise FaultSpecError(f"--fault {text!r}: the dropout probability must be in (0, 1]")
     first = int(match["first"]) if match["first"] else None
     last = int(match["last"]) if match["last"] else first
     if first is not None and (first < 1 or (last is not None and last < first)):
@@ -148,7 +256,7 @@ class FaultPlan:
                 raise FaultSpecError(
                     f"--fault {fault.spec}: round {fault.first} is after the last round ({rounds})"
                 )
-        groups = (EVENT_KINDS, ("slow",), ("drop",))
+        groups = (EVENT_KINDS, *((k,) for k in CONDITION_KINDS))
         for group in groups:
             chosen = [f for f in self.faults if f.kind in group]
             for i, a in enumerate(chosen):
@@ -194,12 +302,20 @@ def _uniform(seed: int, round_index: int, peer: int) -> float:
 
 
 __all__ = [
+    "BY_NAME",
     "CONDITION_KINDS",
     "EVENT_KINDS",
     "FAULT_KINDS",
+    "KINDS",
     "Fault",
+    "FaultKind",
     "FaultPlan",
     "FaultSpecError",
     "MAX_SLOWDOWN",
+    "fault_help",
+    "fault_table",
     "parse_fault",
 ]
+
+if __name__ == "__main__":  # pragma: no cover - a maintenance helper
+    print(fault_table())

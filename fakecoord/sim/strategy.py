@@ -271,7 +271,12 @@ class Strategy(ABC, Generic[S]):
     @abstractmethod
     def train(self, peer: PeerContext, task: Any) -> PeerResult:
         """Run ``task`` on ``peer``'s worker.  Must not raise for a failed peer: return
-        ``PeerResult(ok=False, error=...)`` (after ``peer.after_failure``)."""
+        ``PeerResult(ok=False, error=...)`` (after ``peer.after_failure``).
+
+        The engine owns fault injection: train through ``peer.client()`` (its
+        ``run_inner_loop``/``train_window`` apply the round's planned ``--fault``)
+        or, for job processes, ``peer.run_job``; a strategy never calls
+        ``peer.inject`` (a deprecated shim, a no-op once the fault is applied)."""
 
     def select_group(self, r: int, candidates: list[int]) -> list[int]:
         """The peers (of the available ``candidates``) that take part in round ``r``, in the

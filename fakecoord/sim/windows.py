@@ -82,10 +82,7 @@ class Windows(Strategy[WindowsState]):
             started = time.monotonic()
             model_id = peer.call(client.init_model, peer.device())
             peer.call(client.load_model_artifact, model_id, peer.path(task.local))
-            job = peer.inject({"model_id": model_id, "batches": task.lease})
-            metrics = peer.call(
-                handling.train_window_metrics, client, job["model_id"], job["batches"]
-            )
+            metrics = peer.call(handling.train_window_metrics, client, model_id, task.lease)
             candidate = peer.dir / "candidate.safetensors"
             peer.call(client.materialize_model_artifact, model_id, candidate)
             result.worker_seconds = time.monotonic() - started

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import forkserver, spawn
 from ..client import WorkerClient
@@ -435,6 +435,7 @@ class PeerContext:
         self.run_dir = workers.out
         self._dir = directory
         self.injected: str | None = None
+        self._applied = False
         self.pid: int | None = None
         self.log: Path = slot.log
         """The log that explains this slot's failures (a job's own log for the command backend)."""
@@ -448,10 +449,39 @@ class PeerContext:
         return self._dir
 
     def client(self) -> WorkerClient:
+        """This slot's worker, as strategy code must use it: its training calls
+        (``run_inner_loop``, ``train_window``) get the round's planned fault first
+        (see :meth:`apply_fault`), whether or not the strategy calls :meth:`inject`."""
         with self.slot.lock:
             client = self.workers.ensure(self.slot, self.round)
         self.pid = client.pid
-        return client
+        if self.fault is None:
+            return client
+        return cast(WorkerClient, _FaultingClient(client, self))
+
+    def run_job(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        timeout: float,
+        job_path: Path,
+        on_start: Callable[[int], None] | None = None,
+    ) -> None:
+        """Run a command-backend job (its manifest already written at ``job_path``) with
+        the round's planned fault applied: ``error`` rewrites the manifest before the
+        start, ``crash``/``hang`` signal the job process once it runs.  Logs to :attr:`log`."""
+        if self.fault is not None and self.fault.kind == "error" and not self._applied:
+            job = json.loads(job_path.read_text(encoding="utf-8"))
+            job_path.write_text(json.dumps(self.apply_fault(job)), encoding="utf-8")
+
+        def started(pid: int) -> None:
+            self.pid = pid
+            if on_start is not None:
+                on_start(pid)
+            if self.fault is not None and self.fault.kind != "error":
+                self.apply_fault({}, pid=pid)
+
+        self.workers.run_job(argv, env, self.log, timeout, started)
 
     def device(self) -> str:
         """The ``device`` to send: ``--device`` when given (an override the network never
@@ -501,15 +531,24 @@ class PeerContext:
             self.workers.after_failure(self.slot, exc, model_id)
 
     def inject(self, job: dict, pid: int | None = None) -> dict:
-        """Apply the planned fault just before the training call; returns the job to send.
+        """Deprecated: the engine applies the planned fault itself (see :meth:`client`
+        and :meth:`run_job`).  Kept for old strategies: the same as :meth:`apply_fault`,
+        which applies a fault once per round, so calling it too changes nothing."""
+        return self.apply_fault(job, pid)
 
-        ``error`` changes the job so that the call fails; ``crash`` and
-        ``hang`` signal the worker (or ``pid``, a job process).
+    def apply_fault(self, job: dict, pid: int | None = None) -> dict:
+        """Apply the round's planned fault, once, just before the training call; returns the
+        job to send (the same job when there is nothing (more) to apply).
+
+        The events of :data:`fakecoord.sim.faults.KINDS`: ``error`` changes the job so
+        that the call fails; ``crash`` and ``hang`` signal the worker (or ``pid``, a job
+        process).
         """
         fault = self.fault
-        if fault is None:
+        if fault is None or self._applied:
             return job
         if fault.kind == "error":
+            self._applied = True
             job = dict(job)
             if self.config.is_demo and "batches" in job:
                 batches = [dict(ref) for ref in job["batches"]]
@@ -530,6 +569,7 @@ class PeerContext:
         target = pid if pid is not None else self.slot.client.pid if self.slot.client else None
         if target is None:
             return job
+        self._applied = True
         sig = signal.SIGKILL if fault.kind == "crash" else signal.SIGSTOP
         try:
             os.kill(target, sig)
@@ -537,6 +577,35 @@ class PeerContext:
             pass
         self.injected = f"{sig.name} sent to pid {target}"
         return job
+
+
+class _FaultingClient:
+    """A worker client whose training calls first apply the peer's planned fault; every
+    other attribute is the client's own."""
+
+    def __init__(self, client: WorkerClient, peer: PeerContext) -> None:
+        self._client = client
+        self._peer = peer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def run_inner_loop(self, job: dict, *, timeout: float | None = None) -> Any:
+        job = self._peer.apply_fault(job)
+        return self._client.run_inner_loop(job, timeout=timeout)
+
+    def train_window(
+        self, model_id: str, batches: Sequence[Any], *, timeout: float | None = None
+    ) -> Any:
+        job = self._peer.apply_fault({"model_id": model_id, "batches": list(batches)})
+        return self._client.train_window(job["model_id"], job["batches"], timeout=timeout)
+
+    def call(self, method: str, params: Any = None, timeout: float | None = None) -> Any:
+        if method == "run_inner_loop" and isinstance(params, dict) and "job" in params:
+            params = {**params, "job": self._peer.apply_fault(params["job"])}
+        elif method == "train_window" and isinstance(params, dict):
+            params = self._peer.apply_fault(params)
+        return self._client.call(method, params, timeout)
 
 
 __all__ = ["PeerContext", "ROOT", "Slot", "Workers", "failing_line", "short_error"]
