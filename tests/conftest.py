@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import subprocess
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -110,6 +111,33 @@ QUICK_WORKLOAD_SOURCE = textwrap.dedent(
     NOT_CALLABLE = 42
     '''
 )
+
+
+CUSTOM_REF = {"kind": "micro_epoch", "lease_id": "l", "microshard_ids": [], "ordinals": [],
+              "bytes_len": 0, "pipeline_kind": "custom", "payload": {}}  # fmt: skip
+"""A BatchRef a toy workload ignores (the simulation needs refs to deal)."""
+
+
+def importable_toy_workload(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    source: str,
+    refs: int,
+    pythonpath: Sequence[str | os.PathLike] = (),
+) -> tuple[Path, Path]:
+    """Write ``source`` as ``tmp_path/pkg/module.py``, importable here and by workers (also
+    ``pythonpath`` for them), a batches file of ``refs`` :data:`CUSTOM_REF`, and temporary
+    run directories under ``tmp_path``; returns (the package directory, the batches file)."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(package))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(map(str, (package, *pythonpath))))
+    batches = tmp_path / "refs.json"
+    batches.write_text(json.dumps([CUSTOM_REF] * refs))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where temporary run dirs go
+    return package, batches
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ API (custom strategy and aggregator).  Tiny runs; nothing asserts on time."""
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from fakecoord.sim import DiLoCo, OuterSGD, SimConfig, run
 from fakecoord.sim.config import usable_cores
 from fakecoord.sim.report import plotted_metrics
 from fakecoord.sim.workers import failing_line
+from tests.conftest import importable_toy_workload
 
 E2E_TIMEOUT = 240
 
@@ -91,21 +91,11 @@ def make(config):
     return Classifier(config)
 """
 
-REF = {"kind": "micro_epoch", "lease_id": "l", "microshard_ids": [], "ordinals": [],
-       "bytes_len": 0, "pipeline_kind": "custom", "payload": {}}  # fmt: skip
-
 
 @pytest.fixture
 def classifier(tmp_path: Path, monkeypatch) -> dict:
     """The classifier module importable by this process and by workers, and a batches file."""
-    package = tmp_path / "pkg"
-    package.mkdir()
-    (package / "sim_classifier.py").write_text(CLASSIFIER)
-    monkeypatch.syspath_prepend(str(package))
-    monkeypatch.setenv("PYTHONPATH", str(package))
-    batches = tmp_path / "refs.json"
-    batches.write_text(json.dumps([REF] * 8))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where temporary run dirs go
+    _, batches = importable_toy_workload(tmp_path, monkeypatch, "sim_classifier", CLASSIFIER, 8)
     return {"tmp": tmp_path, "batches": str(batches), "factory": "sim_classifier:make"}
 
 

@@ -28,6 +28,8 @@ from fakecoord.sim.diloco import read_result
 from fakecoord.sim.engine import CHECKPOINT_NAME
 from fakecoord.sim.faults import parse_fault
 from fakecoord.sim.report import MAX_METRIC_PANELS, write_plot
+from tests.conftest import CUSTOM_REF as REF
+from tests.conftest import importable_toy_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 E2E_TIMEOUT = 240
@@ -103,21 +105,13 @@ def make(config):
     return Hostile(config)
 """
 
-REF = {"kind": "micro_epoch", "lease_id": "l", "microshard_ids": [], "ordinals": [],
-       "bytes_len": 0, "pipeline_kind": "custom", "payload": {}}  # fmt: skip
-
 
 @pytest.fixture
 def hostile(tmp_path: Path, monkeypatch) -> dict:
     """The hostile workload importable here and by workers, a batches file, a private tempdir."""
-    package = tmp_path / "pkg"
-    package.mkdir()
-    (package / "sim_hostile.py").write_text(HOSTILE)
-    monkeypatch.syspath_prepend(str(package))
-    monkeypatch.setenv("PYTHONPATH", f"{package}{os.pathsep}{ROOT}")
-    batches = tmp_path / "refs.json"
-    batches.write_text(json.dumps([REF] * 4))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    package, batches = importable_toy_workload(
+        tmp_path, monkeypatch, "sim_hostile", HOSTILE, 4, pythonpath=[ROOT]
+    )
     return {"tmp": tmp_path, "batches": str(batches), "package": package}
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,8 @@ from fakecoord.sim.diloco import (
 )
 from fakecoord.sim.faults import parse_fault
 from fakecoord.sim.report import _finite
+from tests.conftest import CUSTOM_REF as REF
+from tests.conftest import importable_toy_workload
 
 E2E_TIMEOUT = 240
 
@@ -110,20 +111,10 @@ def make(config):
     return Recorder(config)
 """
 
-REF = {"kind": "micro_epoch", "lease_id": "l", "microshard_ids": [], "ordinals": [],
-       "bytes_len": 0, "pipeline_kind": "custom", "payload": {}}  # fmt: skip
-
 
 @pytest.fixture
 def recorder(tmp_path: Path, monkeypatch) -> dict:
-    package = tmp_path / "pkg"
-    package.mkdir()
-    (package / "sim_recorder.py").write_text(RECORDER)
-    monkeypatch.syspath_prepend(str(package))
-    monkeypatch.setenv("PYTHONPATH", str(package))
-    batches = tmp_path / "refs.json"
-    batches.write_text(json.dumps([REF] * 8))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _, batches = importable_toy_workload(tmp_path, monkeypatch, "sim_recorder", RECORDER, 8)
     state_dir = tmp_path / "workload-state"
     state_dir.mkdir()
     log = tmp_path / "calls.jsonl"

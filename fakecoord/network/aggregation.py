@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import schema
 from ..errors import NetworkStepError
-from .codecs import F32, u64_to_f32
+from .codecs import F32, u64_to_f32, variant_json
 
 Params = Mapping[str, Any]
 TIE_BREAKS = ("Zero", "Positive", "Negative")
@@ -204,9 +204,7 @@ class AggregationEntry:
         return self.aggregation(params)
 
     def serde_json(self, params: Params) -> Any:
-        return (
-            {self.tag: {f.name: params[f.name] for f in self.fields}} if self.fields else self.tag
-        )
+        return variant_json(self.tag, self.fields, params)
 
 
 AGGREGATIONS: tuple[AggregationEntry, ...] = (

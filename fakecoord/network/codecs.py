@@ -690,6 +690,12 @@ def _check_rank(params: Params) -> tuple[str, str] | None:
     return None
 
 
+def variant_json(tag: str, fields: tuple[schema.Field, ...], params: Params) -> Any:
+    """An externally tagged enum variant as serde writes it: ``"Tag"`` for a unit variant,
+    ``{"Tag": {field: value, ...}}`` for a struct variant."""
+    return {tag: {f.name: params[f.name] for f in fields}} if fields else tag
+
+
 @dataclass(frozen=True)
 class CodecEntry:
     """One ``GradientCodec`` variant (see the module docstring)."""
@@ -714,9 +720,7 @@ class CodecEntry:
 
     def serde_json(self, params: Params) -> Any:
         """The variant in serde's JSON shape."""
-        return (
-            {self.tag: {f.name: params[f.name] for f in self.fields}} if self.fields else self.tag
-        )
+        return variant_json(self.tag, self.fields, params)
 
 
 CODECS: tuple[CodecEntry, ...] = (
